@@ -1,0 +1,164 @@
+//! Shortcut (progressive) self-distillation (ALGORITHM.md §3; Frans et al. 2410.12557):
+//! for a step d on the dyadic grid and t on the d-grid, the target of v(x_t, t, t + 2d) is
+//!   (v_T(x_t, t, t + d) + v_T(x', t + d, t + 2d)) / 2,   x' = x_t + d v_T(x_t, t, t + d),
+//! with the EMA teacher T under stop-gradient (it runs on the inner, non-autodiff backend).
+//! The rest of the batch carries the diagonal loss, and an `anchor` share the fidelity endpoint:
+//! with a noise-free source the exact flow map is X_{0,1}(x0) = E[x1 | x0] (the diagonal field is
+//! (x - x0) / t for t > 0, so the ODE moves straight along the t = 0 velocity E[x1 - x0 | x0]);
+//! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
+
+use super::flow_matching::diag_rows;
+use super::{bridge_points, per_sample_mse, rows, Batch, LossTerms};
+use crate::bridge::BridgeConfig;
+use crate::cond::{Cond, PROMPT_POSITIVE};
+use crate::unet::UNet;
+use burn::config::Config;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use rand::Rng;
+
+#[derive(Config, Debug)]
+pub struct ShortcutConfig {
+    /// Share of each batch trained for self-consistency.
+    #[config(default = 0.25)]
+    pub sc_fraction: f32,
+    /// Share of each batch on the fidelity anchor X_{0,1}(x0).
+    #[config(default = 0.25)]
+    pub anchor_fraction: f32,
+    /// Smallest step is 2^-max_log2 (the dyadic grid 1, 1/2, ..., 1/64).
+    #[config(default = 6)]
+    pub max_log2: u32,
+    /// Share of diagonal and self-consistency samples with a noisy source (stochastic mode).
+    #[config(default = 0.5)]
+    pub p_source_noise: f32,
+}
+
+impl ShortcutConfig {
+    /// Rows of a batch of `n`: (self-consistency, anchor); the rest are diagonal.
+    pub fn split(&self, n: usize) -> (usize, usize) {
+        let sc = ((n as f32 * self.sc_fraction).round() as usize).min(n);
+        let anchor = ((n as f32 * self.anchor_fraction).round() as usize).min(n - sc);
+        (sc, anchor)
+    }
+}
+
+pub fn shortcut<B: AutodiffBackend>(
+    model: &UNet<B>,
+    teacher: &UNet<B::InnerBackend>,
+    batch: &Batch<B>,
+    cfg: &ShortcutConfig,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+) -> LossTerms<B> {
+    let device = batch.x0.device();
+    let n = batch.x0.dims()[0];
+    let (n_sc, n_anchor) = cfg.split(n);
+    let n_diag = n - n_sc - n_anchor;
+    let sub = |a: usize, len: usize| Batch {
+        x0: rows(&batch.x0, a, len),
+        x1: rows(&batch.x1, a, len),
+    };
+
+    let mut xs = Vec::new();
+    let mut targets = Vec::new();
+    let (mut s_all, mut t_all) = (Vec::with_capacity(n), Vec::with_capacity(n));
+
+    if n_sc > 0 {
+        let b = sub(0, n_sc);
+        // d = 2^-k, k in 1..=max_log2 (2d <= 1); t on the d-grid with t + 2d <= 1.
+        let mut d = Vec::with_capacity(n_sc);
+        let mut t = Vec::with_capacity(n_sc);
+        for _ in 0..n_sc {
+            let k = rng.random_range(1..=cfg.max_log2.max(1));
+            let dk = 0.5f32.powi(k as i32);
+            let slots = (1u32 << k) - 1; // t = j d, j in 0..=2^k - 2
+            t.push(rng.random_range(0..slots) as f32 * dk);
+            d.push(dk);
+        }
+        let noisy: Vec<bool> = (0..n_sc).map(|_| rng.random::<f32>() < cfg.p_source_noise).collect();
+        let (x, _) = bridge_points(&b, &t, &noisy, bridge, rng);
+        let td: Vec<f32> = t.iter().zip(&d).map(|(t, d)| t + d).collect();
+        let t2d: Vec<f32> = t.iter().zip(&d).map(|(t, d)| t + 2.0 * d).collect();
+        let inner_dev = x.clone().inner().device();
+        let (xi, x0i) = (x.clone().inner(), b.x0.clone().inner());
+        let v1 = teacher.velocity(xi.clone(), x0i.clone(), &Cond::per_sample(&t, &td, 1.0, PROMPT_POSITIVE, &inner_dev));
+        let xm = xi + v1.clone() * crate::bridge::per_sample(&d, &inner_dev);
+        let v2 = teacher.velocity(xm, x0i, &Cond::per_sample(&td, &t2d, 1.0, PROMPT_POSITIVE, &inner_dev));
+        targets.push(Tensor::from_inner((v1 + v2) * 0.5));
+        xs.push(x);
+        s_all.extend_from_slice(&t);
+        t_all.extend_from_slice(&t2d);
+    }
+    if n_anchor > 0 {
+        let b = sub(n_sc, n_anchor);
+        targets.push(b.x1.clone() - b.x0.clone());
+        xs.push(b.x0);
+        s_all.extend(std::iter::repeat_n(0.0, n_anchor));
+        t_all.extend(std::iter::repeat_n(1.0, n_anchor));
+    }
+    if n_diag > 0 {
+        let b = sub(n_sc + n_anchor, n_diag);
+        let r = diag_rows(&b, cfg.p_source_noise, bridge, rng);
+        xs.push(r.x);
+        targets.push(r.target);
+        s_all.extend_from_slice(&r.t);
+        t_all.extend_from_slice(&r.t);
+    }
+
+    // One student call for the whole batch.
+    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
+    let v = model.velocity(Tensor::cat(xs, 0), batch.x0.clone(), &c);
+    let per = per_sample_mse(v, Tensor::cat(targets, 0));
+    let mut terms = Vec::new();
+    let mut a = 0;
+    for (name, len) in [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)] {
+        if len > 0 {
+            terms.push((name, per.clone().narrow(0, a, len).mean()));
+        }
+        a += len;
+    }
+    LossTerms {
+        total: per.mean(),
+        terms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unet::UNetConfig;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use rand::SeedableRng;
+
+    #[test]
+    fn split_by_hand() {
+        let c = ShortcutConfig::new();
+        assert_eq!(c.split(8), (2, 2));
+        assert_eq!(c.split(1), (0, 0));
+        assert_eq!(ShortcutConfig::new().with_sc_fraction(1.0).split(4), (4, 0));
+    }
+
+    #[test]
+    fn fresh_model_terms() {
+        // A zero-output model and teacher: shortcut target 0, so that term is 0; anchor and diag
+        // (noise-free) equal mean (x1 - x0)^2 = 0.25.
+        type B = Autodiff<Flex>;
+        let dev = Default::default();
+        let model = UNetConfig::tiny().init::<B>(&dev);
+        let teacher = model.valid();
+        let batch = Batch {
+            x0: Tensor::<B, 4>::zeros([8, 12, 4, 4], &dev),
+            x1: Tensor::<B, 4>::ones([8, 12, 4, 4], &dev) * 0.5,
+        };
+        let cfg = ShortcutConfig::new().with_p_source_noise(0.0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let l = shortcut(&model, &teacher, &batch, &cfg, &BridgeConfig::new(), &mut rng);
+        let get = |k: &str| l.terms.iter().find(|(n, _)| *n == k).unwrap().1.clone().into_scalar();
+        assert!(get("shortcut").abs() < 1e-12);
+        assert!((get("anchor") - 0.25).abs() < 1e-6);
+        assert!((get("diag") - 0.25).abs() < 1e-6);
+        // total = (2 * 0 + 2 * 0.25 + 4 * 0.25) / 8
+        assert!((l.total.into_scalar() - 0.1875).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,255 @@
+//! The compact conditional UNet v_theta(x, s, t, c, w) of ALGORITHM.md §1-2.
+//!
+//! Input: the current point x and the source x0 = unshuffle(up(LR)), concatenated (2 x 12 channels
+//! at half resolution). Levels of residual blocks (no normalisation, as in EDSR: it costs PSNR)
+//! with FiLM conditioning, stride-2 convolutions down, sub-pixel convolutions up, additive skips.
+//! The output convolution is zero-initialised so that X_{s,t}(x) = x + (t - s) v starts as the
+//! identity. The network sees only (s, t, w, prompt), never the schedule.
+
+use crate::cond::{Cond, CondConfig, CondEmbed};
+use crate::space::shuffle;
+use burn::config::Config;
+use burn::module::{Initializer, Module};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{backend::Backend, Tensor};
+
+#[derive(Config, Debug)]
+pub struct UNetConfig {
+    /// Channels of one image in the unshuffled space (3 x 2 x 2).
+    #[config(default = 12)]
+    pub channels: usize,
+    /// Width of each level, top (half resolution) first.
+    pub widths: Vec<usize>,
+    /// Residual blocks per level on the way down (one more per level on the way up).
+    pub blocks: Vec<usize>,
+    pub cond: CondConfig,
+}
+
+impl UNetConfig {
+    /// The shipped size: fast enough to train on a CPU, one tile at a time in a browser.
+    pub fn small() -> Self {
+        Self::new(vec![32, 64, 96], vec![1, 3, 3], CondConfig::new())
+    }
+
+    /// For unit tests.
+    pub fn tiny() -> Self {
+        Self::new(vec![8, 16], vec![1, 1], CondConfig::new().with_dim(16).with_octaves(3))
+    }
+
+    /// Tile sizes (in the unshuffled space) must be multiples of this.
+    pub fn align(&self) -> usize {
+        1 << (self.widths.len() - 1)
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> UNet<B> {
+        assert_eq!(self.widths.len(), self.blocks.len(), "widths and blocks differ in length");
+        let conv3 = |i: usize, o: usize| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        let block = |c: usize| ResBlock {
+            conv1: conv3(c, c),
+            conv2: conv3(c, c),
+            film: LinearConfig::new(self.cond.dim, 2 * c)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        };
+        let n = self.widths.len();
+        let mut down = Vec::new();
+        for l in 0..n {
+            down.push(Level {
+                blocks: (0..self.blocks[l]).map(|_| block(self.widths[l])).collect(),
+                down: (l + 1 < n).then(|| {
+                    Conv2dConfig::new([self.widths[l], self.widths[l + 1]], [3, 3])
+                        .with_stride([2, 2])
+                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        .init(device)
+                }),
+            });
+        }
+        let up = (0..n - 1)
+            .map(|l| UpLevel {
+                up: conv3(self.widths[l + 1], 4 * self.widths[l]),
+                block: block(self.widths[l]),
+            })
+            .collect();
+        UNet {
+            cond: self.cond.init(device),
+            conv_in: conv3(2 * self.channels, self.widths[0]),
+            down,
+            up,
+            conv_out: Conv2dConfig::new([self.widths[0], self.channels], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// Multiply-adds x 2 per output pixel (full resolution) of one forward pass: the convolutions,
+    /// which are all but a rounding error of the cost.
+    pub fn flops_per_pixel(&self) -> f64 {
+        let mut f = 0.0;
+        // A conv at level l (resolution 1 / 2^(l+1) of the output per axis) costs
+        // 2 k^2 cin cout per position and has 4^-(l+1) positions per output pixel.
+        let per = |l: usize| 0.25f64.powi(l as i32 + 1);
+        let conv = |cin: usize, cout: usize| 2.0 * 9.0 * cin as f64 * cout as f64;
+        f += conv(2 * self.channels, self.widths[0]) * per(0);
+        f += conv(self.widths[0], self.channels) * per(0);
+        for l in 0..self.widths.len() {
+            let c = self.widths[l];
+            let blocks = self.blocks[l] + usize::from(l + 1 < self.widths.len());
+            f += blocks as f64 * 2.0 * conv(c, c) * per(l);
+            if l + 1 < self.widths.len() {
+                f += conv(c, self.widths[l + 1]) * per(l + 1); // stride-2 down
+                f += conv(self.widths[l + 1], 4 * c) * per(l + 1); // sub-pixel up
+            }
+        }
+        f
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResBlock<B: Backend> {
+    conv1: Conv2d<B>,
+    conv2: Conv2d<B>,
+    film: Linear<B>,
+}
+
+impl<B: Backend> ResBlock<B> {
+    fn forward(&self, x: Tensor<B, 4>, c: &Tensor<B, 2>) -> Tensor<B, 4> {
+        let [n, ch, _, _] = x.dims();
+        let h = self.conv1.forward(silu(x.clone()));
+        let ss = self.film.forward(c.clone()).reshape([n, 2 * ch, 1, 1]);
+        let scale = ss.clone().narrow(1, 0, ch);
+        let shift = ss.narrow(1, ch, ch);
+        let h = h.clone() + h * scale + shift;
+        x + self.conv2.forward(silu(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Level<B: Backend> {
+    blocks: Vec<ResBlock<B>>,
+    down: Option<Conv2d<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct UpLevel<B: Backend> {
+    up: Conv2d<B>,
+    block: ResBlock<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct UNet<B: Backend> {
+    cond: CondEmbed<B>,
+    conv_in: Conv2d<B>,
+    down: Vec<Level<B>>,
+    up: Vec<UpLevel<B>>,
+    conv_out: Conv2d<B>,
+}
+
+impl<B: Backend> UNet<B> {
+    /// The velocity v(x, s, t | x0): x and x0 are [n, 12, h, w] with h, w multiples of `align()`.
+    pub fn velocity(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
+        let emb = self.cond.forward(c);
+        let mut h = self.conv_in.forward(Tensor::cat(vec![x, x0], 1));
+        let mut skips = Vec::new();
+        for level in &self.down {
+            for b in &level.blocks {
+                h = b.forward(h, &emb);
+            }
+            if let Some(d) = &level.down {
+                skips.push(h.clone());
+                h = d.forward(h);
+            }
+        }
+        for (l, up) in self.up.iter().enumerate().rev() {
+            h = shuffle(up.up.forward(h), 2) + skips[l].clone();
+            h = up.block.forward(h, &emb);
+        }
+        self.conv_out.forward(silu(h))
+    }
+
+    /// The flow map X_{s,t}(x) = x + (t - s) v(x, s, t).
+    pub fn flow_map(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
+        let n = x.dims()[0];
+        let dt = (c.t.clone() - c.s.clone()).reshape([n, 1, 1, 1]);
+        x.clone() + self.velocity(x, x0, c) * dt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    type B = Flex;
+
+    #[test]
+    fn shapes_and_identity_at_init() {
+        let dev = Default::default();
+        let cfg = UNetConfig::tiny();
+        let net = cfg.init::<B>(&dev);
+        let x = Tensor::<B, 4>::random([3, 12, 8, 12], Distribution::Normal(0.0, 1.0), &dev);
+        let x0 = Tensor::<B, 4>::random([3, 12, 8, 12], Distribution::Normal(0.0, 1.0), &dev);
+        let c = Cond::uniform(3, 0.0, 1.0, &dev);
+        let v = net.velocity(x.clone(), x0.clone(), &c);
+        assert_eq!(v.dims(), [3, 12, 8, 12]);
+        // Zero-initialised output: v = 0 and X_{0,1} is the identity.
+        assert_eq!(v.abs().max().into_scalar(), 0.0);
+        let y = net.flow_map(x.clone(), x0, &c);
+        assert_eq!(y.to_data().to_vec::<f32>().unwrap(), x.to_data().to_vec::<f32>().unwrap());
+    }
+
+    #[test]
+    fn conditioning_changes_the_output() {
+        let dev = Default::default();
+        let cfg = UNetConfig::tiny();
+        // Give the output layer weights so the conditioning is visible.
+        let net = cfg.init::<B>(&dev);
+        let net = UNet {
+            conv_out: Conv2dConfig::new([8, 12], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&dev),
+            cond: CondConfig::new().with_dim(16).with_octaves(3).init(&dev),
+            down: net
+                .down
+                .into_iter()
+                .map(|l| Level {
+                    blocks: l
+                        .blocks
+                        .into_iter()
+                        .map(|b| ResBlock {
+                            film: LinearConfig::new(16, b.film.weight.dims()[1]).init(&dev),
+                            ..b
+                        })
+                        .collect(),
+                    down: l.down,
+                })
+                .collect(),
+            ..net
+        };
+        let x = Tensor::<B, 4>::random([1, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let v1 = net.velocity(x.clone(), x.clone(), &Cond::uniform(1, 0.0, 1.0, &dev));
+        let v2 = net.velocity(x.clone(), x.clone(), &Cond::uniform(1, 0.5, 1.0, &dev));
+        let v3 = net.velocity(x.clone(), x.clone(), &Cond::per_sample(&[0.0], &[1.0], 2.0, 1, &dev));
+        let diff = |a: &Tensor<B, 4>, b: &Tensor<B, 4>| (a.clone() - b.clone()).abs().max().into_scalar();
+        assert!(diff(&v1, &v2) > 1e-4, "s must matter");
+        assert!(diff(&v1, &v3) > 1e-4, "w and prompt must matter");
+    }
+
+    #[test]
+    fn flops_by_hand_for_tiny() {
+        // tiny: widths [8, 16], blocks [1, 1], 12 channels.
+        let c = |i: f64, o: f64| 18.0 * i * o;
+        let expect = (c(24.0, 8.0) + c(8.0, 12.0)) / 4.0
+            + 2.0 * 2.0 * c(8.0, 8.0) / 4.0
+            + (c(8.0, 16.0) + c(16.0, 32.0)) / 16.0
+            + 2.0 * c(16.0, 16.0) / 16.0;
+        assert!((UNetConfig::tiny().flops_per_pixel() - expect).abs() < 1e-9);
+    }
+}

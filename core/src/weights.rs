@@ -1,0 +1,198 @@
+//! Weights I/O: a model is `config.json` (a [`ModelConfig`]) beside `model.bin`, a burn record
+//! (bincode, full precision) inside a small checked container:
+//!   b"FMSRWTS1" | crc32 (u32 LE) of the payload | payload length (u64 LE) | payload.
+//! The checksum turns a corrupt or truncated file into an error instead of a decoder panic, and
+//! the loaded parameter shapes are checked against the config. Loads from bytes, so the browser
+//! uses the same path as the CLI.
+
+use crate::bridge::BridgeConfig;
+use crate::error::Error;
+
+// Not `Result`: burn's `Config` derive expands to code that names `Result` unqualified.
+type Res<T> = crate::error::Result<T>;
+use crate::unet::{UNet, UNetConfig};
+use burn::config::Config;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
+use burn::tensor::{backend::Backend, Tensor};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"FMSRWTS1";
+
+#[derive(Config, Debug)]
+pub struct ModelConfig {
+    pub unet: UNetConfig,
+    pub bridge: BridgeConfig,
+    /// Free-form provenance: how these weights were trained.
+    #[config(default = "String::new()")]
+    pub notes: String,
+}
+
+impl ModelConfig {
+    pub fn from_json(bytes: &[u8]) -> Res<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::BadWeights(format!("config.json: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Tile sides in full-resolution pixels must be multiples of this.
+    pub fn align(&self) -> usize {
+        2 * self.unet.align()
+    }
+}
+
+/// Any module's record as checked bytes.
+pub fn module_to_bytes<B: Backend, M: Module<B>>(m: M) -> Vec<u8> {
+    record_to_bytes::<B, _>(m.into_record())
+}
+
+/// Any record (a module's, an optimizer's) as checked bytes.
+pub fn record_to_bytes<B: Backend, R: Record<B>>(r: R) -> Vec<u8> {
+    let payload = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(r, ())
+        .expect("in-memory record");
+    let mut out = Vec::with_capacity(payload.len() + 20);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn payload(bytes: &[u8]) -> Res<&[u8]> {
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err(Error::BadWeights("not a flowmapsr weights file (bad header)".into()));
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let p = &bytes[20..];
+    if p.len() != len {
+        return Err(Error::BadWeights(format!("truncated: {} of {len} bytes", p.len())));
+    }
+    if crc32fast::hash(p) != crc {
+        return Err(Error::BadWeights("checksum mismatch (corrupt file)".into()));
+    }
+    Ok(p)
+}
+
+struct Shapes(Vec<Vec<usize>>);
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.push(p.val().dims().to_vec());
+    }
+}
+
+fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
+    let mut s = Shapes(Vec::new());
+    m.visit(&mut s);
+    s.0
+}
+
+/// A record from checked bytes.
+pub fn record_from_bytes<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Res<R> {
+    let p = payload(bytes)?.to_vec();
+    let device = device.clone();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        BinBytesRecorder::<FullPrecisionSettings>::default().load(p, &device)
+    }))
+    .map_err(|_| Error::BadWeights("the record does not match what was expected".into()))?
+    .map_err(|e| Error::BadWeights(format!("record: {e}")))
+}
+
+/// Load checked bytes into `template` (a freshly initialised module of the right architecture).
+pub fn module_from_bytes<B: Backend, M: Module<B>>(template: M, bytes: &[u8], device: &B::Device) -> Res<M> {
+    let expect = shapes(&template);
+    let record = record_from_bytes::<B, M::Record>(bytes, device)?;
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || template.load_record(record)))
+        .map_err(|_| Error::BadWeights("the record does not match this architecture".into()))?;
+    if shapes(&loaded) != expect {
+        return Err(Error::BadWeights("parameter shapes do not match config.json".into()));
+    }
+    Ok(loaded)
+}
+
+/// A model from the two files' contents.
+pub fn load_model<B: Backend>(config_json: &[u8], model_bin: &[u8], device: &B::Device) -> Res<(UNet<B>, ModelConfig)> {
+    let cfg = ModelConfig::from_json(config_json)?;
+    if cfg.unet.widths.is_empty() || cfg.unet.widths.len() != cfg.unet.blocks.len() || cfg.unet.widths.len() > 6 {
+        return Err(Error::BadWeights("config.json: widths and blocks must be 1..=6 levels long".into()));
+    }
+    let net = module_from_bytes(cfg.unet.init::<B>(device), model_bin, device)?;
+    Ok((net, cfg))
+}
+
+/// Load `dir/config.json` + `dir/model.bin`.
+pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Res<(UNet<B>, ModelConfig)> {
+    let read = |f: &str| {
+        std::fs::read(dir.join(f)).map_err(|e| Error::BadWeights(format!("{}: {e}", dir.join(f).display())))
+    };
+    load_model(&read("config.json")?, &read("model.bin")?, device)
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(())
+}
+
+/// Save `dir/config.json` + `dir/model.bin` (each written atomically).
+pub fn save_dir<B: Backend>(net: &UNet<B>, cfg: &ModelConfig, dir: &Path) -> Res<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomic(&dir.join("config.json"), cfg.to_json().as_bytes())?;
+    write_atomic(&dir.join("model.bin"), &module_to_bytes(net.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new())
+    }
+
+    #[test]
+    fn round_trip_bytes() {
+        let dev = Default::default();
+        let net = cfg().unet.init::<Flex>(&dev);
+        let bytes = module_to_bytes(net.clone());
+        let (back, c) = load_model::<Flex>(cfg().to_json().as_bytes(), &bytes, &dev).unwrap();
+        assert_eq!(c.unet.widths, vec![8, 16]);
+        assert_eq!(shapes::<Flex, _>(&back), shapes::<Flex, _>(&net));
+        assert_eq!(module_to_bytes(back), bytes);
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        let dev = burn::backend::flex::FlexDevice;
+        let good = module_to_bytes(cfg().unet.init::<Flex>(&dev));
+        let json = cfg().to_json();
+        let load = |j: &[u8], b: &[u8]| load_model::<Flex>(j, b, &dev).map(|_| ()).unwrap_err().to_string();
+        assert!(load(json.as_bytes(), b"hello").contains("bad header"));
+        assert!(load(json.as_bytes(), &good[..good.len() - 3]).contains("truncated"));
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(load(json.as_bytes(), &flipped).contains("checksum"));
+        assert!(load(b"{not json", &good).contains("config.json"));
+        // A valid file for another architecture.
+        let other = ModelConfig::new(UNetConfig::new(vec![4, 8], vec![1, 1], crate::cond::CondConfig::new().with_dim(16).with_octaves(3)), BridgeConfig::new());
+        let e = load(other.to_json().as_bytes(), &good);
+        assert!(e.contains("architecture") || e.contains("shapes") || e.contains("record"), "{e}");
+    }
+}

@@ -1,0 +1,109 @@
+//! `flowmapsr bench`: inference speed of one tile at NFE N on the chosen backend, beside the
+//! model's cost per output pixel and the backend's own matmul throughput (an attainable peak),
+//! so the fraction of the machine in use is visible.
+
+use crate::backend::DeviceKind;
+use anyhow::Result;
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use flowmapsr_core::sampler::{upscale, SampleOptions};
+use flowmapsr_core::Image;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Input tile side (LR pixels).
+    #[arg(long, default_value_t = 128)]
+    pub tile: usize,
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 4, value_parser = crate::upscale::parse_scale)]
+    pub scale: u32,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub tile: usize,
+    pub scale: u32,
+    pub steps: usize,
+    pub ms_per_tile: f64,
+    pub output_mp_per_s: f64,
+    pub model_flops_per_output_pixel: f64,
+    pub model_gflops_per_s: f64,
+    pub matmul_gflops_per_s: f64,
+    pub fraction_of_matmul_peak: f64,
+}
+
+fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
+    let n = 1024;
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let reps = 5;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let _ = a.clone().matmul(b.clone()).sum().into_data();
+    }
+    2.0 * (n as f64).powi(3) * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let r = crate::with_backend!(args.device, |B, device| bench_on::<B>(args, &device)?);
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "device {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s matmul peak ({:.0}%)",
+            r.device, r.tile, r.tile, r.scale, r.steps, r.ms_per_tile, r.output_mp_per_s,
+            r.model_flops_per_output_pixel, r.model_gflops_per_s, r.matmul_gflops_per_s, 100.0 * r.fraction_of_matmul_peak
+        );
+    }
+    Ok(())
+}
+
+fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchReport> {
+    let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), device)?;
+    let t = args.tile;
+    let data = (0..3 * t * t).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+    let lr = Image::new(t, t, 3, data)?;
+    let out = t * args.scale as usize;
+    let opts = SampleOptions {
+        steps: args.steps,
+        tile: out,
+        overlap: 0,
+        ..Default::default()
+    };
+    let run = || upscale(&net, &cfg, &lr, args.scale, &opts, device, &mut |_, _| true);
+    run()?; // warm-up (kernel compilation, autotune, allocation)
+    let t0 = Instant::now();
+    for _ in 0..args.reps {
+        run()?;
+    }
+    let secs = t0.elapsed().as_secs_f64() / args.reps as f64;
+    let px = (out * out) as f64;
+    let fpp = cfg.unet.flops_per_pixel() * args.steps as f64;
+    let model_gflops = fpp * px / secs / 1e9;
+    let peak = matmul_gflops::<B>(device);
+    Ok(BenchReport {
+        device: args.device.to_string(),
+        tile: t,
+        scale: args.scale,
+        steps: args.steps,
+        ms_per_tile: secs * 1e3,
+        output_mp_per_s: px / secs / 1e6,
+        model_flops_per_output_pixel: fpp,
+        model_gflops_per_s: model_gflops,
+        matmul_gflops_per_s: peak,
+        fraction_of_matmul_peak: model_gflops / peak,
+    })
+}

@@ -1,0 +1,50 @@
+//! The `flowmapsr` command line as a library (so integration tests can drive it in-process).
+
+pub mod backend;
+pub mod bench;
+pub mod eval;
+pub mod imageio;
+pub mod train;
+pub mod upscale;
+pub mod weights;
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "flowmapsr", version, about = "Flow-map image super-resolution (FlowMapSR): one network call per tile")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (resumable).
+    Train(train::TrainArgs),
+    /// Upscale images with the shipped (or given) weights.
+    Upscale(upscale::UpscaleArgs),
+    /// Score a method on a folder of HR images (standard SR protocol).
+    Eval(eval::EvalArgs),
+    /// Inference speed on one tile.
+    Bench(bench::BenchArgs),
+    /// Export weights to safetensors.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Weights folder (default: the shipped weights).
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    /// Output .safetensors file.
+    #[arg(short, long)]
+    pub output: std::path::PathBuf,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(&a),
+        Command::Upscale(a) => upscale::run(&a),
+        Command::Eval(a) => eval::run(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Export(a) => weights::export_safetensors(a.weights.as_deref(), &a.output),
+    }
+}

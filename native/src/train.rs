@@ -1,0 +1,396 @@
+//! `flowmapsr train`: random HR crops (8 dihedral transforms) -> online degradations at a scale
+//! drawn from x2/x4/x8 -> objective -> Adam -> EMA; periodic validation (PSNR-Y, x4, NFE 1,
+//! fidelity mode, EMA weights) and atomic checkpoints that `--resume` continues from exactly:
+//! each step's randomness is derived from (seed, step), so a resumed run draws the same batches.
+
+use crate::backend::DeviceKind;
+use crate::imageio;
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use flowmapsr_core::degrade::{degrade, DegradeConfig};
+use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
+use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
+use flowmapsr_core::objectives::Batch;
+use flowmapsr_core::resize::upscale as bicubic_up;
+use flowmapsr_core::sampler::SampleOptions;
+use flowmapsr_core::space::unshuffle;
+use flowmapsr_core::unet::UNet;
+use flowmapsr_core::weights::{module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, write_atomic, ModelConfig};
+use flowmapsr_core::{ema, Image};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Training config (JSON, see configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Folders of HR training images.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Folder of HR validation images (scored x4, NFE 1, fidelity mode).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Run folder: checkpoints, logs, best/ and final/ weights.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the run folder's last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Stop after this many steps in this invocation (the schedule still spans `steps`).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    Shortcut,
+    FlowMatching,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub objective: Objective,
+    #[serde(default = "ShortcutConfig::new")]
+    pub shortcut: ShortcutConfig,
+    #[serde(default = "FlowMatchingConfig::new")]
+    pub flow_matching: FlowMatchingConfig,
+    #[serde(default)]
+    pub degrade: DegradeConfig,
+    /// Probabilities of x2, x4, x8.
+    pub scale_mix: [f32; 3],
+    /// HR crop side (a multiple of 8 and of the model's alignment).
+    pub crop: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub lr_min: f64,
+    #[serde(default)]
+    pub warmup: usize,
+    pub ema_decay: f32,
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: Option<f32>,
+    pub seed: u64,
+    pub log_every: usize,
+    pub val_every: usize,
+    pub ckpt_every: usize,
+}
+
+fn default_grad_clip() -> Option<f32> {
+    Some(1.0)
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let c: Self = serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        let align = self.model.align() * 8;
+        if self.crop == 0 || self.crop % align != 0 {
+            bail!("crop {} must be a positive multiple of {align} (the model's alignment x the largest scale)", self.crop);
+        }
+        if self.batch == 0 || self.steps == 0 {
+            bail!("batch and steps must be positive");
+        }
+        if self.scale_mix.iter().any(|p| *p < 0.0) || self.scale_mix.iter().sum::<f32>() <= 0.0 {
+            bail!("scale_mix must be non-negative and not all zero");
+        }
+        Ok(())
+    }
+
+    /// Cosine decay from lr to lr_min after a linear warm-up.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let p = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos())
+    }
+}
+
+/// Persistent state beside the checkpoint's weights.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunState {
+    pub step: usize,
+    pub best_psnr: f64,
+    pub train_secs: f64,
+    pub history: Vec<ValPoint>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValPoint {
+    pub step: usize,
+    pub psnr_y: f64,
+    pub train_secs: f64,
+}
+
+/// HR training images as 8-bit RGB.
+pub fn load_images(dirs: &[PathBuf], min_side: usize) -> Result<Vec<Image>> {
+    let mut out = Vec::new();
+    for f in crate::upscale::collect_inputs(dirs)? {
+        let d = imageio::read(&f, u64::MAX)?;
+        if d.rgb.width >= min_side && d.rgb.height >= min_side {
+            out.push(d.rgb.quantized(255.0));
+        }
+    }
+    if out.is_empty() {
+        bail!("no training images of at least {min_side}x{min_side} pixels");
+    }
+    Ok(out)
+}
+
+/// One of the 8 dihedral transforms of a square crop.
+fn dihedral(img: &Image, k: u8) -> Image {
+    let n = img.width;
+    let mut out = img.clone();
+    for c in 0..img.channels {
+        let src = img.plane(c);
+        let dst = out.plane_mut(c);
+        for y in 0..n {
+            for x in 0..n {
+                let (mut sx, mut sy) = (x, y);
+                if k & 1 != 0 {
+                    sx = n - 1 - sx;
+                }
+                if k & 2 != 0 {
+                    sy = n - 1 - sy;
+                }
+                if k & 4 != 0 {
+                    std::mem::swap(&mut sx, &mut sy);
+                }
+                dst[y * n + x] = src[sy * n + sx];
+            }
+        }
+    }
+    out
+}
+
+/// The batch for `step`: a pure function of (images, config, step).
+pub fn make_batch<B: AutodiffBackend>(images: &[Image], cfg: &TrainConfig, step: usize, device: &B::Device) -> Result<Batch<B>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let c = cfg.crop;
+    let total: f32 = cfg.scale_mix.iter().sum();
+    let (mut x0, mut x1) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.batch {
+        let img = &images[rng.random_range(0..images.len())];
+        let (x, y) = (rng.random_range(0..=img.width - c), rng.random_range(0..=img.height - c));
+        let hr = dihedral(&img.crop(x, y, c, c), rng.random_range(0..8));
+        let mut u = rng.random::<f32>() * total;
+        let mut scale = 8;
+        for (p, s) in cfg.scale_mix.iter().zip([2u32, 4, 8]) {
+            if u < *p {
+                scale = s;
+                break;
+            }
+            u -= p;
+        }
+        let lr = degrade(&hr, scale, &cfg.degrade, rng.random())?;
+        x0.extend(bicubic_up(&lr, scale).to_signed());
+        x1.extend(hr.to_signed());
+    }
+    let shape = [cfg.batch, 3, c, c];
+    let t = |v: Vec<f32>| unshuffle(Tensor::<B, 4>::from_data(TensorData::new(v, shape), device), 2);
+    Ok(Batch { x0: t(x0), x1: t(x1) })
+}
+
+/// Validation: mean PSNR-Y at x4, NFE 1, fidelity mode.
+pub fn validate<B: burn::tensor::backend::Backend>(
+    net: &UNet<B>,
+    cfg: &ModelConfig,
+    images: &[(String, imageio::Decoded)],
+    device: &B::Device,
+) -> Result<f64> {
+    let opts = SampleOptions {
+        tile: 512,
+        overlap: 64,
+        ..Default::default()
+    };
+    let r = crate::eval::evaluate(images, 4, None, crate::eval::model_fn(net, cfg, 4, opts, device))?;
+    Ok(r.psnr_y)
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let cfg = TrainConfig::load(&args.config)?;
+    crate::with_backend!(args.device, |B, device| train::<burn::backend::Autodiff<B>>(args, &cfg, &device))
+}
+
+const LATEST: &str = "latest";
+
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
+    out: &Path,
+    model: &UNet<B>,
+    ema_net: &UNet<B::InnerBackend>,
+    optim: &O,
+    state: &RunState,
+) -> Result<()> {
+    let name = format!("ckpt-{:08}", state.step);
+    let tmp = out.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("model.bin"), module_to_bytes(model.valid()))?;
+    std::fs::write(tmp.join("ema.bin"), module_to_bytes(ema_net.clone()))?;
+    std::fs::write(tmp.join("optim.bin"), record_to_bytes::<B, _>(optim.to_record()))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    let dst = out.join(&name);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::rename(&tmp, &dst)?;
+    let prev = std::fs::read_to_string(out.join(LATEST)).ok();
+    write_atomic(&out.join(LATEST), name.as_bytes())?;
+    if let Some(p) = prev.filter(|p| p.trim() != name) {
+        let _ = std::fs::remove_dir_all(out.join(p.trim()));
+    }
+    Ok(())
+}
+
+fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::Device) -> Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let images = load_images(&args.data, cfg.crop)?;
+    let val = args.val.as_deref().map(crate::eval::load_folder).transpose()?;
+    tracing::info!(
+        "{} training images, {} validation images, device {}",
+        images.len(),
+        val.as_ref().map_or(0, |v| v.len()),
+        args.device
+    );
+    std::fs::write(args.out.join("train_config.json"), serde_json::to_vec_pretty(cfg)?)?;
+
+    let mut model: UNet<B> = cfg.model.unet.init(device);
+    let mut ema_net: UNet<B::InnerBackend> = model.valid();
+    let mut adam = AdamConfig::new();
+    if let Some(c) = cfg.grad_clip {
+        adam = adam.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(c)));
+    }
+    let mut optim = adam.init::<B, UNet<B>>();
+    let mut state = RunState {
+        best_psnr: f64::NEG_INFINITY,
+        ..Default::default()
+    };
+    if args.resume {
+        match std::fs::read_to_string(args.out.join(LATEST)) {
+            Ok(name) => {
+                let dir = args.out.join(name.trim());
+                let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+                model = module_from_bytes(model, &read("model.bin")?, device)?;
+                ema_net = module_from_bytes(ema_net, &read("ema.bin")?, device)?;
+                optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, device)?);
+                state = serde_json::from_slice(&read("state.json")?)?;
+                tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+            }
+            Err(_) => tracing::warn!("--resume: no checkpoint in {}, starting fresh", args.out.display()),
+        }
+    }
+    let nparams = burn::module::Module::num_params(&model);
+    tracing::info!(
+        "model: {} parameters, {:.0} FLOP per output pixel",
+        nparams,
+        cfg.model.unet.flops_per_pixel()
+    );
+
+    let end = args.max_steps.map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
+    let pb = indicatif::ProgressBar::new(cfg.steps as u64).with_position(state.step as u64);
+    pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}").unwrap());
+    let mut log_acc: Vec<(&'static str, f64)> = Vec::new();
+    let mut log_n = 0usize;
+    let mut t_log = Instant::now();
+    while state.step < end {
+        let t0 = Instant::now();
+        let step = state.step;
+        let batch = make_batch::<B>(&images, cfg, step, device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let loss = match cfg.objective {
+            Objective::Shortcut => shortcut(&model, &ema_net, &batch, &cfg.shortcut, &cfg.model.bridge, &mut rng),
+            Objective::FlowMatching => flow_matching(&model, &batch, &cfg.flow_matching, &cfg.model.bridge, &mut rng),
+        };
+        let total: f64 = loss.total.clone().into_scalar().elem();
+        if !total.is_finite() {
+            bail!("loss is {total} at step {step}: diverged (lower lr?) — the last checkpoint is intact");
+        }
+        for (name, t) in &loss.terms {
+            let v: f64 = t.clone().into_scalar().elem();
+            match log_acc.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 += v,
+                None => log_acc.push((name, v)),
+            }
+        }
+        log_n += 1;
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        model = optim.step(cfg.lr_at(step), model, grads);
+        ema_net = ema::update(ema_net, &model.valid(), cfg.ema_decay);
+        state.step += 1;
+        state.train_secs += t0.elapsed().as_secs_f64();
+        pb.set_position(state.step as u64);
+
+        if state.step % cfg.log_every == 0 || state.step == end {
+            let terms: Vec<String> = log_acc.iter().map(|(n, v)| format!("{n} {:.5}", v / log_n as f64)).collect();
+            tracing::info!(
+                "step {} lr {:.2e} {} | {:.2} s/step",
+                state.step,
+                cfg.lr_at(step),
+                terms.join(" "),
+                t_log.elapsed().as_secs_f64() / log_n as f64
+            );
+            pb.set_message(terms.join(" "));
+            log_acc.clear();
+            log_n = 0;
+            t_log = Instant::now();
+        }
+        let last = state.step == end;
+        if let Some(v) = &val {
+            if state.step % cfg.val_every == 0 || last {
+                let psnr = validate(&ema_net, &cfg.model, v, device)?;
+                state.history.push(ValPoint {
+                    step: state.step,
+                    psnr_y: psnr,
+                    train_secs: state.train_secs,
+                });
+                let best = psnr > state.best_psnr;
+                tracing::info!("step {} validation PSNR-Y x4 {:.3} dB{}", state.step, psnr, if best { " (best)" } else { "" });
+                if best {
+                    state.best_psnr = psnr;
+                    flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
+                }
+            }
+        }
+        if state.step % cfg.ckpt_every == 0 || last {
+            save_checkpoint(&args.out, &model, &ema_net, &optim, &state)?;
+        }
+    }
+    pb.finish_and_clear();
+    flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("final"))?;
+    tracing::info!("stopped at step {} after {:.0} s of training; EMA weights in {}", state.step, state.train_secs, args.out.join("final").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dihedral_group() {
+        let img = Image::new(3, 3, 1, (0..9).map(|v| v as f32).collect()).unwrap();
+        let all: Vec<Vec<f32>> = (0..8).map(|k| dihedral(&img, k).data).collect();
+        for i in 0..8 {
+            for j in 0..i {
+                assert_ne!(all[i], all[j], "{i} {j}");
+            }
+        }
+        // Horizontal flip by hand.
+        assert_eq!(all[1], vec![2.0, 1.0, 0.0, 5.0, 4.0, 3.0, 8.0, 7.0, 6.0]);
+    }
+}
