@@ -8,8 +8,13 @@ fn main() {
         Some("tiny") => flowmapsr_core::unet::UNetConfig::tiny(),
         _ => flowmapsr_core::unet::UNetConfig::small(),
     };
-    let cfg = flowmapsr_core::weights::ModelConfig::new(unet, flowmapsr_core::bridge::BridgeConfig::new())
-        .with_notes("untrained (identity flow map = bicubic)".into());
-    let net = cfg.unet.init::<burn::backend::Flex>(&burn::backend::flex::FlexDevice);
+    let cfg = flowmapsr_core::weights::ModelConfig::new(
+        unet,
+        flowmapsr_core::bridge::BridgeConfig::new(),
+    )
+    .with_notes("untrained (identity flow map = bicubic)".into());
+    let net = cfg
+        .unet
+        .init::<burn::backend::Flex>(&burn::backend::flex::FlexDevice);
     flowmapsr_core::weights::save_dir(&net, &cfg, &dir).expect("writing weights");
 }

@@ -26,7 +26,11 @@ pub enum Mode {
 }
 
 /// Standard normal noise from a seeded CPU generator (the same on every backend).
-pub fn noise<B: Backend, const D: usize>(shape: [usize; D], rng: &mut impl Rng, device: &B::Device) -> Tensor<B, D> {
+pub fn noise<B: Backend, const D: usize>(
+    shape: [usize; D],
+    rng: &mut impl Rng,
+    device: &B::Device,
+) -> Tensor<B, D> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
     Tensor::from_data(TensorData::new(v, shape), device)
@@ -38,11 +42,16 @@ pub fn per_sample<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 4> {
 }
 
 /// I_t for per-sample times `t` ([n, 1, 1, 1]) from `src` to `x1` with bridge noise `eps`.
-pub fn point<B: Backend>(src: Tensor<B, 4>, x1: Tensor<B, 4>, t: Tensor<B, 4>, eps: Tensor<B, 4>, sigma_b: f32) -> Tensor<B, 4> {
+pub fn point<B: Backend>(
+    src: Tensor<B, 4>,
+    x1: Tensor<B, 4>,
+    t: Tensor<B, 4>,
+    eps: Tensor<B, 4>,
+    sigma_b: f32,
+) -> Tensor<B, 4> {
     let std = (t.clone() * (t.clone().neg() + 1.0)).clamp_min(0.0).sqrt() * sigma_b;
     src * (t.clone().neg() + 1.0) + x1 * t + eps * std
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -57,12 +66,24 @@ mod tests {
         let x0 = noise::<Flex, 4>([2, 12, 4, 4], &mut rng, &dev);
         let x1 = noise::<Flex, 4>([2, 12, 4, 4], &mut rng, &dev);
         let eps = noise::<Flex, 4>([2, 12, 4, 4], &mut rng, &dev);
-        let at = |t: f32| point(x0.clone(), x1.clone(), per_sample(&[t, t], &dev), eps.clone(), 0.5);
-        let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| (a - b).abs().max().into_scalar() < 1e-6;
+        let at = |t: f32| {
+            point(
+                x0.clone(),
+                x1.clone(),
+                per_sample(&[t, t], &dev),
+                eps.clone(),
+                0.5,
+            )
+        };
+        let close =
+            |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| (a - b).abs().max().into_scalar() < 1e-6;
         assert!(close(at(0.0), x0.clone()));
         assert!(close(at(1.0), x1.clone()));
         // t = 1/2: mean of the ends plus 0.5 * sqrt(1/4) eps.
-        assert!(close(at(0.5), (x0.clone() + x1.clone()) * 0.5 + eps.clone() * 0.25));
+        assert!(close(
+            at(0.5),
+            (x0.clone() + x1.clone()) * 0.5 + eps.clone() * 0.25
+        ));
     }
 
     #[test]
@@ -70,6 +91,9 @@ mod tests {
         let dev = Default::default();
         let a = noise::<Flex, 2>([3, 5], &mut rand_chacha::ChaCha8Rng::seed_from_u64(9), &dev);
         let b = noise::<Flex, 2>([3, 5], &mut rand_chacha::ChaCha8Rng::seed_from_u64(9), &dev);
-        assert_eq!(a.to_data().to_vec::<f32>().unwrap(), b.to_data().to_vec::<f32>().unwrap());
+        assert_eq!(
+            a.to_data().to_vec::<f32>().unwrap(),
+            b.to_data().to_vec::<f32>().unwrap()
+        );
     }
 }

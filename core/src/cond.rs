@@ -66,7 +66,10 @@ impl CondConfig {
             fc1: LinearConfig::new(self.features(), self.dim).init(device),
             fc2: LinearConfig::new(self.dim, self.dim).init(device),
             prompt: EmbeddingConfig::new(3, self.dim)
-                .with_initializer(burn::module::Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(burn::module::Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
             octaves: self.octaves,
         }
@@ -91,10 +94,16 @@ impl<B: Backend> CondEmbed<B> {
         let d = c.t.clone() - c.s.clone();
         // w in [1, w_max] mapped near [0, 1] so its features vary at the same rate as times.
         let w = (c.w.clone() - 1.0) / 4.0;
-        let feats = Tensor::cat(vec![self.fourier(c.s.clone()), self.fourier(d), self.fourier(w)], 1);
+        let feats = Tensor::cat(
+            vec![self.fourier(c.s.clone()), self.fourier(d), self.fourier(w)],
+            1,
+        );
         let h = self.fc2.forward(silu(self.fc1.forward(feats)));
         let n = c.prompt.dims()[0];
-        let p = self.prompt.forward(c.prompt.clone().reshape([n, 1])).reshape([n, h.dims()[1]]);
+        let p = self
+            .prompt
+            .forward(c.prompt.clone().reshape([n, 1]))
+            .reshape([n, h.dims()[1]]);
         silu(h + p)
     }
 }

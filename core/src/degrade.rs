@@ -97,7 +97,14 @@ pub fn degrade(hr: &Image, scale: u32, cfg: &DegradeConfig, seed: u64) -> Result
     let f = (r / scale as f32).min(1.0) as f64;
     let w = ((img.width as f64 * f).round() as usize).max(1);
     let h = ((img.height as f64 * f).round() as usize).max(1);
-    img = imresize_to(&img, w, h, w as f64 / img.width as f64, h as f64 / img.height as f64, false);
+    img = imresize_to(
+        &img,
+        w,
+        h,
+        w as f64 / img.width as f64,
+        h as f64 / img.height as f64,
+        false,
+    );
     if rng.random::<f32>() < cfg.p_noise {
         let sigma = rng.random_range(cfg.noise_sigma[0]..=cfg.noise_sigma[1]) / 255.0;
         let gray = rng.random::<f32>() < cfg.p_gray_noise;
@@ -109,7 +116,14 @@ pub fn degrade(hr: &Image, scale: u32, cfg: &DegradeConfig, seed: u64) -> Result
         img = jpeg_round_trip(&img, q)?;
     }
     let (ow, oh) = (hr.width / s, hr.height / s);
-    let out = imresize_to(&img, ow, oh, ow as f64 / img.width as f64, oh as f64 / img.height as f64, false);
+    let out = imresize_to(
+        &img,
+        ow,
+        oh,
+        ow as f64 / img.width as f64,
+        oh as f64 / img.height as f64,
+        false,
+    );
     Ok(out.quantized(255.0))
 }
 
@@ -160,13 +174,21 @@ pub fn convolve(img: &Image, kernel: &(Vec<f32>, usize)) -> Image {
 fn add_noise(img: &mut Image, sigma: f32, gray: bool, shot: bool, rng: &mut ChaCha8Rng) {
     let n = img.pixels();
     let draw = |rng: &mut ChaCha8Rng| -> f32 { StandardNormal.sample(rng) };
-    let shared: Vec<f32> = if gray { (0..n).map(|_| draw(rng)).collect() } else { vec![] };
+    let shared: Vec<f32> = if gray {
+        (0..n).map(|_| draw(rng)).collect()
+    } else {
+        vec![]
+    };
     for c in 0..img.channels {
         let p = img.plane_mut(c);
         for i in 0..n {
             let e = if gray { shared[i] } else { draw(rng) };
             // Shot noise: std grows with sqrt(signal) (Poisson-like), equal to sigma at mid-gray.
-            let sd = if shot { sigma * (p[i].max(0.0) / 0.5).sqrt() } else { sigma };
+            let sd = if shot {
+                sigma * (p[i].max(0.0) / 0.5).sqrt()
+            } else {
+                sigma
+            };
             p[i] = (p[i] + sd * e).clamp(0.0, 1.0);
         }
     }
@@ -180,7 +202,12 @@ pub fn jpeg_round_trip(img: &Image, quality: u8) -> Result<Image> {
     let px = rgb.to_interleaved_u8();
     let mut buf = Vec::new();
     JpegEncoder::new_with_quality(&mut buf, quality)
-        .encode(&px, rgb.width as u32, rgb.height as u32, image::ExtendedColorType::Rgb8)
+        .encode(
+            &px,
+            rgb.width as u32,
+            rgb.height as u32,
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| Error::InvalidImage(format!("jpeg encode: {e}")))?;
     let dec = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(&buf))
         .map_err(|e| Error::InvalidImage(format!("jpeg decode: {e}")))?;
@@ -227,7 +254,10 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!((a.width, a.height), (16, 12));
         // 8-bit levels only.
-        assert!(a.data.iter().all(|v| ((v * 255.0).round() - v * 255.0).abs() < 1e-4));
+        assert!(a
+            .data
+            .iter()
+            .all(|v| ((v * 255.0).round() - v * 255.0).abs() < 1e-4));
     }
 
     #[test]

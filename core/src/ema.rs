@@ -19,7 +19,10 @@ struct Blend<B: Backend> {
 
 impl<B: Backend> ModuleMapper<B> for Blend<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let src = self.src.next().expect("EMA and model have the same parameters");
+        let src = self
+            .src
+            .next()
+            .expect("EMA and model have the same parameters");
         let decay = self.decay;
         param.map(|e| {
             let shape = e.shape();
@@ -47,12 +50,22 @@ mod tests {
     #[test]
     fn blends_by_hand() {
         let dev = Default::default();
-        let a: Linear<Flex> = LinearConfig::new(2, 2).with_initializer(burn::module::Initializer::Zeros).init(&dev);
-        let b: Linear<Flex> = LinearConfig::new(2, 2).with_initializer(burn::module::Initializer::Ones).init(&dev);
+        let a: Linear<Flex> = LinearConfig::new(2, 2)
+            .with_initializer(burn::module::Initializer::Zeros)
+            .init(&dev);
+        let b: Linear<Flex> = LinearConfig::new(2, 2)
+            .with_initializer(burn::module::Initializer::Ones)
+            .init(&dev);
         let e = update(a, &b, 0.75);
         // 0.75 * 0 + 0.25 * 1
-        assert_eq!(e.weight.val().to_data().to_vec::<f32>().unwrap(), vec![0.25; 4]);
+        assert_eq!(
+            e.weight.val().to_data().to_vec::<f32>().unwrap(),
+            vec![0.25; 4]
+        );
         let e = update(e, &b, 0.5);
-        assert_eq!(e.bias.unwrap().val().to_data().to_vec::<f32>().unwrap(), vec![0.625; 2]);
+        assert_eq!(
+            e.bias.unwrap().val().to_data().to_vec::<f32>().unwrap(),
+            vec![0.625; 2]
+        );
     }
 }

@@ -44,12 +44,22 @@ impl Image {
     }
 
     /// From interleaved 8-bit samples (RGB8, L8, RGBA8 ...).
-    pub fn from_interleaved_u8(width: usize, height: usize, channels: usize, px: &[u8]) -> Result<Self> {
+    pub fn from_interleaved_u8(
+        width: usize,
+        height: usize,
+        channels: usize,
+        px: &[u8],
+    ) -> Result<Self> {
         Self::from_interleaved(width, height, channels, px, |v| v as f32 / 255.0)
     }
 
     /// From interleaved 16-bit samples.
-    pub fn from_interleaved_u16(width: usize, height: usize, channels: usize, px: &[u16]) -> Result<Self> {
+    pub fn from_interleaved_u16(
+        width: usize,
+        height: usize,
+        channels: usize,
+        px: &[u16],
+    ) -> Result<Self> {
         Self::from_interleaved(width, height, channels, px, |v| v as f32 / 65535.0)
     }
 
@@ -113,7 +123,10 @@ impl Image {
 
     /// Copy of the rectangle (x, y, w, h); it must lie inside the image.
     pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Image {
-        assert!(x + w <= self.width && y + h <= self.height, "crop outside image");
+        assert!(
+            x + w <= self.width && y + h <= self.height,
+            "crop outside image"
+        );
         let mut out = Image::zeros(w, h, self.channels);
         for c in 0..self.channels {
             let src = self.plane(c);
@@ -146,7 +159,9 @@ impl Image {
     /// Round every sample to the nearest of `levels + 1` levels in [0, 1] (8-bit: 255).
     pub fn quantized(&self, levels: f32) -> Image {
         let mut out = self.clone();
-        out.data.iter_mut().for_each(|v| *v = quantize(*v, levels) / levels);
+        out.data
+            .iter_mut()
+            .for_each(|v| *v = quantize(*v, levels) / levels);
         out
     }
 

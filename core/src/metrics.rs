@@ -27,7 +27,10 @@ impl Plane {
     }
 
     pub fn shave(&self, s: usize) -> Plane {
-        assert!(self.w > 2 * s && self.h > 2 * s, "image too small to shave {s}");
+        assert!(
+            self.w > 2 * s && self.h > 2 * s,
+            "image too small to shave {s}"
+        );
         let (w, h) = (self.w - 2 * s, self.h - 2 * s);
         let mut v = Vec::with_capacity(w * h);
         for y in 0..h {
@@ -74,7 +77,11 @@ pub fn luma(img: &Image, gray: bool) -> Plane {
     let v = (0..img.pixels())
         .map(|i| {
             // Same arithmetic as the reference: 8-bit values, then the BT.601 formula.
-            let (r, g, b) = (r[i] as f64 * 255.0, g[i] as f64 * 255.0, b[i] as f64 * 255.0);
+            let (r, g, b) = (
+                r[i] as f64 * 255.0,
+                g[i] as f64 * 255.0,
+                b[i] as f64 * 255.0,
+            );
             let y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
             if gray {
                 (y - 16.0) * 255.0 / 219.0
@@ -91,7 +98,12 @@ pub fn luma(img: &Image, gray: bool) -> Plane {
 }
 
 pub fn psnr(a: &Plane, b: &Plane) -> f64 {
-    let mse = a.v.iter().zip(&b.v).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() / a.v.len() as f64;
+    let mse =
+        a.v.iter()
+            .zip(&b.v)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f64>()
+            / a.v.len() as f64;
     if mse == 0.0 {
         f64::INFINITY
     } else {
@@ -101,7 +113,9 @@ pub fn psnr(a: &Plane, b: &Plane) -> f64 {
 
 fn gaussian_window(n: usize, sigma: f64) -> Vec<f64> {
     let c = (n / 2) as f64;
-    let g: Vec<f64> = (0..n).map(|i| (-(i as f64 - c).powi(2) / (2.0 * sigma * sigma)).exp()).collect();
+    let g: Vec<f64> = (0..n)
+        .map(|i| (-(i as f64 - c).powi(2) / (2.0 * sigma * sigma)).exp())
+        .collect();
     let s: f64 = g.iter().sum();
     let g: Vec<f64> = g.iter().map(|v| v / s).collect();
     let mut k = vec![0.0; n * n];
@@ -127,7 +141,8 @@ pub fn ssim(a: &Plane, b: &Plane) -> f64 {
         let v1 = s11.v[i] - m1 * m1;
         let v2 = s22.v[i] - m2 * m2;
         let cov = s12.v[i] - m1 * m2;
-        acc += ((2.0 * m1 * m2 + c1) * (2.0 * cov + c2)) / ((m1 * m1 + m2 * m2 + c1) * (v1 + v2 + c2));
+        acc +=
+            ((2.0 * m1 * m2 + c1) * (2.0 * cov + c2)) / ((m1 * m1 + m2 * m2 + c1) * (v1 + v2 + c2));
     }
     acc / mu1.v.len() as f64
 }
@@ -147,17 +162,39 @@ pub fn gmsd(a: &Plane, b: &Plane) -> f64 {
         Plane { w, h, v }
     };
     let (a, b) = (down(a), down(b));
-    let hx = [1.0 / 3.0, 0.0, -1.0 / 3.0, 1.0 / 3.0, 0.0, -1.0 / 3.0, 1.0 / 3.0, 0.0, -1.0 / 3.0];
-    let hy = [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0, 0.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0];
-    let mag = |p: &Plane| p.filter(&hx, 3, 3).map2(&p.filter(&hy, 3, 3), |x, y| (x * x + y * y).sqrt());
+    let hx = [
+        1.0 / 3.0,
+        0.0,
+        -1.0 / 3.0,
+        1.0 / 3.0,
+        0.0,
+        -1.0 / 3.0,
+        1.0 / 3.0,
+        0.0,
+        -1.0 / 3.0,
+    ];
+    let hy = [
+        1.0 / 3.0,
+        1.0 / 3.0,
+        1.0 / 3.0,
+        0.0,
+        0.0,
+        0.0,
+        -1.0 / 3.0,
+        -1.0 / 3.0,
+        -1.0 / 3.0,
+    ];
+    let mag = |p: &Plane| {
+        p.filter(&hx, 3, 3)
+            .map2(&p.filter(&hy, 3, 3), |x, y| (x * x + y * y).sqrt())
+    };
     let (ma, mb) = (mag(&a), mag(&b));
     let c = 170.0;
-    let gms: Vec<f64> = ma
-        .v
-        .iter()
-        .zip(&mb.v)
-        .map(|(x, y)| (2.0 * x * y + c) / (x * x + y * y + c))
-        .collect();
+    let gms: Vec<f64> =
+        ma.v.iter()
+            .zip(&mb.v)
+            .map(|(x, y)| (2.0 * x * y + c) / (x * x + y * y + c))
+            .collect();
     let mean = gms.iter().sum::<f64>() / gms.len() as f64;
     (gms.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gms.len() as f64).sqrt()
 }
@@ -184,7 +221,11 @@ pub struct Scores {
 /// All four metrics of `sr` against `hr` (same size, RGB in [0, 1]; quantise `sr` to 8 bits
 /// first to score what a saved file would hold).
 pub fn score(sr: &Image, hr: &Image, shave: usize, gray: bool) -> Scores {
-    assert_eq!((sr.width, sr.height), (hr.width, hr.height), "SR and HR sizes differ");
+    assert_eq!(
+        (sr.width, sr.height),
+        (hr.width, hr.height),
+        "SR and HR sizes differ"
+    );
     let ys = luma(sr, gray).shave(shave);
     let yh = luma(hr, gray).shave(shave);
     Scores {

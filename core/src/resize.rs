@@ -7,7 +7,7 @@
 //! makes the result match `sr_score.py make-lr` pixel for pixel.
 
 use crate::error::{Error, Result};
-use crate::image::{quantize, Image};
+use crate::image::Image;
 
 fn cubic(x: f64) -> f64 {
     let ax = x.abs();
@@ -50,11 +50,7 @@ fn contributions(in_len: usize, out_len: usize, scale: f64) -> Contributions {
             };
             // Symmetric padding: [0 .. n-1, n-1 .. 0] repeated.
             let m = (ind as i64 - 1).rem_euclid(period);
-            let i = if m < in_len as i64 {
-                m
-            } else {
-                period - 1 - m
-            };
+            let i = if m < in_len as i64 { m } else { period - 1 - m };
             index.push(i as usize);
             weight.push(w);
         }
@@ -78,13 +74,30 @@ fn resize_plane(
     out_w: usize,
     quantize_passes: bool,
 ) -> Vec<f32> {
+    // Quantised mode works on 8-bit levels (0..255) in f64, like MATLAB on uint8, so that exact
+    // ties round the same way (half to even, as numpy's reference does).
+    let (pre, post) = if quantize_passes {
+        (255.0, 1.0 / 255.0)
+    } else {
+        (1.0, 1.0)
+    };
     let round = |v: f64| -> f64 {
         if quantize_passes {
-            quantize(v as f32, 255.0) as f64 / 255.0
+            v.round_ties_even().clamp(0.0, 255.0)
         } else {
             v
         }
     };
+    let src: Vec<f64> = src
+        .iter()
+        .map(|&v| {
+            if quantize_passes {
+                (v as f64 * pre).round()
+            } else {
+                v as f64
+            }
+        })
+        .collect();
     // Pass 1: height.
     let mut mid = vec![0f64; out_h * w];
     for oy in 0..out_h {
@@ -97,7 +110,7 @@ fn resize_plane(
             }
             let s = &src[rows.index[base + p] * w..rows.index[base + p] * w + w];
             for (m, &v) in row.iter_mut().zip(s) {
-                *m += wt * v as f64;
+                *m += wt * v;
             }
         }
     }
@@ -112,7 +125,7 @@ fn resize_plane(
             for p in 0..cols.taps {
                 acc += cols.weight[base + p] * row[cols.index[base + p]];
             }
-            out[oy * out_w + ox] = round(acc) as f32;
+            out[oy * out_w + ox] = (round(acc) * post) as f32;
         }
     }
     out
@@ -120,7 +133,14 @@ fn resize_plane(
 
 /// Resize to (out_w, out_h), the same scale factor `scale` used for both axes, as MATLAB's
 /// `imresize(img, scale)` (output size ceil(size * scale)) when the sizes agree.
-pub fn imresize_to(img: &Image, out_w: usize, out_h: usize, scale_w: f64, scale_h: f64, quantize_passes: bool) -> Image {
+pub fn imresize_to(
+    img: &Image,
+    out_w: usize,
+    out_h: usize,
+    scale_w: f64,
+    scale_h: f64,
+    quantize_passes: bool,
+) -> Image {
     let rows = contributions(img.height, out_h, scale_h);
     let cols = contributions(img.width, out_w, scale_w);
     let mut data = Vec::with_capacity(out_w * out_h * img.channels);
@@ -142,7 +162,14 @@ pub fn imresize_to(img: &Image, out_w: usize, out_h: usize, scale_w: f64, scale_
 pub fn imresize(img: &Image, scale: f64, quantize_passes: bool) -> Image {
     let out_w = (img.width as f64 * scale).ceil() as usize;
     let out_h = (img.height as f64 * scale).ceil() as usize;
-    imresize_to(img, out_w.max(1), out_h.max(1), scale, scale, quantize_passes)
+    imresize_to(
+        img,
+        out_w.max(1),
+        out_h.max(1),
+        scale,
+        scale,
+        quantize_passes,
+    )
 }
 
 /// The benchmark's LR image: HR (already a multiple of `scale`) shrunk by 1/scale with 8-bit rounding.

@@ -75,10 +75,12 @@ pub fn tensor_to_image<B: Backend>(t: Tensor<B, 4>) -> Result<Image> {
 /// does not depend on the tiling or the backend.
 pub fn source_noise(w: usize, h: usize, sigma: f32, seed: u64) -> Image {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let data = (0..3 * w * h).map(|_| {
-        let e: f32 = StandardNormal.sample(&mut rng);
-        sigma * e
-    }).collect::<Vec<f32>>();
+    let data = (0..3 * w * h)
+        .map(|_| {
+            let e: f32 = StandardNormal.sample(&mut rng);
+            sigma * e
+        })
+        .collect::<Vec<f32>>();
     Image::new(w, h, 3, data).expect("sizes match")
 }
 
@@ -93,7 +95,10 @@ pub fn sample<B: Backend>(
     progress: &mut ProgressFn,
 ) -> Result<Image> {
     if opts.steps == 0 || opts.steps > 1024 {
-        return Err(Error::BadParam(format!("steps must be in 1..=1024, got {}", opts.steps)));
+        return Err(Error::BadParam(format!(
+            "steps must be in 1..=1024, got {}",
+            opts.steps
+        )));
     }
     let align = cfg.align();
     let tile = (opts.tile / align).max(1) * align;
@@ -109,29 +114,38 @@ pub fn sample<B: Backend>(
     for k in 0..opts.steps {
         let s = k as f32 / opts.steps as f32;
         let t = (k + 1) as f32 / opts.steps as f32;
-        x = plan.run(&[&x, x0], 3, |_, cut| {
-            let xt = unshuffle(image_to_tensor::<B>(&cut[0], device), 2);
-            let x0t = unshuffle(image_to_tensor::<B>(&cut[1], device), 2);
-            let y = match opts.solver {
-                Solver::FlowMap => {
-                    net.flow_map(xt, x0t, &Cond::per_sample(&[s], &[t], opts.guidance, PROMPT_POSITIVE, device))
+        x = plan
+            .run(&[&x, x0], 3, |_, cut| {
+                let xt = unshuffle(image_to_tensor::<B>(&cut[0], device), 2);
+                let x0t = unshuffle(image_to_tensor::<B>(&cut[1], device), 2);
+                let y = match opts.solver {
+                    Solver::FlowMap => net.flow_map(
+                        xt,
+                        x0t,
+                        &Cond::per_sample(&[s], &[t], opts.guidance, PROMPT_POSITIVE, device),
+                    ),
+                    Solver::EulerDiagonal => {
+                        let v = net.velocity(
+                            xt.clone(),
+                            x0t,
+                            &Cond::per_sample(&[s], &[s], opts.guidance, PROMPT_POSITIVE, device),
+                        );
+                        xt + v * (t - s)
+                    }
+                };
+                let out = tensor_to_image(shuffle(y, 2))?;
+                done += 1;
+                if !progress(done, total) {
+                    return Err(Error::Cancelled);
                 }
-                Solver::EulerDiagonal => {
-                    let v = net.velocity(xt.clone(), x0t, &Cond::per_sample(&[s], &[s], opts.guidance, PROMPT_POSITIVE, device));
-                    xt + v * (t - s)
+                Ok(out)
+            })
+            .map_err(|e| match e {
+                Error::Tile { source, .. } if matches!(*source, Error::Cancelled) => {
+                    Error::Cancelled
                 }
-            };
-            let out = tensor_to_image(shuffle(y, 2))?;
-            done += 1;
-            if !progress(done, total) {
-                return Err(Error::Cancelled);
-            }
-            Ok(out)
-        })
-        .map_err(|e| match e {
-            Error::Tile { source, .. } if matches!(*source, Error::Cancelled) => Error::Cancelled,
-            e => e,
-        })?;
+                e => e,
+            })?;
     }
     Ok(x)
 }
@@ -148,12 +162,19 @@ pub fn upscale<B: Backend>(
 ) -> Result<Image> {
     crate::resize::check_scale(scale)?;
     if lr.channels != 3 {
-        return Err(Error::BadParam(format!("expected an RGB image, got {} channels", lr.channels)));
+        return Err(Error::BadParam(format!(
+            "expected an RGB image, got {} channels",
+            lr.channels
+        )));
     }
     let up = crate::resize::upscale(lr, scale);
     let x0 = Image::new(up.width, up.height, 3, up.to_signed())?;
     let y = sample(net, cfg, &x0, opts, device, progress)?;
-    let data = y.data.iter().map(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0)).collect();
+    let data = y
+        .data
+        .iter()
+        .map(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0))
+        .collect();
     Image::new(y.width, y.height, 3, data)
 }
 
@@ -165,7 +186,9 @@ mod tests {
     use burn::backend::Flex;
 
     fn lr(w: usize, h: usize) -> Image {
-        let d = (0..3 * w * h).map(|i| ((i * 29) % 97) as f32 / 96.0).collect();
+        let d = (0..3 * w * h)
+            .map(|i| ((i * 29) % 97) as f32 / 96.0)
+            .collect();
         Image::new(w, h, 3, d).unwrap()
     }
 
@@ -175,16 +198,30 @@ mod tests {
         let cfg = ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new());
         let net = cfg.unet.init::<Flex>(&dev);
         let img = lr(13, 7);
-        let opts = SampleOptions { tile: 16, overlap: 4, ..Default::default() };
+        let opts = SampleOptions {
+            tile: 16,
+            overlap: 4,
+            ..Default::default()
+        };
         let out = upscale(&net, &cfg, &img, 2, &opts, &dev, &mut |_, _| true).unwrap();
         let bic = crate::resize::upscale(&img, 2);
         assert_eq!((out.width, out.height), (26, 14));
         // Zero-initialised output: the flow map is the identity, so the result is bicubic.
-        let err = out.data.iter().zip(&bic.data).map(|(a, b)| (a - b.clamp(0.0, 1.0)).abs()).fold(0.0, f32::max);
+        let err = out
+            .data
+            .iter()
+            .zip(&bic.data)
+            .map(|(a, b)| (a - b.clamp(0.0, 1.0)).abs())
+            .fold(0.0, f32::max);
         assert!(err < 1e-6, "{err}");
         // Seeded stochastic runs repeat; different seeds differ.
         let st = |seed| {
-            let o = SampleOptions { mode: Mode::Stochastic, seed, steps: 2, ..opts.clone() };
+            let o = SampleOptions {
+                mode: Mode::Stochastic,
+                seed,
+                steps: 2,
+                ..opts.clone()
+            };
             upscale(&net, &cfg, &img, 2, &o, &dev, &mut |_, _| true).unwrap()
         };
         assert_eq!(st(5), st(5));
@@ -197,7 +234,12 @@ mod tests {
         let cfg = ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new());
         let net = cfg.unet.init::<Flex>(&dev);
         let img = lr(20, 20);
-        let opts = SampleOptions { tile: 16, overlap: 4, steps: 2, ..Default::default() };
+        let opts = SampleOptions {
+            tile: 16,
+            overlap: 4,
+            steps: 2,
+            ..Default::default()
+        };
         let mut seen = Vec::new();
         upscale(&net, &cfg, &img, 2, &opts, &dev, &mut |d, t| {
             seen.push((d, t));
@@ -217,10 +259,21 @@ mod tests {
         let cfg = ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new());
         let net = cfg.unet.init::<Flex>(&dev);
         let img = lr(8, 8);
-        let bad_steps = SampleOptions { steps: 0, ..Default::default() };
+        let bad_steps = SampleOptions {
+            steps: 0,
+            ..Default::default()
+        };
         assert!(upscale(&net, &cfg, &img, 2, &bad_steps, &dev, &mut |_, _| true).is_err());
         assert!(matches!(
-            upscale(&net, &cfg, &img, 3, &SampleOptions::default(), &dev, &mut |_, _| true),
+            upscale(
+                &net,
+                &cfg,
+                &img,
+                3,
+                &SampleOptions::default(),
+                &dev,
+                &mut |_, _| true
+            ),
             Err(Error::BadScale(3))
         ));
     }

@@ -30,7 +30,10 @@ mod tests {
     fn unshuffle_by_hand_and_round_trip() {
         let dev = Default::default();
         // One 4x4 channel holding 0..16: unshuffle by 2 gathers each 2x2 phase into a channel.
-        let x = Tensor::<Flex, 4>::from_data(TensorData::new((0..16).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 4, 4]), &dev);
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new((0..16).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 4, 4]),
+            &dev,
+        );
         let u = unshuffle(x.clone(), 2);
         assert_eq!(u.dims(), [1, 4, 2, 2]);
         let v = u.to_data().to_vec::<f32>().unwrap();
@@ -38,6 +41,9 @@ mod tests {
         assert_eq!(&v[4..8], &[1.0, 3.0, 9.0, 11.0]); // phase (0, 1)
         assert_eq!(&v[8..12], &[4.0, 6.0, 12.0, 14.0]); // phase (1, 0)
         let back = shuffle(u, 2);
-        assert_eq!(back.to_data().to_vec::<f32>().unwrap(), x.to_data().to_vec::<f32>().unwrap());
+        assert_eq!(
+            back.to_data().to_vec::<f32>().unwrap(),
+            x.to_data().to_vec::<f32>().unwrap()
+        );
     }
 }

@@ -55,7 +55,13 @@ fn spans(n: usize, t: usize, o: usize, align: usize) -> Vec<(usize, usize)> {
 impl TilePlan {
     /// `tile` and `overlap` in pixels of the image being tiled; `align` divides tile origins and
     /// padded tile sizes.
-    pub fn new(width: usize, height: usize, tile: usize, overlap: usize, align: usize) -> Result<Self> {
+    pub fn new(
+        width: usize,
+        height: usize,
+        tile: usize,
+        overlap: usize,
+        align: usize,
+    ) -> Result<Self> {
         if width == 0 || height == 0 {
             return Err(Error::InvalidImage("empty image".into()));
         }
@@ -198,18 +204,33 @@ mod tests {
     use super::*;
 
     fn ramp_image(w: usize, h: usize, c: usize) -> Image {
-        let data = (0..w * h * c).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
+        let data = (0..w * h * c)
+            .map(|i| ((i * 37) % 255) as f32 / 255.0)
+            .collect();
         Image::new(w, h, c, data).unwrap()
     }
 
     #[test]
     fn identity_is_exact_on_awkward_sizes() {
-        for &(w, h) in &[(1, 1), (3, 5), (17, 9), (64, 64), (65, 130), (301, 7), (1000, 33)] {
+        for &(w, h) in &[
+            (1, 1),
+            (3, 5),
+            (17, 9),
+            (64, 64),
+            (65, 130),
+            (301, 7),
+            (1000, 33),
+        ] {
             let img = ramp_image(w, h, 3);
             let plan = TilePlan::new(w, h, 32, 8, 8).unwrap();
             let out = plan.run(&[&img], 3, |_, t| Ok(t[0].clone())).unwrap();
             assert_eq!(out.to_interleaved_u8(), img.to_interleaved_u8(), "{w}x{h}");
-            let err = out.data.iter().zip(&img.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let err = out
+                .data
+                .iter()
+                .zip(&img.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(err < 1e-6, "{w}x{h}: {err}");
         }
     }
@@ -248,7 +269,10 @@ mod tests {
         let row: Vec<f32> = out.data[..96].to_vec();
         assert_eq!(row[0], 0.0);
         assert_eq!(row[95], 1.0);
-        let max_jump = row.windows(2).map(|p| (p[1] - p[0]).abs()).fold(0.0, f32::max);
+        let max_jump = row
+            .windows(2)
+            .map(|p| (p[1] - p[0]).abs())
+            .fold(0.0, f32::max);
         assert!(max_jump < 0.1, "{max_jump}");
     }
 

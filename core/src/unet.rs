@@ -35,7 +35,11 @@ impl UNetConfig {
 
     /// For unit tests.
     pub fn tiny() -> Self {
-        Self::new(vec![8, 16], vec![1, 1], CondConfig::new().with_dim(16).with_octaves(3))
+        Self::new(
+            vec![8, 16],
+            vec![1, 1],
+            CondConfig::new().with_dim(16).with_octaves(3),
+        )
     }
 
     /// Tile sizes (in the unshuffled space) must be multiples of this.
@@ -44,7 +48,11 @@ impl UNetConfig {
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> UNet<B> {
-        assert_eq!(self.widths.len(), self.blocks.len(), "widths and blocks differ in length");
+        assert_eq!(
+            self.widths.len(),
+            self.blocks.len(),
+            "widths and blocks differ in length"
+        );
         let conv3 = |i: usize, o: usize| {
             Conv2dConfig::new([i, o], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -202,7 +210,10 @@ mod tests {
         // Zero-initialised output: v = 0 and X_{0,1} is the identity.
         assert_eq!(v.abs().max().into_scalar(), 0.0);
         let y = net.flow_map(x.clone(), x0, &c);
-        assert_eq!(y.to_data().to_vec::<f32>().unwrap(), x.to_data().to_vec::<f32>().unwrap());
+        assert_eq!(
+            y.to_data().to_vec::<f32>().unwrap(),
+            x.to_data().to_vec::<f32>().unwrap()
+        );
     }
 
     #[test]
@@ -236,8 +247,13 @@ mod tests {
         let x = Tensor::<B, 4>::random([1, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let v1 = net.velocity(x.clone(), x.clone(), &Cond::uniform(1, 0.0, 1.0, &dev));
         let v2 = net.velocity(x.clone(), x.clone(), &Cond::uniform(1, 0.5, 1.0, &dev));
-        let v3 = net.velocity(x.clone(), x.clone(), &Cond::per_sample(&[0.0], &[1.0], 2.0, 1, &dev));
-        let diff = |a: &Tensor<B, 4>, b: &Tensor<B, 4>| (a.clone() - b.clone()).abs().max().into_scalar();
+        let v3 = net.velocity(
+            x.clone(),
+            x.clone(),
+            &Cond::per_sample(&[0.0], &[1.0], 2.0, 1, &dev),
+        );
+        let diff =
+            |a: &Tensor<B, 4>, b: &Tensor<B, 4>| (a.clone() - b.clone()).abs().max().into_scalar();
         assert!(diff(&v1, &v2) > 1e-4, "s must matter");
         assert!(diff(&v1, &v3) > 1e-4, "w and prompt must matter");
     }

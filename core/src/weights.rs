@@ -63,13 +63,18 @@ pub fn record_to_bytes<B: Backend, R: Record<B>>(r: R) -> Vec<u8> {
 
 fn payload(bytes: &[u8]) -> Res<&[u8]> {
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
-        return Err(Error::BadWeights("not a flowmapsr weights file (bad header)".into()));
+        return Err(Error::BadWeights(
+            "not a flowmapsr weights file (bad header)".into(),
+        ));
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
     let p = &bytes[20..];
     if p.len() != len {
-        return Err(Error::BadWeights(format!("truncated: {} of {len} bytes", p.len())));
+        return Err(Error::BadWeights(format!(
+            "truncated: {} of {len} bytes",
+            p.len()
+        )));
     }
     if crc32fast::hash(p) != crc {
         return Err(Error::BadWeights("checksum mismatch (corrupt file)".into()));
@@ -102,22 +107,39 @@ pub fn record_from_bytes<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Dev
 }
 
 /// Load checked bytes into `template` (a freshly initialised module of the right architecture).
-pub fn module_from_bytes<B: Backend, M: Module<B>>(template: M, bytes: &[u8], device: &B::Device) -> Res<M> {
+pub fn module_from_bytes<B: Backend, M: Module<B>>(
+    template: M,
+    bytes: &[u8],
+    device: &B::Device,
+) -> Res<M> {
     let expect = shapes(&template);
     let record = record_from_bytes::<B, M::Record>(bytes, device)?;
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || template.load_record(record)))
-        .map_err(|_| Error::BadWeights("the record does not match this architecture".into()))?;
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        template.load_record(record)
+    }))
+    .map_err(|_| Error::BadWeights("the record does not match this architecture".into()))?;
     if shapes(&loaded) != expect {
-        return Err(Error::BadWeights("parameter shapes do not match config.json".into()));
+        return Err(Error::BadWeights(
+            "parameter shapes do not match config.json".into(),
+        ));
     }
     Ok(loaded)
 }
 
 /// A model from the two files' contents.
-pub fn load_model<B: Backend>(config_json: &[u8], model_bin: &[u8], device: &B::Device) -> Res<(UNet<B>, ModelConfig)> {
+pub fn load_model<B: Backend>(
+    config_json: &[u8],
+    model_bin: &[u8],
+    device: &B::Device,
+) -> Res<(UNet<B>, ModelConfig)> {
     let cfg = ModelConfig::from_json(config_json)?;
-    if cfg.unet.widths.is_empty() || cfg.unet.widths.len() != cfg.unet.blocks.len() || cfg.unet.widths.len() > 6 {
-        return Err(Error::BadWeights("config.json: widths and blocks must be 1..=6 levels long".into()));
+    if cfg.unet.widths.is_empty()
+        || cfg.unet.widths.len() != cfg.unet.blocks.len()
+        || cfg.unet.widths.len() > 6
+    {
+        return Err(Error::BadWeights(
+            "config.json: widths and blocks must be 1..=6 levels long".into(),
+        ));
     }
     let net = module_from_bytes(cfg.unet.init::<B>(device), model_bin, device)?;
     Ok((net, cfg))
@@ -126,7 +148,8 @@ pub fn load_model<B: Backend>(config_json: &[u8], model_bin: &[u8], device: &B::
 /// Load `dir/config.json` + `dir/model.bin`.
 pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Res<(UNet<B>, ModelConfig)> {
     let read = |f: &str| {
-        std::fs::read(dir.join(f)).map_err(|e| Error::BadWeights(format!("{}: {e}", dir.join(f).display())))
+        std::fs::read(dir.join(f))
+            .map_err(|e| Error::BadWeights(format!("{}: {e}", dir.join(f).display())))
     };
     load_model(&read("config.json")?, &read("model.bin")?, device)
 }
@@ -182,7 +205,12 @@ mod tests {
         let dev = burn::backend::flex::FlexDevice;
         let good = module_to_bytes(cfg().unet.init::<Flex>(&dev));
         let json = cfg().to_json();
-        let load = |j: &[u8], b: &[u8]| load_model::<Flex>(j, b, &dev).map(|_| ()).unwrap_err().to_string();
+        let load = |j: &[u8], b: &[u8]| {
+            load_model::<Flex>(j, b, &dev)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(load(json.as_bytes(), b"hello").contains("bad header"));
         assert!(load(json.as_bytes(), &good[..good.len() - 3]).contains("truncated"));
         let mut flipped = good.clone();
@@ -191,8 +219,18 @@ mod tests {
         assert!(load(json.as_bytes(), &flipped).contains("checksum"));
         assert!(load(b"{not json", &good).contains("config.json"));
         // A valid file for another architecture.
-        let other = ModelConfig::new(UNetConfig::new(vec![4, 8], vec![1, 1], crate::cond::CondConfig::new().with_dim(16).with_octaves(3)), BridgeConfig::new());
+        let other = ModelConfig::new(
+            UNetConfig::new(
+                vec![4, 8],
+                vec![1, 1],
+                crate::cond::CondConfig::new().with_dim(16).with_octaves(3),
+            ),
+            BridgeConfig::new(),
+        );
         let e = load(other.to_json().as_bytes(), &good);
-        assert!(e.contains("architecture") || e.contains("shapes") || e.contains("record"), "{e}");
+        assert!(
+            e.contains("architecture") || e.contains("shapes") || e.contains("record"),
+            "{e}"
+        );
     }
 }

@@ -19,7 +19,11 @@ impl FromStr for DeviceKind {
             "cpu" | "flex" => Ok(Self::Cpu),
             "wgpu" | "vulkan" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda(0)),
-            s if s.starts_with("cuda:") => Ok(Self::Cuda(s[5..].parse().map_err(|_| anyhow::anyhow!("bad device '{s}'"))?)),
+            s if s.starts_with("cuda:") => Ok(Self::Cuda(
+                s[5..]
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad device '{s}'"))?,
+            )),
             s => bail!("unknown device '{s}': use cpu, wgpu or cuda[:N]"),
         }
     }

@@ -74,7 +74,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchReport> {
     let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), device)?;
     let t = args.tile;
-    let data = (0..3 * t * t).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+    let data = (0..3 * t * t)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
     let lr = Image::new(t, t, 3, data)?;
     let out = t * args.scale as usize;
     let opts = SampleOptions {

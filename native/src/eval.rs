@@ -78,7 +78,11 @@ pub fn load_folder(dir: &Path) -> Result<Vec<(String, imageio::Decoded)>> {
     files
         .iter()
         .map(|f| {
-            let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
+            let stem = f
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("image")
+                .to_string();
             Ok((stem, imageio::read(f, u64::MAX)?))
         })
         .collect()
@@ -96,7 +100,9 @@ pub fn evaluate(
         let hr = crop_to_multiple(&img.rgb.quantized(255.0), scale);
         let lr = downscale_lr(&hr, scale)?;
         let t0 = Instant::now();
-        let sr = sr_fn(&lr).with_context(|| format!("super-resolving {name}"))?.quantized(255.0);
+        let sr = sr_fn(&lr)
+            .with_context(|| format!("super-resolving {name}"))?
+            .quantized(255.0);
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         if let Some(dir) = save {
             std::fs::create_dir_all(dir)?;
@@ -128,7 +134,11 @@ pub fn model_fn<'a, B: Backend>(
     opts: SampleOptions,
     device: &'a B::Device,
 ) -> impl FnMut(&Image) -> Result<Image> + 'a {
-    move |lr| Ok(upscale(net, cfg, lr, scale, &opts, device, &mut |_, _| true)?)
+    move |lr| {
+        Ok(upscale(net, cfg, lr, scale, &opts, device, &mut |_, _| {
+            true
+        })?)
+    }
 }
 
 pub fn bicubic_fn(scale: u32) -> impl FnMut(&Image) -> Result<Image> {
@@ -138,7 +148,12 @@ pub fn bicubic_fn(scale: u32) -> impl FnMut(&Image) -> Result<Image> {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let images = load_folder(&args.data)?;
     let report = match args.method {
-        Method::Bicubic => evaluate(&images, args.scale, args.save.as_deref(), bicubic_fn(args.scale))?,
+        Method::Bicubic => evaluate(
+            &images,
+            args.scale,
+            args.save.as_deref(),
+            bicubic_fn(args.scale),
+        )?,
         Method::Model => crate::with_backend!(args.device, |B, device| {
             let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
             let opts = SampleOptions {
@@ -150,7 +165,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 tile: args.tile * args.scale as usize,
                 overlap: args.overlap * args.scale as usize,
             };
-            evaluate(&images, args.scale, args.save.as_deref(), model_fn(&net, &cfg, args.scale, opts, &device))?
+            evaluate(
+                &images,
+                args.scale,
+                args.save.as_deref(),
+                model_fn(&net, &cfg, args.scale, opts, &device),
+            )?
         }),
     };
     if args.json {

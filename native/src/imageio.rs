@@ -43,7 +43,8 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
         bail!("image too large: {w}x{h} = {pixels} pixels exceeds the limit of {max_pixels} (--max-pixels)");
     }
     decoder.set_limits(limits).context("image limits")?;
-    let img = DynamicImage::from_decoder(decoder).context("decoding the image (corrupt or truncated file?)")?;
+    let img = DynamicImage::from_decoder(decoder)
+        .context("decoding the image (corrupt or truncated file?)")?;
     split(img)
 }
 
@@ -62,7 +63,8 @@ fn split(img: DynamicImage) -> Result<Decoded> {
         Image::from_interleaved_u8(w, h, 4, px.as_raw())?
     };
     let rgb = Image::new(w, h, 3, all.data[..3 * w * h].to_vec())?;
-    let alpha = has_alpha.then(|| Image::new(w, h, 1, all.data[3 * w * h..].to_vec()).expect("sizes match"));
+    let alpha = has_alpha
+        .then(|| Image::new(w, h, 1, all.data[3 * w * h..].to_vec()).expect("sizes match"));
     Ok(Decoded {
         rgb,
         alpha,
@@ -78,18 +80,30 @@ pub fn read(path: &Path, max_pixels: u64) -> Result<Decoded> {
 
 /// The output format for a path, from its extension.
 pub fn format_for(path: &Path) -> Result<ImageFormat> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "png" => Ok(ImageFormat::Png),
         "jpg" | "jpeg" => Ok(ImageFormat::Jpeg),
         "webp" => Ok(ImageFormat::WebP),
-        _ => bail!("unsupported output extension '{ext}' for {} (use .png, .jpg or .webp)", path.display()),
+        _ => bail!(
+            "unsupported output extension '{ext}' for {} (use .png, .jpg or .webp)",
+            path.display()
+        ),
     }
 }
 
 /// Encode RGB (+ alpha) to `format`. 16-bit is kept for PNG; JPEG has no alpha (dropped); WebP
 /// is written lossless.
-pub fn encode(rgb: &Image, alpha: Option<&Image>, sixteen_bit: bool, format: ImageFormat) -> Result<Vec<u8>> {
+pub fn encode(
+    rgb: &Image,
+    alpha: Option<&Image>,
+    sixteen_bit: bool,
+    format: ImageFormat,
+) -> Result<Vec<u8>> {
     let (w, h) = (rgb.width as u32, rgb.height as u32);
     let alpha = alpha.filter(|_| format != ImageFormat::Jpeg);
     let merged = match alpha {
@@ -101,10 +115,20 @@ pub fn encode(rgb: &Image, alpha: Option<&Image>, sixteen_bit: bool, format: Ima
         None => rgb.clone(),
     };
     let img: DynamicImage = match (sixteen_bit && format == ImageFormat::Png, alpha.is_some()) {
-        (true, true) => image::ImageBuffer::<image::Rgba<u16>, _>::from_raw(w, h, merged.to_interleaved_u16()).map(Into::into),
-        (true, false) => image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(w, h, merged.to_interleaved_u16()).map(Into::into),
-        (false, true) => image::RgbaImage::from_raw(w, h, merged.to_interleaved_u8()).map(Into::into),
-        (false, false) => image::RgbImage::from_raw(w, h, merged.to_interleaved_u8()).map(Into::into),
+        (true, true) => {
+            image::ImageBuffer::<image::Rgba<u16>, _>::from_raw(w, h, merged.to_interleaved_u16())
+                .map(Into::into)
+        }
+        (true, false) => {
+            image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(w, h, merged.to_interleaved_u16())
+                .map(Into::into)
+        }
+        (false, true) => {
+            image::RgbaImage::from_raw(w, h, merged.to_interleaved_u8()).map(Into::into)
+        }
+        (false, false) => {
+            image::RgbImage::from_raw(w, h, merged.to_interleaved_u8()).map(Into::into)
+        }
     }
     .context("building the output buffer")?;
     let mut out = Cursor::new(Vec::new());
@@ -128,7 +152,8 @@ pub fn encode(rgb: &Image, alpha: Option<&Image>, sixteen_bit: bool, format: Ima
 /// Encode and write atomically (temporary file + rename).
 pub fn write(path: &Path, rgb: &Image, alpha: Option<&Image>, sixteen_bit: bool) -> Result<()> {
     let bytes = encode(rgb, alpha, sixteen_bit, format_for(path)?)?;
-    flowmapsr_core::weights::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+    flowmapsr_core::weights::write_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -151,7 +176,11 @@ mod tests {
 
     #[test]
     fn bad_inputs() {
-        assert!(decode(b"", 100).err().unwrap().to_string().contains("empty"));
+        assert!(decode(b"", 100)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("empty"));
         assert!(decode(b"hello world, not an image", 100).is_err());
         let rgb = Image::zeros(20, 20, 3);
         let png = encode(&rgb, None, false, ImageFormat::Png).unwrap();

@@ -9,7 +9,11 @@ pub mod upscale;
 pub mod weights;
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "flowmapsr", version, about = "Flow-map image super-resolution (FlowMapSR): one network call per tile")]
+#[command(
+    name = "flowmapsr",
+    version,
+    about = "Flow-map image super-resolution (FlowMapSR): one network call per tile"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -18,7 +18,10 @@ use flowmapsr_core::resize::upscale as bicubic_up;
 use flowmapsr_core::sampler::SampleOptions;
 use flowmapsr_core::space::unshuffle;
 use flowmapsr_core::unet::UNet;
-use flowmapsr_core::weights::{module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, write_atomic, ModelConfig};
+use flowmapsr_core::weights::{
+    module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, write_atomic,
+    ModelConfig,
+};
 use flowmapsr_core::{ema, Image};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,8 +97,10 @@ fn default_grad_clip() -> Option<f32> {
 
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let c: Self = serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let c: Self =
+            serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
         c.check()?;
         Ok(c)
     }
@@ -120,7 +125,8 @@ impl TrainConfig {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
         }
         let p = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
-        self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos())
+        self.lr_min
+            + 0.5 * (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos())
     }
 }
 
@@ -182,14 +188,23 @@ fn dihedral(img: &Image, k: u8) -> Image {
 }
 
 /// The batch for `step`: a pure function of (images, config, step).
-pub fn make_batch<B: AutodiffBackend>(images: &[Image], cfg: &TrainConfig, step: usize, device: &B::Device) -> Result<Batch<B>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+pub fn make_batch<B: AutodiffBackend>(
+    images: &[Image],
+    cfg: &TrainConfig,
+    step: usize,
+    device: &B::Device,
+) -> Result<Batch<B>> {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let c = cfg.crop;
     let total: f32 = cfg.scale_mix.iter().sum();
     let (mut x0, mut x1) = (Vec::new(), Vec::new());
     for _ in 0..cfg.batch {
         let img = &images[rng.random_range(0..images.len())];
-        let (x, y) = (rng.random_range(0..=img.width - c), rng.random_range(0..=img.height - c));
+        let (x, y) = (
+            rng.random_range(0..=img.width - c),
+            rng.random_range(0..=img.height - c),
+        );
         let hr = dihedral(&img.crop(x, y, c, c), rng.random_range(0..8));
         let mut u = rng.random::<f32>() * total;
         let mut scale = 8;
@@ -205,8 +220,16 @@ pub fn make_batch<B: AutodiffBackend>(images: &[Image], cfg: &TrainConfig, step:
         x1.extend(hr.to_signed());
     }
     let shape = [cfg.batch, 3, c, c];
-    let t = |v: Vec<f32>| unshuffle(Tensor::<B, 4>::from_data(TensorData::new(v, shape), device), 2);
-    Ok(Batch { x0: t(x0), x1: t(x1) })
+    let t = |v: Vec<f32>| {
+        unshuffle(
+            Tensor::<B, 4>::from_data(TensorData::new(v, shape), device),
+            2,
+        )
+    };
+    Ok(Batch {
+        x0: t(x0),
+        x1: t(x1),
+    })
 }
 
 /// Validation: mean PSNR-Y at x4, NFE 1, fidelity mode.
@@ -221,13 +244,21 @@ pub fn validate<B: burn::tensor::backend::Backend>(
         overlap: 64,
         ..Default::default()
     };
-    let r = crate::eval::evaluate(images, 4, None, crate::eval::model_fn(net, cfg, 4, opts, device))?;
+    let r = crate::eval::evaluate(
+        images,
+        4,
+        None,
+        crate::eval::model_fn(net, cfg, 4, opts, device),
+    )?;
     Ok(r.psnr_y)
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = TrainConfig::load(&args.config)?;
-    crate::with_backend!(args.device, |B, device| train::<burn::backend::Autodiff<B>>(args, &cfg, &device))
+    crate::with_backend!(
+        args.device,
+        |B, device| train::<burn::backend::Autodiff<B>>(args, &cfg, &device)
+    )
 }
 
 const LATEST: &str = "latest";
@@ -245,7 +276,10 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
     std::fs::create_dir_all(&tmp)?;
     std::fs::write(tmp.join("model.bin"), module_to_bytes(model.valid()))?;
     std::fs::write(tmp.join("ema.bin"), module_to_bytes(ema_net.clone()))?;
-    std::fs::write(tmp.join("optim.bin"), record_to_bytes::<B, _>(optim.to_record()))?;
+    std::fs::write(
+        tmp.join("optim.bin"),
+        record_to_bytes::<B, _>(optim.to_record()),
+    )?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     let dst = out.join(&name);
     let _ = std::fs::remove_dir_all(&dst);
@@ -258,18 +292,31 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
     Ok(())
 }
 
-fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::Device) -> Result<()> {
+fn train<B: AutodiffBackend>(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+    device: &B::Device,
+) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let images = load_images(&args.data, cfg.crop)?;
-    let val = args.val.as_deref().map(crate::eval::load_folder).transpose()?;
+    let val = args
+        .val
+        .as_deref()
+        .map(crate::eval::load_folder)
+        .transpose()?;
     tracing::info!(
         "{} training images, {} validation images, device {}",
         images.len(),
         val.as_ref().map_or(0, |v| v.len()),
         args.device
     );
-    std::fs::write(args.out.join("train_config.json"), serde_json::to_vec_pretty(cfg)?)?;
+    std::fs::write(
+        args.out.join("train_config.json"),
+        serde_json::to_vec_pretty(cfg)?,
+    )?;
 
+    // Seeded initialisation: the same config gives the same starting weights.
+    B::seed(device, cfg.seed);
     let mut model: UNet<B> = cfg.model.unet.init(device);
     let mut ema_net: UNet<B::InnerBackend> = model.valid();
     let mut adam = AdamConfig::new();
@@ -285,14 +332,20 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
         match std::fs::read_to_string(args.out.join(LATEST)) {
             Ok(name) => {
                 let dir = args.out.join(name.trim());
-                let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+                let read = |f: &str| {
+                    std::fs::read(dir.join(f))
+                        .with_context(|| format!("reading {}", dir.join(f).display()))
+                };
                 model = module_from_bytes(model, &read("model.bin")?, device)?;
                 ema_net = module_from_bytes(ema_net, &read("ema.bin")?, device)?;
                 optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, device)?);
                 state = serde_json::from_slice(&read("state.json")?)?;
                 tracing::info!("resumed from {} at step {}", dir.display(), state.step);
             }
-            Err(_) => tracing::warn!("--resume: no checkpoint in {}, starting fresh", args.out.display()),
+            Err(_) => tracing::warn!(
+                "--resume: no checkpoint in {}, starting fresh",
+                args.out.display()
+            ),
         }
     }
     let nparams = burn::module::Module::num_params(&model);
@@ -302,9 +355,14 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
         cfg.model.unet.flops_per_pixel()
     );
 
-    let end = args.max_steps.map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
+    let end = args
+        .max_steps
+        .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
     let pb = indicatif::ProgressBar::new(cfg.steps as u64).with_position(state.step as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}").unwrap());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap(),
+    );
     let mut log_acc: Vec<(&'static str, f64)> = Vec::new();
     let mut log_n = 0usize;
     let mut t_log = Instant::now();
@@ -312,10 +370,25 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
         let t0 = Instant::now();
         let step = state.step;
         let batch = make_batch::<B>(&images, cfg, step, device)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
         let loss = match cfg.objective {
-            Objective::Shortcut => shortcut(&model, &ema_net, &batch, &cfg.shortcut, &cfg.model.bridge, &mut rng),
-            Objective::FlowMatching => flow_matching(&model, &batch, &cfg.flow_matching, &cfg.model.bridge, &mut rng),
+            Objective::Shortcut => shortcut(
+                &model,
+                &ema_net,
+                &batch,
+                &cfg.shortcut,
+                &cfg.model.bridge,
+                &mut rng,
+            ),
+            Objective::FlowMatching => flow_matching(
+                &model,
+                &batch,
+                &cfg.flow_matching,
+                &cfg.model.bridge,
+                &mut rng,
+            ),
         };
         let total: f64 = loss.total.clone().into_scalar().elem();
         if !total.is_finite() {
@@ -337,7 +410,10 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
         pb.set_position(state.step as u64);
 
         if state.step % cfg.log_every == 0 || state.step == end {
-            let terms: Vec<String> = log_acc.iter().map(|(n, v)| format!("{n} {:.5}", v / log_n as f64)).collect();
+            let terms: Vec<String> = log_acc
+                .iter()
+                .map(|(n, v)| format!("{n} {:.5}", v / log_n as f64))
+                .collect();
             tracing::info!(
                 "step {} lr {:.2e} {} | {:.2} s/step",
                 state.step,
@@ -360,10 +436,19 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
                     train_secs: state.train_secs,
                 });
                 let best = psnr > state.best_psnr;
-                tracing::info!("step {} validation PSNR-Y x4 {:.3} dB{}", state.step, psnr, if best { " (best)" } else { "" });
+                tracing::info!(
+                    "step {} validation PSNR-Y x4 {:.3} dB{}",
+                    state.step,
+                    psnr,
+                    if best { " (best)" } else { "" }
+                );
                 if best {
                     state.best_psnr = psnr;
-                    flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
+                    flowmapsr_core::weights::save_dir(
+                        &ema_net,
+                        &cfg.model,
+                        &args.out.join("best"),
+                    )?;
                 }
             }
         }
@@ -373,7 +458,12 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, cfg: &TrainConfig, device: &B::De
     }
     pb.finish_and_clear();
     flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("final"))?;
-    tracing::info!("stopped at step {} after {:.0} s of training; EMA weights in {}", state.step, state.train_secs, args.out.join("final").display());
+    tracing::info!(
+        "stopped at step {} after {:.0} s of training; EMA weights in {}",
+        state.step,
+        state.train_secs,
+        args.out.join("final").display()
+    );
     Ok(())
 }
 

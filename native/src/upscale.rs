@@ -104,8 +104,15 @@ fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf
         return Ok(out.clone());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let ext = input.extension().and_then(|e| e.to_str()).unwrap_or("png").to_ascii_lowercase();
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    let ext = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("png")
+        .to_ascii_lowercase();
     Ok(out.join(format!("{stem}_x{}.{ext}", args.scale)))
 }
 
@@ -118,7 +125,11 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
     let inputs = collect_inputs(&args.inputs)?;
     let single = inputs.len() == 1;
     if !single && args.output.extension().is_some() && !args.output.is_dir() {
-        bail!("{} inputs need an output folder, not the file {}", inputs.len(), args.output.display());
+        bail!(
+            "{} inputs need an output folder, not the file {}",
+            inputs.len(),
+            args.output.display()
+        );
     }
     let opts = SampleOptions {
         steps: args.steps,
@@ -157,12 +168,22 @@ fn upscale_one<B: Backend>(
     let out_path = output_path(args, input, single)?;
     let img = imageio::read(input, args.max_pixels)?;
     let pb = ProgressBar::new(0).with_message(input.display().to_string());
-    pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tiles {elapsed}").unwrap());
-    let rgb = upscale(net, cfg, &img.rgb, args.scale, opts, device, &mut |done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-        true
-    })
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tiles {elapsed}").unwrap(),
+    );
+    let rgb = upscale(
+        net,
+        cfg,
+        &img.rgb,
+        args.scale,
+        opts,
+        device,
+        &mut |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+            true
+        },
+    )
     .with_context(|| format!("upscaling {}", input.display()))?;
     pb.finish_and_clear();
     // Alpha is upscaled on its own with bicubic (a mask, not an image to hallucinate into).

@@ -12,8 +12,12 @@ pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../weights/model.bin");
 
 pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<B>, ModelConfig)> {
     match dir {
-        Some(d) => load_dir(d, device).with_context(|| format!("loading weights from {}", d.display())),
-        None => load_model(SHIPPED_CONFIG, SHIPPED_MODEL, device).context("loading the shipped weights"),
+        Some(d) => {
+            load_dir(d, device).with_context(|| format!("loading weights from {}", d.display()))
+        }
+        None => {
+            load_model(SHIPPED_CONFIG, SHIPPED_MODEL, device).context("loading the shipped weights")
+        }
     }
 }
 
@@ -25,6 +29,7 @@ pub fn export_safetensors(dir: Option<&Path>, out: &Path) -> Result<()> {
     let mut store = SafetensorsStore::from_file(out)
         .overwrite(true)
         .metadata("flowmapsr_config", cfg.to_json());
-    net.save_into(&mut store).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", out.display()))?;
+    net.save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", out.display()))?;
     Ok(())
 }

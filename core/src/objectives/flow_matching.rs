@@ -25,7 +25,12 @@ pub struct DiagRows<B: Backend> {
     pub t: Vec<f32>,
 }
 
-pub fn diag_rows<B: Backend>(batch: &Batch<B>, p_noise: f32, bridge: &BridgeConfig, rng: &mut impl Rng) -> DiagRows<B> {
+pub fn diag_rows<B: Backend>(
+    batch: &Batch<B>,
+    p_noise: f32,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+) -> DiagRows<B> {
     let n = batch.x0.dims()[0];
     let t: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
     let noisy: Vec<bool> = (0..n).map(|_| rng.random::<f32>() < p_noise).collect();

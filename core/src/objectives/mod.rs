@@ -25,7 +25,11 @@ pub struct LossTerms<B: Backend> {
 /// Per-sample squared error, mean over (c, h, w): [n].
 pub fn per_sample_mse<B: Backend>(pred: Tensor<B, 4>, target: Tensor<B, 4>) -> Tensor<B, 1> {
     let n = pred.dims()[0];
-    (pred - target).powi_scalar(2).reshape([n as i32, -1]).mean_dim(1).reshape([n])
+    (pred - target)
+        .powi_scalar(2)
+        .reshape([n as i32, -1])
+        .mean_dim(1)
+        .reshape([n])
 }
 
 /// Points on the bridge for per-sample times, with source noise where `noisy[i]`:
@@ -39,10 +43,20 @@ pub fn bridge_points<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let device = batch.x0.device();
     let dims = batch.x0.dims();
-    let mask: Vec<f32> = noisy.iter().map(|&b| if b { bridge.sigma_0 } else { 0.0 }).collect();
-    let src = batch.x0.clone() + noise::<B, 4>(dims, rng, &device) * per_sample::<B>(&mask, &device);
+    let mask: Vec<f32> = noisy
+        .iter()
+        .map(|&b| if b { bridge.sigma_0 } else { 0.0 })
+        .collect();
+    let src =
+        batch.x0.clone() + noise::<B, 4>(dims, rng, &device) * per_sample::<B>(&mask, &device);
     let eps = noise::<B, 4>(dims, rng, &device);
-    let it = point(src.clone(), batch.x1.clone(), per_sample(t, &device), eps, bridge.sigma_b);
+    let it = point(
+        src.clone(),
+        batch.x1.clone(),
+        per_sample(t, &device),
+        eps,
+        bridge.sigma_b,
+    );
     (it, src)
 }
 

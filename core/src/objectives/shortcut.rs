@@ -75,15 +75,25 @@ pub fn shortcut<B: AutodiffBackend>(
             t.push(rng.random_range(0..slots) as f32 * dk);
             d.push(dk);
         }
-        let noisy: Vec<bool> = (0..n_sc).map(|_| rng.random::<f32>() < cfg.p_source_noise).collect();
+        let noisy: Vec<bool> = (0..n_sc)
+            .map(|_| rng.random::<f32>() < cfg.p_source_noise)
+            .collect();
         let (x, _) = bridge_points(&b, &t, &noisy, bridge, rng);
         let td: Vec<f32> = t.iter().zip(&d).map(|(t, d)| t + d).collect();
         let t2d: Vec<f32> = t.iter().zip(&d).map(|(t, d)| t + 2.0 * d).collect();
         let inner_dev = x.clone().inner().device();
         let (xi, x0i) = (x.clone().inner(), b.x0.clone().inner());
-        let v1 = teacher.velocity(xi.clone(), x0i.clone(), &Cond::per_sample(&t, &td, 1.0, PROMPT_POSITIVE, &inner_dev));
+        let v1 = teacher.velocity(
+            xi.clone(),
+            x0i.clone(),
+            &Cond::per_sample(&t, &td, 1.0, PROMPT_POSITIVE, &inner_dev),
+        );
         let xm = xi + v1.clone() * crate::bridge::per_sample(&d, &inner_dev);
-        let v2 = teacher.velocity(xm, x0i, &Cond::per_sample(&td, &t2d, 1.0, PROMPT_POSITIVE, &inner_dev));
+        let v2 = teacher.velocity(
+            xm,
+            x0i,
+            &Cond::per_sample(&td, &t2d, 1.0, PROMPT_POSITIVE, &inner_dev),
+        );
         targets.push(Tensor::from_inner((v1 + v2) * 0.5));
         xs.push(x);
         s_all.extend_from_slice(&t);
@@ -153,8 +163,23 @@ mod tests {
         };
         let cfg = ShortcutConfig::new().with_p_source_noise(0.0);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let l = shortcut(&model, &teacher, &batch, &cfg, &BridgeConfig::new(), &mut rng);
-        let get = |k: &str| l.terms.iter().find(|(n, _)| *n == k).unwrap().1.clone().into_scalar();
+        let l = shortcut(
+            &model,
+            &teacher,
+            &batch,
+            &cfg,
+            &BridgeConfig::new(),
+            &mut rng,
+        );
+        let get = |k: &str| {
+            l.terms
+                .iter()
+                .find(|(n, _)| *n == k)
+                .unwrap()
+                .1
+                .clone()
+                .into_scalar()
+        };
         assert!(get("shortcut").abs() < 1e-12);
         assert!((get("anchor") - 0.25).abs() < 1e-6);
         assert!((get("diag") - 0.25).abs() < 1e-6);

@@ -1,0 +1,202 @@
+//! The `flowmapsr` binary on good and bad input: every failure exits non-zero with a message
+//! and writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowmapsr"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("running flowmapsr")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A small textured RGB test picture.
+fn picture(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let v = ((x as f32 * 0.4).sin() * (y as f32 * 0.3).cos() * 100.0 + 128.0) as u8;
+        image::Rgb([v, (x * 7 % 256) as u8, (y * 5 % 256) as u8])
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn upscales_png_jpeg_webp_with_the_shipped_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = picture(24, 16);
+    for ext in ["png", "jpg", "webp"] {
+        let input = dir.path().join(format!("in.{ext}"));
+        img.save(&input).unwrap();
+        let out = dir.path().join(format!("out.{ext}"));
+        let o = run(&["upscale", s(&input), "-o", s(&out), "--scale", "2"]);
+        assert!(o.status.success(), "{ext}: {}", stderr(&o));
+        let res = image::open(&out).unwrap();
+        assert_eq!((res.width(), res.height()), (48, 32), "{ext}");
+    }
+}
+
+#[test]
+fn keeps_alpha_and_16_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(12, 10, |x, y| {
+        image::Rgba([
+            (x * 5000) as u16,
+            (y * 6000) as u16,
+            30000,
+            if x < 6 { 65535 } else { 0 },
+        ])
+    });
+    let input = dir.path().join("a16.png");
+    img.save(&input).unwrap();
+    let out_dir = dir.path().join("out");
+    let o = run(&["upscale", s(&input), "-o", s(&out_dir), "--scale", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res = image::open(out_dir.join("a16_x2.png")).unwrap();
+    assert_eq!(res.color(), image::ColorType::Rgba16);
+    let px = res.to_rgba16();
+    assert_eq!(px.get_pixel(0, 0)[3], 65535);
+    assert_eq!(px.get_pixel(23, 0)[3], 0);
+}
+
+#[test]
+fn folders_in_folder_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in");
+    std::fs::create_dir(&inp).unwrap();
+    picture(8, 8).save(inp.join("a.png")).unwrap();
+    picture(9, 7).save(inp.join("b.jpg")).unwrap();
+    std::fs::write(inp.join("notes.txt"), "ignored").unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "upscale",
+        s(&inp),
+        "-o",
+        s(&out),
+        "--scale",
+        "4",
+        "--tile",
+        "16",
+        "--overlap",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(out.join("a_x4.png")).unwrap().width(), 32);
+    assert_eq!(image::open(out.join("b_x4.jpg")).unwrap().height(), 28);
+}
+
+/// A tiny PNG whose header claims `w` x `h` (valid chunk CRCs, a few bytes of pixel data): what
+/// a decompression bomb looks like before it is inflated.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(&c);
+        v.extend_from_slice(&crc32fast::hash(&c).to_be_bytes());
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    v
+}
+
+fn assert_fails_cleanly(name: &str, bytes: &[u8], extra: &[&str], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join(name);
+    std::fs::write(&input, bytes).unwrap();
+    let out = dir.path().join("out.png");
+    let mut args = vec!["upscale", s(&input), "-o", s(&out)];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(!o.status.success(), "{name} should fail");
+    let err = stderr(&o);
+    assert!(
+        err.to_lowercase().contains(needle),
+        "{name}: expected '{needle}' in: {err}"
+    );
+    let left: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &input)
+        .collect();
+    assert!(left.is_empty(), "{name}: files left behind: {left:?}");
+}
+
+#[test]
+fn bad_images_fail_cleanly() {
+    let mut png = Vec::new();
+    picture(40, 40)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert_fails_cleanly("empty.png", b"", &[], "empty file");
+    assert_fails_cleanly(
+        "garbage.png",
+        b"this is not an image at all",
+        &[],
+        "not a recognised image",
+    );
+    assert_fails_cleanly(
+        "truncated.png",
+        &png[..png.len() / 2],
+        &[],
+        "corrupt or truncated",
+    );
+    assert_fails_cleanly(
+        "bomb.png",
+        &png_claiming(100_000, 100_000),
+        &[],
+        "too large",
+    );
+    assert_fails_cleanly("zero.png", &png_claiming(0, 10), &[], "");
+    assert_fails_cleanly("big.png", &png, &["--max-pixels", "1000"], "too large");
+}
+
+#[test]
+fn bad_arguments_and_weights_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    picture(8, 8).save(&input).unwrap();
+    let out = dir.path().join("out.png");
+    let o = run(&["upscale", s(&input), "-o", s(&out), "--scale", "3"]);
+    assert!(!o.status.success() && stderr(&o).contains("scale"));
+    let o = run(&["upscale", s(&input), "-o", s(&dir.path().join("out.gif"))]);
+    assert!(!o.status.success() && stderr(&o).contains("unsupported output extension"));
+    let o = run(&["upscale", s(&dir.path().join("missing.png")), "-o", s(&out)]);
+    assert!(!o.status.success() && stderr(&o).contains("no such file"));
+    let w = dir.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    std::fs::write(w.join("config.json"), "{}").unwrap();
+    std::fs::write(w.join("model.bin"), "garbage").unwrap();
+    let o = run(&["upscale", s(&input), "-o", s(&out), "--weights", s(&w)]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("weights"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn eval_prints_json_with_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    picture(48, 40).save(dir.path().join("p.png")).unwrap();
+    let o = run(&["eval", "--data", s(dir.path()), "--scale", "4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["psnr_y", "ssim_y", "gmsd", "hf_ratio", "ms_per_image", "n"] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert_eq!(v["n"], 1);
+}

@@ -1,0 +1,81 @@
+//! Our resampler and metrics against the reference scorer (`../shared/tools/sr_score.py`).
+//! Fixtures in tests/fixtures were written by that tool from our own synthetic picture:
+//!   sr_score.py make-lr HR LR --scale 2|4 ; sr_score.py bicubic HR SR --scale 4
+//! and the reference numbers below are `sr_score.y_metrics(sr, hr, 4, gray, extra=True)`.
+
+use flowmapsr_cli::eval::{bicubic_fn, evaluate, load_folder};
+use flowmapsr_cli::imageio;
+use flowmapsr_core::metrics::score;
+use flowmapsr_core::resize::{downscale_lr, imresize};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn rgb(name: &str) -> flowmapsr_core::Image {
+    imageio::read(&fixture(name), u64::MAX).unwrap().rgb
+}
+
+fn count_diff(a: &flowmapsr_core::Image, b: &flowmapsr_core::Image) -> (usize, u8) {
+    let (a, b) = (a.to_interleaved_u8(), b.to_interleaved_u8());
+    assert_eq!(a.len(), b.len());
+    let n = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    let m = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    (n, m)
+}
+
+#[test]
+fn matlab_bicubic_matches_the_reference_pixels() {
+    let hr = rgb("pattern_hr.png");
+    for (scale, name) in [(2, "pattern_lr_x2_ref.png"), (4, "pattern_lr_x4_ref.png")] {
+        let ours = downscale_lr(&hr, scale).unwrap();
+        let (n, max) = count_diff(&ours, &rgb(name));
+        assert!(max <= 1, "x{scale}: max diff {max}");
+        assert!(n * 100 <= ours.data.len(), "x{scale}: {n} values differ");
+    }
+    let lr = rgb("pattern_lr_x4_ref.png");
+    let (n, max) = count_diff(
+        &imresize(&lr, 4.0, true),
+        &rgb("pattern_bicubic_x4_ref.png"),
+    );
+    assert!(
+        max <= 1 && n * 100 <= lr.data.len() * 16,
+        "upscale: {n} differ, max {max}"
+    );
+}
+
+#[test]
+fn metrics_match_the_reference_scorer() {
+    let hr = rgb("pattern_hr.png");
+    let sr = rgb("pattern_bicubic_x4_ref.png");
+    for (gray, expect) in [
+        (false, [18.186001, 0.462756, 0.189671, 0.011100]),
+        (true, [16.864079, 0.455460, 0.193459, 0.011100]),
+    ] {
+        let s = score(&sr, &hr, 4, gray);
+        assert!((s.psnr_y - expect[0]).abs() < 1e-5, "psnr {}", s.psnr_y);
+        assert!((s.ssim_y - expect[1]).abs() < 1e-5, "ssim {}", s.ssim_y);
+        assert!((s.gmsd - expect[2]).abs() < 1e-5, "gmsd {}", s.gmsd);
+        assert!((s.hf_ratio - expect[3]).abs() < 1e-5, "hf {}", s.hf_ratio);
+    }
+}
+
+/// Bicubic x4 on Set5 and Set14 as `sr_score.py bicubic` + `score` print them (MEAN rows), when
+/// ../shared/data is present.
+#[test]
+fn bicubic_baseline_on_set5_and_set14() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval");
+    if !root.exists() {
+        eprintln!("skipping: {} not present", root.display());
+        return;
+    }
+    for (set, psnr, ssim) in [("Set5", 28.429, 0.8111), ("Set14", 25.994, 0.7029)] {
+        let images = load_folder(&root.join(set)).unwrap();
+        let r = evaluate(&images, 4, None, bicubic_fn(4)).unwrap();
+        assert!((r.psnr_y - psnr).abs() < 0.01, "{set} PSNR {}", r.psnr_y);
+        assert!((r.ssim_y - ssim).abs() < 0.0005, "{set} SSIM {}", r.ssim_y);
+    }
+}
