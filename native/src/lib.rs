@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench;
 pub mod eval;
 pub mod imageio;
+pub mod serve;
 pub mod train;
 pub mod upscale;
 pub mod weights;
@@ -29,6 +30,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Inference speed on one tile.
     Bench(bench::BenchArgs),
+    /// HTTP upscaling service (and the web demo when built).
+    Serve(serve::ServeArgs),
     /// Export weights to safetensors.
     Export(ExportArgs),
 }
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upscale(a) => upscale::run(&a),
         Command::Eval(a) => eval::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Serve(a) => serve::run(&a),
         Command::Export(a) => weights::export_safetensors(a.weights.as_deref(), &a.output),
     }
 }

@@ -51,6 +51,10 @@ pub struct TrainArgs {
     /// Stop after this many steps in this invocation (the schedule still spans `steps`).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Start a fresh run from these weights (config.json + model.bin, e.g. an earlier run's
+    /// best/): fine-tuning or a longer schedule. The architecture must match the config's.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +332,14 @@ fn train<B: AutodiffBackend>(
         best_psnr: f64::NEG_INFINITY,
         ..Default::default()
     };
+    if let Some(dir) = &args.init {
+        let bytes = std::fs::read(dir.join("model.bin"))
+            .with_context(|| format!("reading {}", dir.join("model.bin").display()))?;
+        model = module_from_bytes(model, &bytes, device)
+            .with_context(|| format!("--init {}", dir.display()))?;
+        ema_net = model.valid();
+        tracing::info!("initialised from {}", dir.display());
+    }
     if args.resume {
         match std::fs::read_to_string(args.out.join(LATEST)) {
             Ok(name) => {

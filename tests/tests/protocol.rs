@@ -79,3 +79,38 @@ fn bicubic_baseline_on_set5_and_set14() {
         assert!((r.ssim_y - ssim).abs() < 0.0005, "{set} SSIM {}", r.ssim_y);
     }
 }
+
+/// The shipped weights against bicubic on Set5 x4 (when ../shared/data is present): the product's
+/// reason to exist, checked on every test run. The gate numbers themselves come from `flowmapsr eval`.
+#[test]
+fn shipped_weights_beat_bicubic_on_set5() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval/Set5");
+    if !root.exists() {
+        eprintln!("skipping: {} not present", root.display());
+        return;
+    }
+    let images = load_folder(&root).unwrap();
+    let dev = burn::backend::flex::FlexDevice;
+    let (net, cfg) = flowmapsr_cli::weights::load::<burn::backend::Flex>(None, &dev).unwrap();
+    let opts = flowmapsr_core::sampler::SampleOptions::default();
+    let model = evaluate(
+        &images,
+        4,
+        None,
+        flowmapsr_cli::eval::model_fn(&net, &cfg, 4, opts, &dev),
+    )
+    .unwrap();
+    let bicubic = evaluate(&images, 4, None, bicubic_fn(4)).unwrap();
+    assert!(
+        model.psnr_y > bicubic.psnr_y + 0.5,
+        "model {:.3} vs bicubic {:.3}",
+        model.psnr_y,
+        bicubic.psnr_y
+    );
+    assert!(
+        model.ssim_y > bicubic.ssim_y,
+        "model {:.4} vs bicubic {:.4}",
+        model.ssim_y,
+        bicubic.ssim_y
+    );
+}

@@ -43,6 +43,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         resume,
         device: "cpu".parse().unwrap(),
         max_steps,
+        init: None,
     }
 }
 

@@ -1,0 +1,289 @@
+//! The real server on 127.0.0.1 (ephemeral port), driven with real HTTP requests.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flowmapsr"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--dist", "/nonexistent"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting flowmapsr serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("address line")
+            .to_string();
+        Server { child, base }
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 9 % 256) as u8,
+            (y * 7 % 256) as u8,
+            ((x ^ y) % 256) as u8,
+        ])
+    });
+    let mut v = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png)
+        .unwrap();
+    v
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+/// (status, content type, body) for a POST, whatever the status.
+fn post(url: &str, ctype: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let r = match agent()
+        .post(url)
+        .set("Content-Type", ctype)
+        .send_bytes(body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let status = r.status();
+    let ct = r.content_type().to_string();
+    let mut b = Vec::new();
+    r.into_reader().read_to_end(&mut b).unwrap();
+    (status, ct, b)
+}
+
+fn json_error(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
+    v["error"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn good_requests_health_metrics_and_landing_page() {
+    let s = Server::start(&[]);
+    let (st, ct, body) = post(
+        &format!("{}/v1/upscale?scale=2", s.base),
+        "image/png",
+        &png(20, 12),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(ct, "image/png");
+    let img = image::load_from_memory(&body).unwrap();
+    assert_eq!((img.width(), img.height()), (40, 24));
+    let (st, ct, body) = post(
+        &format!("{}/v1/upscale?scale=4&format=webp", s.base),
+        "application/octet-stream",
+        &png(8, 8),
+    );
+    assert_eq!((st, ct.as_str()), (200, "image/webp"));
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 32);
+    let h = agent()
+        .get(&format!("{}/healthz", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(h.contains("ok"));
+    let m = agent()
+        .get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        m.contains("flowmapsr_requests_total{status=\"200\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("flowmapsr_queue_depth 0"));
+    let page = agent()
+        .get(&format!("{}/", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(page.contains("trunk build --release"));
+}
+
+#[test]
+fn multipart_upload() {
+    let s = Server::start(&[]);
+    let img = png(10, 10);
+    let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    body.extend_from_slice(&img);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let (st, _, out) = post(
+        &format!("{}/v1/upscale?scale=2", s.base),
+        "multipart/form-data; boundary=XyZ",
+        &body,
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(image::load_from_memory(&out).unwrap().width(), 20);
+}
+
+#[test]
+fn client_mistakes_are_4xx_with_json() {
+    let s = Server::start(&["--max-body", "200000", "--max-pixels", "10000"]);
+    let u = |q: &str| format!("{}/v1/upscale{q}", s.base);
+    let good = png(16, 16);
+    let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            u("?scale=3"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?scale=four"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?steps=0"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?format=gif"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?colour=red"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u(""),
+            "application/json",
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (u(""), "image/png", b"".to_vec(), 422, "bad_image"),
+        (
+            u(""),
+            "image/png",
+            b"definitely not a png".to_vec(),
+            422,
+            "bad_image",
+        ),
+        (
+            u(""),
+            "image/png",
+            good[..good.len() / 2].to_vec(),
+            422,
+            "bad_image",
+        ),
+        (u(""), "image/png", png(200, 200), 413, "image_too_large"),
+        (
+            u(""),
+            "image/png",
+            vec![0u8; 300_000],
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (url, ct, body, code, kind) in cases {
+        let (st, rct, b) = post(&url, ct, &body);
+        assert_eq!(st, code, "{url} {ct}: {}", String::from_utf8_lossy(&b));
+        assert!(rct.starts_with("application/json"), "{url}: {rct}");
+        assert_eq!(json_error(&b), kind, "{url}");
+    }
+    // Still alive.
+    assert_eq!(post(&u("?scale=2"), "image/png", &good).0, 200);
+    let m = agent()
+        .get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        m.contains("flowmapsr_errors_total{kind=\"bad_image\"} 3"),
+        "{m}"
+    );
+    assert!(!m.contains("status=\"500\""), "{m}");
+}
+
+#[test]
+fn overload_gets_503_and_memory_stays_bounded() {
+    // One slot, one waiting place: 4x that concurrency at once must see only images and 503s.
+    let s = Server::start(&["--concurrency", "1", "--queue", "1"]);
+    let url = format!("{}/v1/upscale?scale=4&steps=2", s.base);
+    let body = png(96, 96);
+    let warm = post(&url, "image/png", &body);
+    assert_eq!(warm.0, 200);
+    let rss0 = s.rss_kb();
+    let mut peak = rss0;
+    let mut codes = Vec::new();
+    for _round in 0..3 {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let (st, _, b) = post(&url, "image/png", &body);
+                    if st == 503 {
+                        assert_eq!(json_error(&b), "overloaded");
+                    }
+                    st
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        peak = peak.max(s.rss_kb());
+        codes.extend(handles.into_iter().map(|h| h.join().unwrap()));
+        peak = peak.max(s.rss_kb());
+    }
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&200) && codes.contains(&503), "{codes:?}");
+    // Bounded: at most two requests' working sets beyond the warmed-up server.
+    assert!(
+        peak < rss0 + 400 * 1024,
+        "RSS grew from {rss0} kB to {peak} kB"
+    );
+    assert_eq!(post(&url, "image/png", &png(8, 8)).0, 200, "still serving");
+}
