@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::metrics::{score, Scores};
 use flowmapsr_core::resize::{crop_to_multiple, downscale_lr, imresize};
-use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
+use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::Image;
@@ -156,15 +156,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         )?,
         Method::Model => crate::with_backend!(args.device, |B, device| {
             let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
-            let opts = SampleOptions {
-                steps: args.steps,
-                solver: Solver::FlowMap,
-                mode: args.mode.into(),
-                seed: args.seed,
-                guidance: 1.0,
-                tile: args.tile * args.scale as usize,
-                overlap: args.overlap * args.scale as usize,
-            };
+            let opts = crate::upscale::sample_options(
+                args.steps,
+                args.mode.into(),
+                args.seed,
+                args.scale,
+                args.tile,
+                args.overlap,
+            );
             evaluate(
                 &images,
                 args.scale,

@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
-use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
+use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use std::collections::BTreeMap;
@@ -69,6 +69,7 @@ type UpscaleFn = dyn Fn(
 struct AppState {
     upscale: Box<UpscaleFn>,
     max_pixels: u64,
+    max_body: usize,
     timeout: Duration,
     slots: tokio::sync::Semaphore,
     capacity: usize,
@@ -177,20 +178,25 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
         "webp" => image::ImageFormat::WebP,
         f => return Err(bad(format!("format must be png, jpeg or webp, got '{f}'"))),
     };
-    let opts = SampleOptions {
-        steps,
-        solver: Solver::FlowMap,
-        mode,
-        seed: q.seed.unwrap_or(0),
-        guidance: 1.0,
-        tile: tile * scale as usize,
-        overlap: overlap * scale as usize,
-    };
+    let opts =
+        crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap);
     Ok((scale, opts, format))
 }
 
 /// The image bytes of a request: a raw image body or the first file part of a multipart form.
-async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
+async fn body_bytes(req: Request, max_body: usize) -> Result<Bytes, ApiError> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max_body as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body exceeds --max-body",
+        ));
+    }
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -228,6 +234,11 @@ async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
             "no file field in the form",
         ));
     }
+    // Read (bounded by --max-body) before judging, so an early 4xx never leaves the client
+    // writing into a closed connection.
+    let bytes = Bytes::from_request(req, &())
+        .await
+        .map_err(|e| too_big(&e))?;
     let ok = ctype.is_empty()
         || ctype.starts_with("image/")
         || ctype.starts_with("application/octet-stream");
@@ -238,7 +249,7 @@ async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
             format!("send the image as image/png, image/jpeg, image/webp, application/octet-stream or multipart/form-data, not '{ctype}'"),
         ));
     }
-    Bytes::from_request(req, &()).await.map_err(|e| too_big(&e))
+    Ok(bytes)
 }
 
 async fn upscale_handler(State(st): State<Arc<AppState>>, req: Request) -> Response {
@@ -271,10 +282,12 @@ impl Drop for Admission<'_> {
 
 async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     // Parsed here so a bad value is our JSON 400, not axum's plain-text rejection.
-    let Query(q) = Query::<UpscaleQuery>::try_from_uri(req.uri())
+    let query = Query::<UpscaleQuery>::try_from_uri(req.uri());
+    let bytes = body_bytes(req, st.max_body).await;
+    let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()))?;
     let (scale, opts, format) = parse_query(&q)?;
-    let bytes = body_bytes(req).await?;
+    let bytes = bytes?;
     let img = imageio::decode(&bytes, st.max_pixels).map_err(|e| {
         let m = format!("{e:#}");
         if m.contains("too large") {
@@ -316,11 +329,10 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let c2 = cancel.clone();
     let job = tokio::task::spawn_blocking(move || {
         let rgb = (st2.upscale)(&img.rgb, scale, &opts, &c2)?;
-        let alpha = img.alpha.as_ref().map(|a| {
-            let mut up = flowmapsr_core::resize::upscale(a, scale);
-            up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-            up
-        });
+        let alpha = img
+            .alpha
+            .as_ref()
+            .map(|a| crate::upscale::upscale_alpha(a, scale));
         Ok::<_, flowmapsr_core::Error>((rgb, alpha, img.sixteen_bit))
     });
     let (rgb, alpha, sixteen) = match tokio::time::timeout_at(deadline, job).await {
@@ -443,6 +455,7 @@ where
     Arc::new(AppState {
         upscale: Box::new(f),
         max_pixels: args.max_pixels,
+        max_body: args.max_body,
         timeout: Duration::from_secs(args.timeout),
         slots: tokio::sync::Semaphore::new(args.concurrency.max(1)),
         capacity: args.concurrency.max(1) + args.queue,

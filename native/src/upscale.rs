@@ -66,6 +66,33 @@ pub fn parse_scale(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Sampler options from the user's knobs; tile and overlap are given in input pixels.
+pub fn sample_options(
+    steps: usize,
+    mode: Mode,
+    seed: u64,
+    scale: u32,
+    tile: usize,
+    overlap: usize,
+) -> SampleOptions {
+    SampleOptions {
+        steps,
+        solver: Solver::FlowMap,
+        mode,
+        seed,
+        guidance: 1.0,
+        tile: tile * scale as usize,
+        overlap: overlap * scale as usize,
+    }
+}
+
+/// Alpha is upscaled on its own with bicubic (a mask, not an image to hallucinate into).
+pub fn upscale_alpha(alpha: &Image, scale: u32) -> Image {
+    let mut up = flowmapsr_core::resize::upscale(alpha, scale);
+    up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    up
+}
+
 const EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
 /// Expand folders to the image files inside them (sorted; not recursive).
@@ -131,15 +158,14 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
             args.output.display()
         );
     }
-    let opts = SampleOptions {
-        steps: args.steps,
-        solver: Solver::FlowMap,
-        mode: args.mode.into(),
-        seed: args.seed,
-        guidance: 1.0,
-        tile: args.tile * args.scale as usize,
-        overlap: args.overlap * args.scale as usize,
-    };
+    let opts = sample_options(
+        args.steps,
+        args.mode.into(),
+        args.seed,
+        args.scale,
+        args.tile,
+        args.overlap,
+    );
     let mut failures = 0;
     for input in &inputs {
         match upscale_one(&net, &cfg, args, &opts, input, single, device) {
@@ -186,12 +212,7 @@ fn upscale_one<B: Backend>(
     )
     .with_context(|| format!("upscaling {}", input.display()))?;
     pb.finish_and_clear();
-    // Alpha is upscaled on its own with bicubic (a mask, not an image to hallucinate into).
-    let alpha: Option<Image> = img.alpha.as_ref().map(|a| {
-        let mut up = flowmapsr_core::resize::upscale(a, args.scale);
-        up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-        up
-    });
+    let alpha = img.alpha.as_ref().map(|a| upscale_alpha(a, args.scale));
     imageio::write(&out_path, &rgb, alpha.as_ref(), img.sixteen_bit)?;
     Ok(out_path)
 }
