@@ -107,6 +107,16 @@ fn raw_post_headers_only(base: &str, len: usize) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
+/// The body of a GET that must succeed.
+fn get(base: &str, path: &str) -> String {
+    agent()
+        .get(&format!("{base}{path}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
 fn json_error(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
@@ -132,30 +142,15 @@ fn good_requests_health_metrics_and_landing_page() {
     );
     assert_eq!((st, ct.as_str()), (200, "image/webp"));
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 32);
-    let h = agent()
-        .get(&format!("{}/healthz", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let h = get(&s.base, "/healthz");
     assert!(h.contains("ok"));
-    let m = agent()
-        .get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let m = get(&s.base, "/metrics");
     assert!(
         m.contains("flowmapsr_requests_total{status=\"200\"} 2"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
-    let page = agent()
-        .get(&format!("{}/", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let page = get(&s.base, "/");
     assert!(page.contains("trunk build --release"));
 }
 
@@ -253,12 +248,7 @@ fn client_mistakes_are_4xx_with_json() {
     assert!(reply.contains("body_too_large"), "{reply}");
     // Still alive.
     assert_eq!(post(&u("?scale=2"), "image/png", &good).0, 200);
-    let m = agent()
-        .get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let m = get(&s.base, "/metrics");
     assert!(
         m.contains("flowmapsr_errors_total{kind=\"bad_image\"} 3"),
         "{m}"
