@@ -39,6 +39,69 @@ impl std::fmt::Display for DeviceKind {
     }
 }
 
+/// The device of `kind` for the backend `Self` (the launcher has already matched the kind).
+pub trait DeviceOf: burn::tensor::backend::Backend {
+    fn device_of(kind: DeviceKind) -> Self::Device;
+}
+
+impl DeviceOf for burn::backend::Flex {
+    fn device_of(_: DeviceKind) -> Self::Device {
+        burn::backend::flex::FlexDevice
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl DeviceOf for burn::backend::Wgpu {
+    fn device_of(_: DeviceKind) -> Self::Device {
+        burn::backend::wgpu::WgpuDevice::default()
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceOf for burn::backend::Cuda {
+    fn device_of(kind: DeviceKind) -> Self::Device {
+        match kind {
+            DeviceKind::Cuda(i) => burn::backend::cuda::CudaDevice::new(i),
+            _ => burn::backend::cuda::CudaDevice::new(0),
+        }
+    }
+}
+
+/// burn's cuda backend loads the driver and NVRTC at run time and panics when they are missing:
+/// look for them first so `--device cuda` on a machine without them is a clear error.
+#[cfg(feature = "cuda")]
+pub fn check_cuda() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let find = |what: &str, names: &[&str]| -> Result<()> {
+            let mut last = String::new();
+            for n in names {
+                // SAFETY: loading a system library runs its initialisers, as burn's loader will.
+                match unsafe { libloading::Library::new(n) } {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            bail!(
+                "--device cuda: cannot load the {what} ({}): {last}. Is an NVIDIA driver and the \
+                 CUDA runtime installed, and on LD_LIBRARY_PATH?",
+                names.join(", ")
+            )
+        };
+        find("CUDA driver", &["libcuda.so.1", "libcuda.so"])?;
+        find(
+            "NVRTC runtime compiler",
+            &[
+                "libnvrtc.so",
+                "libnvrtc.so.13",
+                "libnvrtc.so.12",
+                "libnvrtc.so.11",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Call `$body` with `B` bound to the chosen backend type and `device` to its device.
 #[macro_export]
 macro_rules! with_backend {
@@ -64,6 +127,7 @@ macro_rules! with_backend {
             $crate::backend::DeviceKind::Cuda(_i) => {
                 #[cfg(feature = "cuda")]
                 {
+                    $crate::backend::check_cuda()?;
                     type $B = burn::backend::Cuda;
                     let $device = burn::backend::cuda::CudaDevice::new(_i);
                     $body

@@ -28,6 +28,24 @@ pub struct BenchArgs {
     pub device: DeviceKind,
     #[arg(long)]
     pub json: bool,
+    /// Time training steps instead (Shortcut objective, Adam, EMA teacher, on random batches so
+    /// data loading is not measured): batch x crop x crop HR pixels per step.
+    #[arg(long)]
+    pub train: bool,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub crop: usize,
+}
+
+#[derive(serde::Serialize)]
+pub struct TrainBenchReport {
+    pub device: String,
+    pub batch: usize,
+    pub crop: usize,
+    pub ms_per_step: f64,
+    pub steps_per_s: f64,
+    pub hr_mp_per_s: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -58,6 +76,20 @@ fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.train {
+        let r = crate::with_backend!(args.device, |B, device| {
+            train_bench::<burn::backend::Autodiff<B>>(args, &device)?
+        });
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "device {} | training batch {} x {}x{} HR | {:.1} ms/step | {:.2} steps/s | {:.3} HR MP/s",
+                r.device, r.batch, r.crop, r.crop, r.ms_per_step, r.steps_per_s, r.hr_mp_per_s
+            );
+        }
+        return Ok(());
+    }
     let r = crate::with_backend!(args.device, |B, device| bench_on::<B>(args, &device)?);
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -107,5 +139,53 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         model_gflops_per_s: model_gflops,
         matmul_gflops_per_s: peak,
         fraction_of_matmul_peak: model_gflops / peak,
+    })
+}
+
+fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
+    args: &BenchArgs,
+    device: &B::Device,
+) -> Result<TrainBenchReport> {
+    use burn::module::AutodiffModule;
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use flowmapsr_core::objectives::{shortcut, Batch};
+    use rand::SeedableRng;
+    let (_, cfg) = crate::weights::load::<B::InnerBackend>(args.weights.as_deref(), device)?;
+    let align = 2 * cfg.unet.align();
+    if args.crop == 0 || args.crop % align != 0 {
+        anyhow::bail!("--crop must be a positive multiple of {align}");
+    }
+    let mut model = cfg.unet.init::<B>(device);
+    let mut optim = AdamConfig::new().init::<B, flowmapsr_core::unet::UNet<B>>();
+    let h = args.crop / 2;
+    let shape = [args.batch, 12, h, h];
+    let batch = Batch {
+        x0: Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
+        x1: Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
+    };
+    let sc = shortcut::ShortcutConfig::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut step = |model: flowmapsr_core::unet::UNet<B>| {
+        let teacher = model.valid();
+        let loss = shortcut::shortcut(&model, &teacher, &batch, &sc, &cfg.bridge, &mut rng);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        // Wait for the device to finish the step.
+        B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        anyhow::Ok(model)
+    };
+    model = step(model)?; // warm-up (kernel compilation, autotune, allocation)
+    let t0 = Instant::now();
+    for _ in 0..args.reps {
+        model = step(model)?;
+    }
+    let secs = t0.elapsed().as_secs_f64() / args.reps as f64;
+    Ok(TrainBenchReport {
+        device: args.device.to_string(),
+        batch: args.batch,
+        crop: args.crop,
+        ms_per_step: secs * 1e3,
+        steps_per_s: 1.0 / secs,
+        hr_mp_per_s: (args.batch * args.crop * args.crop) as f64 / secs / 1e6,
     })
 }

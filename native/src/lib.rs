@@ -34,6 +34,24 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Export weights to safetensors.
     Export(ExportArgs),
+    /// Coordinator of a multi-node training run: start one, then `train --nodes N ...` on every
+    /// node (docs/distributed.md).
+    Orchestrator(OrchestratorArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OrchestratorArgs {
+    /// WebSocket port the nodes connect to (`train --orchestrator ws://HOST:PORT`).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+}
+
+/// Runs burn-collective's global orchestrator until Ctrl-C / SIGTERM.
+fn orchestrator(a: &OrchestratorArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    println!("orchestrator on ws://0.0.0.0:{}", a.port);
+    rt.block_on(burn_collective::start_global_orchestrator(a.port));
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Orchestrator(a) => orchestrator(&a),
         Command::Export(a) => weights::export_safetensors(a.weights.as_deref(), &a.output),
     }
 }

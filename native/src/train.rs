@@ -6,10 +6,11 @@
 use crate::backend::DeviceKind;
 use crate::imageio;
 use anyhow::{bail, Context, Result};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use flowmapsr_core::degrade::{degrade, DegradeConfig};
 use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
 use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
@@ -55,6 +56,46 @@ pub struct TrainArgs {
     /// best/): fine-tuning or a longer schedule. The architecture must match the config's.
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
+    /// Data-parallel training on several local devices of one kind, e.g. `cpu,cpu` or
+    /// `cuda:0,cuda:1`: each device takes an equal share of the batch and the gradients are
+    /// averaged with burn-collective's all-reduce. Replaces --device.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Option<Vec<DeviceKind>>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// One process per node: every node runs `flowmapsr train` with the same config and data,
+/// its own --node-rank, and the address of one `flowmapsr orchestrator` (docs/distributed.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Number of nodes (processes) in the run.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// This node's index in 0..nodes (node 0 validates and logs).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// Address of `flowmapsr orchestrator`, e.g. ws://10.0.0.1:3000.
+    #[arg(long)]
+    pub orchestrator: Option<String>,
+    /// This node's data-service address as the other nodes reach it, e.g. ws://10.0.0.2:3001.
+    #[arg(long)]
+    pub node_address: Option<String>,
+    /// Port this node's data service listens on (the port of --node-address).
+    #[arg(long)]
+    pub data_port: Option<u16>,
+}
+
+impl Default for NodeArgs {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            node_rank: 0,
+            orchestrator: None,
+            node_address: None,
+            data_port: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,19 +232,25 @@ fn dihedral(img: &Image, k: u8) -> Image {
     out
 }
 
-/// The batch for `step`: a pure function of (images, config, step).
+/// Rows `rows` of the batch for `step`: a pure function of (images, config, step, row), so a
+/// data-parallel worker builds exactly its share of the global batch.
 pub fn make_batch<B: AutodiffBackend>(
     images: &[Image],
     cfg: &TrainConfig,
     step: usize,
+    rows: std::ops::Range<usize>,
     device: &B::Device,
 ) -> Result<Batch<B>> {
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let c = cfg.crop;
     let total: f32 = cfg.scale_mix.iter().sum();
+    let n = rows.len();
     let (mut x0, mut x1) = (Vec::new(), Vec::new());
-    for _ in 0..cfg.batch {
+    for row in rows {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed
+                ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (row as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+        );
         let img = &images[rng.random_range(0..images.len())];
         let (x, y) = (
             rng.random_range(0..=img.width - c),
@@ -223,7 +270,7 @@ pub fn make_batch<B: AutodiffBackend>(
         x0.extend(bicubic_up(&lr, scale).to_signed());
         x1.extend(hr.to_signed());
     }
-    let shape = [cfg.batch, 3, c, c];
+    let shape = [n, 3, c, c];
     let t = |v: Vec<f32>| {
         unshuffle(
             Tensor::<B, 4>::from_data(TensorData::new(v, shape), device),
@@ -259,10 +306,85 @@ pub fn validate<B: burn::tensor::backend::Backend>(
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = TrainConfig::load(&args.config)?;
-    crate::with_backend!(
-        args.device,
-        |B, device| train::<burn::backend::Autodiff<B>>(args, &cfg, &device)
-    )
+    let kinds = args.devices.clone().unwrap_or_else(|| vec![args.device]);
+    let first = *kinds.first().context("--devices is empty")?;
+    if kinds
+        .iter()
+        .any(|k| std::mem::discriminant(k) != std::mem::discriminant(&first))
+    {
+        bail!("--devices must all be of one kind (cpu, wgpu or cuda:N)");
+    }
+    crate::with_backend!(first, |B, device| {
+        let mut devices = vec![device];
+        devices.extend(
+            kinds[1..]
+                .iter()
+                .map(|k| <B as crate::backend::DeviceOf>::device_of(*k)),
+        );
+        train::<burn::backend::Autodiff<B>>(args, &cfg, devices)
+    })
+}
+
+/// Where this process sits in a data-parallel run.
+#[derive(Clone, Debug)]
+struct Topology {
+    /// Devices in the whole run (all nodes).
+    world: usize,
+    /// Global rank of this process's first device.
+    first_rank: usize,
+    /// burn-collective's config, when world > 1.
+    collective: Option<CollectiveConfig>,
+}
+
+impl Topology {
+    fn new(node: &NodeArgs, local: usize, batch: usize) -> Result<Self> {
+        if node.nodes == 0 || node.node_rank >= node.nodes {
+            bail!(
+                "--node-rank {} must be below --nodes {}",
+                node.node_rank,
+                node.nodes
+            );
+        }
+        let world = local * node.nodes as usize;
+        if batch % world != 0 {
+            bail!("batch {batch} must be divisible by the number of devices in the run ({world})");
+        }
+        let mut collective = None;
+        if world > 1 {
+            let mut c = CollectiveConfig::default().with_num_devices(local);
+            if node.nodes > 1 {
+                let (Some(o), Some(a), Some(p)) =
+                    (&node.orchestrator, &node.node_address, node.data_port)
+                else {
+                    bail!("--nodes > 1 needs --orchestrator, --node-address and --data-port");
+                };
+                let addr = |s: &str| {
+                    s.parse::<burn_communication::Address>()
+                        .map_err(|e| anyhow::anyhow!("bad address '{s}': {e}"))
+                };
+                c = c
+                    .with_num_nodes(node.nodes)
+                    .with_global_address(addr(o)?)
+                    .with_node_address(addr(a)?)
+                    .with_data_service_port(p);
+            }
+            collective = Some(c);
+        }
+        Ok(Self {
+            world,
+            first_rank: node.node_rank as usize * local,
+            collective,
+        })
+    }
+}
+
+/// What every worker shares (read-only).
+struct Shared<'a> {
+    args: &'a TrainArgs,
+    cfg: &'a TrainConfig,
+    images: Vec<Image>,
+    val: Option<Vec<(String, imageio::Decoded)>>,
+    topo: Topology,
 }
 
 const LATEST: &str = "latest";
@@ -299,8 +421,9 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
 fn train<B: AutodiffBackend>(
     args: &TrainArgs,
     cfg: &TrainConfig,
-    device: &B::Device,
+    devices: Vec<B::Device>,
 ) -> Result<()> {
+    let topo = Topology::new(&args.node, devices.len(), cfg.batch)?;
     std::fs::create_dir_all(&args.out)?;
     let images = load_images(&args.data, cfg.crop)?;
     let val = args
@@ -308,20 +431,148 @@ fn train<B: AutodiffBackend>(
         .as_deref()
         .map(crate::eval::load_folder)
         .transpose()?;
-    tracing::info!(
-        "{} training images, {} validation images, device {}",
-        images.len(),
-        val.as_ref().map_or(0, |v| v.len()),
-        args.device
-    );
+    if topo.first_rank == 0 {
+        tracing::info!(
+            "{} training images, {} validation images, {} device(s) here, {} in the run, {}",
+            images.len(),
+            val.as_ref().map_or(0, |v| v.len()),
+            devices.len(),
+            topo.world,
+            args.devices
+                .as_ref()
+                .map_or(args.device.to_string(), |d| format!("{d:?}"))
+        );
+    }
     std::fs::write(
         args.out.join("train_config.json"),
         serde_json::to_vec_pretty(cfg)?,
     )?;
 
-    // Seeded initialisation: the same config gives the same starting weights.
-    B::seed(device, cfg.seed);
-    let mut model: UNet<B> = cfg.model.unet.init(device);
+    // Seeded initialisation on the first device; every replica starts from a copy.
+    B::seed(&devices[0], cfg.seed);
+    let mut model: UNet<B> = cfg.model.unet.init(&devices[0]);
+    model = model.map(&mut Canonical(0));
+    if let Some(dir) = &args.init {
+        let bytes = std::fs::read(dir.join("model.bin"))
+            .with_context(|| format!("reading {}", dir.join("model.bin").display()))?;
+        model = module_from_bytes(model, &bytes, &devices[0])
+            .with_context(|| format!("--init {}", dir.display()))?;
+        tracing::info!("initialised from {}", dir.display());
+    }
+    let model = model.map(&mut Canonical(0));
+    let shared = Shared {
+        args,
+        cfg,
+        images,
+        val,
+        topo,
+    };
+    let shared = &shared;
+    std::thread::scope(|s| {
+        let others: Vec<_> = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let replica = model.clone().fork(d);
+                let d = d.clone();
+                s.spawn(move || worker::<B>(shared, replica, d, i + 1))
+            })
+            .collect();
+        let mut result = worker::<B>(shared, model, devices[0].clone(), 0);
+        for h in others {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+/// Averages the gradients and the loss over every replica of the run with one burn-collective
+/// all-reduce of one flat vector (all gradients in module order, then the loss): one exchange
+/// per step, and every replica stops together if the loss is not finite.
+fn all_reduce_mean<B: AutodiffBackend>(
+    model: &UNet<B>,
+    mut grads: GradientsParams,
+    loss: Tensor<B::InnerBackend, 1>,
+    peer: PeerId,
+) -> Result<(GradientsParams, Tensor<B::InnerBackend, 1>)> {
+    struct Take<'a, I: burn::tensor::backend::Backend>(&'a mut GradientsParams, Vec<Tensor<I, 1>>);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Take<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            let g = self.0.remove::<B::InnerBackend, D>(p.id);
+            let g = g.unwrap_or_else(|| Tensor::<B, D>::zeros(p.shape(), &p.device()).inner());
+            self.1.push(g.flatten(0, D - 1));
+        }
+    }
+    struct Put<'a, I: burn::tensor::backend::Backend>(&'a mut GradientsParams, Tensor<I, 1>, usize);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Put<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            let shape = p.shape();
+            let n = shape.num_elements();
+            let g = self.1.clone().narrow(0, self.2, n).reshape(shape);
+            self.0.register::<B::InnerBackend, D>(p.id, g);
+            self.2 += n;
+        }
+    }
+    let mut take = Take(&mut grads, Vec::new());
+    model.visit(&mut take);
+    let mut parts = take.1;
+    let n: usize = parts.iter().map(|t| t.dims()[0]).sum();
+    parts.push(loss);
+    let flat = Tensor::cat(parts, 0);
+    let flat: Tensor<B::InnerBackend, 1> =
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+            burn_collective::all_reduce::<B::InnerBackend>(
+                peer,
+                flat.into_primitive().tensor(),
+                ReduceOperation::Mean,
+            )
+            .map_err(|e| anyhow::anyhow!("gradient all-reduce: {e:?}"))?,
+        ));
+    let loss = flat.clone().narrow(0, n, 1);
+    model.visit(&mut Put(&mut grads, flat, 0));
+    Ok((grads, loss))
+}
+
+/// Makes a fresh model the same in every process: burn draws parameters lazily (at first use)
+/// and gives them random ids, while replicas must start equal and the gradient all-reduce walks
+/// parameters in id order. So: draw every parameter now, in module order, and number them.
+struct Canonical(u64);
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Canonical {
+    fn map_float<const D: usize>(
+        &mut self,
+        mut p: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let _ = p.val();
+        p.id = burn::module::ParamId::from(self.0);
+        self.0 += 1;
+        p
+    }
+}
+
+/// One data-parallel replica: its share of every batch, gradients averaged over the run, the
+/// same Adam step everywhere (so replicas stay identical). Local device 0 of each node writes
+/// checkpoints to that node's --out; global rank 0 also validates and logs.
+fn worker<B: AutodiffBackend>(
+    sh: &Shared,
+    mut model: UNet<B>,
+    device: B::Device,
+    local: usize,
+) -> Result<()> {
+    let (args, cfg, topo) = (sh.args, sh.cfg, &sh.topo);
+    let rank = topo.first_rank + local;
+    let writer = local == 0;
+    let lead = rank == 0;
+    let peer = PeerId::from(rank as u32);
+    if let Some(c) = &topo.collective {
+        burn_collective::register::<B::InnerBackend>(peer, device.clone(), c.clone())
+            .map_err(|e| anyhow::anyhow!("joining the collective as peer {rank}: {e:?}"))?;
+    }
     let mut ema_net: UNet<B::InnerBackend> = model.valid();
     let mut adam = AdamConfig::new();
     if let Some(c) = cfg.grad_clip {
@@ -332,14 +583,6 @@ fn train<B: AutodiffBackend>(
         best_psnr: f64::NEG_INFINITY,
         ..Default::default()
     };
-    if let Some(dir) = &args.init {
-        let bytes = std::fs::read(dir.join("model.bin"))
-            .with_context(|| format!("reading {}", dir.join("model.bin").display()))?;
-        model = module_from_bytes(model, &bytes, device)
-            .with_context(|| format!("--init {}", dir.display()))?;
-        ema_net = model.valid();
-        tracing::info!("initialised from {}", dir.display());
-    }
     if args.resume {
         match std::fs::read_to_string(args.out.join(LATEST)) {
             Ok(name) => {
@@ -348,42 +591,53 @@ fn train<B: AutodiffBackend>(
                     std::fs::read(dir.join(f))
                         .with_context(|| format!("reading {}", dir.join(f).display()))
                 };
-                model = module_from_bytes(model, &read("model.bin")?, device)?;
-                ema_net = module_from_bytes(ema_net, &read("ema.bin")?, device)?;
-                optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, device)?);
+                model = module_from_bytes(model, &read("model.bin")?, &device)?;
+                ema_net = module_from_bytes(ema_net, &read("ema.bin")?, &device)?;
+                optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, &device)?);
                 state = serde_json::from_slice(&read("state.json")?)?;
-                tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+                if lead {
+                    tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+                }
             }
-            Err(_) => tracing::warn!(
+            Err(_) if lead => tracing::warn!(
                 "--resume: no checkpoint in {}, starting fresh",
                 args.out.display()
             ),
+            Err(_) => {}
         }
     }
-    let nparams = burn::module::Module::num_params(&model);
-    tracing::info!(
-        "model: {} parameters, {:.0} FLOP per output pixel",
-        nparams,
-        cfg.model.unet.flops_per_pixel()
-    );
+    if lead {
+        tracing::info!(
+            "model: {} parameters, {:.0} FLOP per output pixel",
+            burn::module::Module::num_params(&model),
+            cfg.model.unet.flops_per_pixel()
+        );
+    }
 
     let end = args
         .max_steps
         .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
-    let pb = indicatif::ProgressBar::new(cfg.steps as u64).with_position(state.step as u64);
+    let pb = if lead {
+        indicatif::ProgressBar::new(cfg.steps as u64).with_position(state.step as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}")
             .unwrap(),
     );
+    let per = cfg.batch / topo.world;
     let mut log_acc: Vec<(&'static str, f64)> = Vec::new();
     let mut log_n = 0usize;
     let mut t_log = Instant::now();
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
-        let batch = make_batch::<B>(&images, cfg, step, device)?;
+        let batch = make_batch::<B>(&sh.images, cfg, step, rank * per..(rank + 1) * per, &device)?;
         let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed.wrapping_add(1) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            cfg.seed.wrapping_add(1)
+                ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (rank as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
         );
         let loss = match cfg.objective {
             Objective::Shortcut => shortcut(
@@ -402,7 +656,12 @@ fn train<B: AutodiffBackend>(
                 &mut rng,
             ),
         };
-        let total: f64 = loss.total.clone().into_scalar().elem();
+        let mut grads = GradientsParams::from_grads(loss.total.clone().backward(), &model);
+        let mut total = loss.total.inner();
+        if topo.collective.is_some() {
+            (grads, total) = all_reduce_mean(&model, grads, total, peer)?;
+        }
+        let total: f64 = total.into_scalar().elem();
         if !total.is_finite() {
             bail!("loss is {total} at step {step}: diverged (lower lr?) — the last checkpoint is intact");
         }
@@ -414,14 +673,13 @@ fn train<B: AutodiffBackend>(
             }
         }
         log_n += 1;
-        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
         model = optim.step(cfg.lr_at(step), model, grads);
         ema_net = ema::update(ema_net, &model.valid(), cfg.ema_decay);
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
         pb.set_position(state.step as u64);
 
-        if state.step % cfg.log_every == 0 || state.step == end {
+        if lead && (state.step % cfg.log_every == 0 || state.step == end) {
             let terms: Vec<String> = log_acc
                 .iter()
                 .map(|(n, v)| format!("{n} {:.5}", v / log_n as f64))
@@ -439,9 +697,9 @@ fn train<B: AutodiffBackend>(
             t_log = Instant::now();
         }
         let last = state.step == end;
-        if let Some(v) = &val {
+        if let (true, Some(v)) = (lead, &sh.val) {
             if state.step % cfg.val_every == 0 || last {
-                let psnr = validate(&ema_net, &cfg.model, v, device)?;
+                let psnr = validate(&ema_net, &cfg.model, v, &device)?;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: psnr,
@@ -464,18 +722,26 @@ fn train<B: AutodiffBackend>(
                 }
             }
         }
-        if state.step % cfg.ckpt_every == 0 || last {
+        if writer && (state.step % cfg.ckpt_every == 0 || last) {
             save_checkpoint(&args.out, &model, &ema_net, &optim, &state)?;
         }
     }
     pb.finish_and_clear();
-    flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("final"))?;
-    tracing::info!(
-        "stopped at step {} after {:.0} s of training; EMA weights in {}",
-        state.step,
-        state.train_secs,
-        args.out.join("final").display()
-    );
+    if topo.collective.is_some() {
+        burn_collective::finish_collective::<B::InnerBackend>(peer)
+            .map_err(|e| anyhow::anyhow!("leaving the collective: {e:?}"))?;
+    }
+    if writer {
+        flowmapsr_core::weights::save_dir(&ema_net, &cfg.model, &args.out.join("final"))?;
+    }
+    if lead {
+        tracing::info!(
+            "stopped at step {} after {:.0} s of training; EMA weights in {}",
+            state.step,
+            state.train_secs,
+            args.out.join("final").display()
+        );
+    }
     Ok(())
 }
 

@@ -44,6 +44,8 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         device: "cpu".parse().unwrap(),
         max_steps,
         init: None,
+        devices: None,
+        node: Default::default(),
     }
 }
 

@@ -1,0 +1,193 @@
+//! Data-parallel training on burn-collective: a step on 2 devices with global batch B must give
+//! the same weights as a step on 1 device with batch B — two CPU devices in one process, and two
+//! processes (one per "node") joined through `flowmapsr orchestrator` on 127.0.0.1.
+//!
+//! The objective is the fidelity anchor alone (no random times or noise), so the only difference
+//! between the runs is how the batch is split and the gradients are averaged. Tolerance: 1e-6 on
+//! every weight, against a change of ~1e-3 per weight per step (lr 1e-3, Adam) — a replica that
+//! stepped on its own half-batch without the all-reduce differs by ~1e-3 and fails.
+
+use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{backend::Backend, Tensor};
+use flowmapsr_cli::train::{run, NodeArgs, TrainArgs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn synthetic_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| {
+            let f = 0.2 + 0.1 * i as f32;
+            let v = ((x as f32 * f).sin() + (y as f32 * f * 0.7).cos()) * 60.0 + 128.0;
+            image::Rgb([v as u8, (255.0 - v) as u8, ((x + y) * 3 % 256) as u8])
+        });
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+}
+
+fn setup(d: &Path) {
+    synthetic_images(&d.join("data"), 3);
+    let cfg = serde_json::json!({
+        "model": {
+            "unet": { "channels": 12, "widths": [8, 16], "blocks": [1, 1], "cond": { "dim": 16, "octaves": 3 } },
+            "bridge": { "sigma_b": 0.005, "sigma_0": 0.1 },
+            "notes": "distributed test"
+        },
+        "objective": "shortcut",
+        "shortcut": { "sc_fraction": 0.0, "anchor_fraction": 1.0, "max_log2": 3, "p_source_noise": 0.0 },
+        "degrade": { "p_bicubic": 1.0 },
+        "scale_mix": [0.3, 0.4, 0.3],
+        "crop": 32, "batch": 4, "steps": 2, "lr": 0.001, "warmup": 0,
+        "ema_decay": 0.9, "seed": 11, "log_every": 1, "val_every": 100, "ckpt_every": 1
+    });
+    std::fs::write(d.join("train.json"), cfg.to_string()).unwrap();
+}
+
+fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
+    TrainArgs {
+        config: d.join("train.json"),
+        data: vec![d.join("data")],
+        val: None,
+        out: d.join(out),
+        resume: false,
+        device: "cpu".parse().unwrap(),
+        max_steps: None,
+        init: None,
+        devices: Some(devices.iter().map(|s| s.parse().unwrap()).collect()),
+        node: NodeArgs::default(),
+    }
+}
+
+struct Collect(Vec<f32>);
+
+impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+    }
+}
+
+/// All weights of the student in `run/ckpt-XXXXXXXX/model.bin`.
+fn weights(run: &Path, step: usize) -> Vec<f32> {
+    let json = std::fs::read(run.join("final/config.json")).unwrap();
+    let cfg = flowmapsr_core::weights::ModelConfig::from_json(&json).unwrap();
+    let dev = Default::default();
+    let bytes = std::fs::read(run.join(format!("ckpt-{step:08}/model.bin"))).unwrap();
+    let net = cfg.unet.init::<Flex>(&dev);
+    let net = flowmapsr_core::weights::module_from_bytes(net, &bytes, &dev).unwrap();
+    let mut c = Collect(Vec::new());
+    net.visit(&mut c);
+    c.0
+}
+
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+const TOL: f32 = 1e-6;
+
+#[test]
+fn two_devices_one_process_and_two_nodes_match_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+
+    run(&args(d, "one", &["cpu"])).unwrap();
+    run(&args(d, "two", &["cpu", "cpu"])).unwrap();
+    let one = weights(&d.join("one"), 2);
+    let two = weights(&d.join("two"), 2);
+    // The same run stopped after one step: how far the second step moved the weights.
+    let mut a = args(d, "one_step", &["cpu"]);
+    a.max_steps = Some(1);
+    run(&a).unwrap();
+    let moved = max_gap(&one, &weights(&d.join("one_step"), 1));
+    assert!(moved > 1e-4, "training did not move the weights ({moved})");
+    let gap = max_gap(&one, &two);
+    eprintln!("second step moved weights by up to {moved:.3e}; 2 devices vs 1: {gap:.3e}");
+    assert!(
+        gap < TOL,
+        "2 devices vs 1: max weight gap {gap} (step moved {moved})"
+    );
+
+    // Two processes standing in for two nodes, one CPU device each.
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let bin = env!("CARGO_BIN_EXE_flowmapsr");
+    let orch_port = free_port();
+    let mut orch = Kill(
+        Command::new(bin)
+            .args(["orchestrator", "--port", &orch_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let nodes: Vec<Kill> = (0..2)
+        .map(|r| {
+            let port = free_port();
+            let out: PathBuf = d.join(format!("node{r}"));
+            Kill(
+                Command::new(bin)
+                    .args(["train", "--config"])
+                    .arg(d.join("train.json"))
+                    .arg("--data")
+                    .arg(d.join("data"))
+                    .arg("--out")
+                    .arg(&out)
+                    .args([
+                        "--device",
+                        "cpu",
+                        "--nodes",
+                        "2",
+                        "--node-rank",
+                        &r.to_string(),
+                    ])
+                    .args(["--orchestrator", &format!("ws://127.0.0.1:{orch_port}")])
+                    .args(["--node-address", &format!("ws://127.0.0.1:{port}")])
+                    .args(["--data-port", &port.to_string()])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for mut n in nodes {
+        loop {
+            if let Some(st) = n.0.try_wait().unwrap() {
+                assert!(st.success(), "a node exited with {st}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "multi-node run did not finish in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = orch.0.kill();
+    let n0 = weights(&d.join("node0"), 2);
+    let n1 = weights(&d.join("node1"), 2);
+    assert_eq!(max_gap(&n0, &n1), 0.0, "the two nodes' replicas differ");
+    let gap = max_gap(&one, &n0);
+    eprintln!("2 nodes vs 1 device: {gap:.3e}");
+    assert!(gap < TOL, "2 nodes vs 1 device: max weight gap {gap}");
+}
+
+/// Kills a child process when the test ends, pass or fail.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
