@@ -77,7 +77,7 @@ pub fn check_cuda() -> Result<()> {
             let mut last = String::new();
             for n in names {
                 // SAFETY: loading a system library runs its initialisers, as burn's loader will.
-                match unsafe { libloading::Library::new(n) } {
+                match unsafe { libloading::Library::new(*n) } {
                     Ok(_) => return Ok(()),
                     Err(e) => last = e.to_string(),
                 }
