@@ -8,7 +8,14 @@ cargo build --release --bin flowmapsr
 target/release/flowmapsr train --config configs/shipped.json \
   --data "$S/data/train/T91" "$S/data/train/SunHays80" --val "$S/data/eval/Set5" \
   --out runs/shipped --resume "$@"
+# Stage 2: a second cosine schedule from stage 1 (rerun after an interruption with --resume
+# in place of --init).
+if [ ! -e runs/cont/final/model.bin ]; then
+  target/release/flowmapsr train --config configs/shipped_cont.json \
+    --data "$S/data/train/T91" "$S/data/train/SunHays80" --val "$S/data/eval/Set5" \
+    --out runs/cont --init runs/shipped/final
+fi
 for set in Set5 Set14; do
-  target/release/flowmapsr eval --data "$S/data/eval/$set" --scale 4 --weights runs/shipped/final
+  target/release/flowmapsr eval --data "$S/data/eval/$set" --scale 4 --weights runs/cont/final
 done
-echo "to ship: cp runs/shipped/final/{config.json,model.bin} weights/ (only if eval beats the current weights)"
+echo "to ship: cp runs/cont/final/{config.json,model.bin} weights/ (only if eval beats the current weights)"
