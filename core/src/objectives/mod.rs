@@ -1,10 +1,16 @@
 //! Training objectives (ALGORITHM.md §2-3). Each is a pure function of (model, batch, rng) that
 //! returns its named loss terms; the training loop only sums and logs them.
 
+pub mod eulerian;
 pub mod flow_matching;
+pub mod lagrangian;
 pub mod shortcut;
+#[cfg(test)]
+mod toy;
 
 use crate::bridge::{noise, per_sample, point, BridgeConfig};
+use crate::cond::Cond;
+use crate::unet::UNet;
 use burn::tensor::{backend::Backend, Tensor};
 use rand::Rng;
 
@@ -63,4 +69,112 @@ pub fn bridge_points<B: Backend>(
 /// Rows [a, a + len) of a batch tensor.
 pub fn rows<B: Backend>(x: &Tensor<B, 4>, a: usize, len: usize) -> Tensor<B, 4> {
     x.clone().narrow(0, a, len)
+}
+
+/// What an objective needs of a network: the velocity of X_{s,t}(x) = x + (t - s) v(x, s, t | x0).
+/// The UNet is one; the toy tests use a small MLP.
+pub trait FlowNet<B: Backend> {
+    fn velocity(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4>;
+}
+
+impl<B: Backend> FlowNet<B> for UNet<B> {
+    fn velocity(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
+        UNet::velocity(self, x, x0, c)
+    }
+}
+
+/// Off-diagonal times for self-distillation: (s, t) with 0 <= s < t <= 1 uniform on the triangle.
+pub fn off_diagonal_times(n: usize, rng: &mut impl Rng) -> (Vec<f32>, Vec<f32>) {
+    (0..n)
+        .map(|_| {
+            let (a, b) = (rng.random::<f32>(), rng.random::<f32>());
+            (a.min(b), a.max(b))
+        })
+        .unzip()
+}
+
+/// Rows of a batch for the self-distillation objectives: [sd | anchor | diag], sizes from the
+/// fractions (the diagonal share is what is left: ~75% in ALGORITHM.md §3 when anchor is 0).
+pub fn split_rows(n: usize, sd_fraction: f32, anchor_fraction: f32) -> (usize, usize) {
+    let sd = ((n as f32 * sd_fraction).round() as usize).min(n);
+    let anchor = ((n as f32 * anchor_fraction).round() as usize).min(n - sd);
+    (sd, anchor)
+}
+
+/// The anchor and diagonal rows shared by the self-distillation objectives: inputs, targets and
+/// (s, t) per row, appended to `xs`, `targets`, `s`, `t`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn anchor_and_diag_rows<B: Backend>(
+    batch: &Batch<B>,
+    from: usize,
+    n_anchor: usize,
+    p_noise: f32,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+    xs: &mut Vec<Tensor<B, 4>>,
+    targets: &mut Vec<Tensor<B, 4>>,
+    s: &mut Vec<f32>,
+    t: &mut Vec<f32>,
+) {
+    let n = batch.x0.dims()[0];
+    let sub = |a: usize, len: usize| Batch {
+        x0: rows(&batch.x0, a, len),
+        x1: rows(&batch.x1, a, len),
+    };
+    if n_anchor > 0 {
+        let b = sub(from, n_anchor);
+        targets.push(b.x1.clone() - b.x0.clone());
+        xs.push(b.x0);
+        s.extend(std::iter::repeat_n(0.0, n_anchor));
+        t.extend(std::iter::repeat_n(1.0, n_anchor));
+    }
+    let n_diag = n - from - n_anchor;
+    if n_diag > 0 {
+        let r = flow_matching::diag_rows(&sub(from + n_anchor, n_diag), p_noise, bridge, rng);
+        xs.push(r.x);
+        targets.push(r.target);
+        s.extend_from_slice(&r.t);
+        t.extend_from_slice(&r.t);
+    }
+}
+
+/// Splits per-sample losses [sd | anchor | diag] into named mean terms.
+pub(crate) fn named_terms<B: Backend>(
+    per: &Tensor<B, 1>,
+    parts: [(&'static str, usize); 3],
+) -> Vec<(&'static str, Tensor<B, 1>)> {
+    let mut terms = Vec::new();
+    let mut a = 0;
+    for (name, len) in parts {
+        if len > 0 {
+            terms.push((name, per.clone().narrow(0, a, len).mean()));
+        }
+        a += len;
+    }
+    terms
+}
+
+/// For the finite-difference objectives: bridge points I_s of the first `n_sd` rows (noisy
+/// sources drawn per row) and the conditioning sources of one student call over
+/// [those rows twice | the remaining rows].
+pub(crate) fn sd_points<B: Backend>(
+    batch: &Batch<B>,
+    n_sd: usize,
+    s: &[f32],
+    p_noise: f32,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let n = batch.x0.dims()[0];
+    let b = Batch {
+        x0: rows(&batch.x0, 0, n_sd),
+        x1: rows(&batch.x1, 0, n_sd),
+    };
+    let noisy: Vec<bool> = (0..n_sd).map(|_| rng.random::<f32>() < p_noise).collect();
+    let (x, _) = bridge_points(&b, s, &noisy, bridge, rng);
+    let mut x0 = vec![b.x0.clone(), b.x0];
+    if n > n_sd {
+        x0.push(rows(&batch.x0, n_sd, n - n_sd));
+    }
+    (x, Tensor::cat(x0, 0))
 }

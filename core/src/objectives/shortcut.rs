@@ -8,10 +8,9 @@
 //! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
 
 use super::flow_matching::diag_rows;
-use super::{bridge_points, per_sample_mse, rows, Batch, LossTerms};
+use super::{bridge_points, per_sample_mse, rows, Batch, FlowNet, LossTerms};
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
-use crate::unet::UNet;
 use burn::config::Config;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -42,14 +41,19 @@ impl ShortcutConfig {
     }
 }
 
-pub fn shortcut<B: AutodiffBackend>(
-    model: &UNet<B>,
-    teacher: &UNet<B::InnerBackend>,
+pub fn shortcut<B, N, T>(
+    model: &N,
+    teacher: &T,
     batch: &Batch<B>,
     cfg: &ShortcutConfig,
     bridge: &BridgeConfig,
     rng: &mut impl Rng,
-) -> LossTerms<B> {
+) -> LossTerms<B>
+where
+    B: AutodiffBackend,
+    N: FlowNet<B>,
+    T: FlowNet<B::InnerBackend>,
+{
     let device = batch.x0.device();
     let n = batch.x0.dims()[0];
     let (n_sc, n_anchor) = cfg.split(n);

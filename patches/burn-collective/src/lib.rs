@@ -9,5 +9,3 @@ pub use api::*;
 
 mod local;
 
-#[cfg(test)]
-mod tests;

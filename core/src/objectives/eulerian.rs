@@ -1,0 +1,123 @@
+//! Eulerian self-distillation (ESD; ALGORITHM.md §3, Boffi et al. 2505.18825):
+//!   L = || d/ds X_{s,t}(I_s) + grad_x X_{s,t}(I_s) . sg[b_s(I_s)] ||^2,
+//! the flow map is constant along the characteristics of the diagonal field b_s = v(., s, s).
+//! Both derivatives together are one directional derivative along the characteristic, which we
+//! take as a central difference (fp32, error O(h^2)):
+//!   (X_{s+h,t}(x + h b) - X_{s-h,t}(x - h b)) / 2h,   b = sg[v_T(x, s, s)] (EMA teacher),
+//! with both student calls differentiated. Known to be unstable (the paper); we report what we see.
+
+use super::{
+    anchor_and_diag_rows, named_terms, off_diagonal_times, per_sample_mse, rows, sd_points,
+    split_rows, Batch, FlowNet, LossTerms,
+};
+use crate::bridge::{per_sample, BridgeConfig};
+use crate::cond::{Cond, PROMPT_POSITIVE};
+use burn::config::Config;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use rand::Rng;
+
+#[derive(Config, Debug)]
+pub struct EulerianConfig {
+    /// Share of each batch on the off-diagonal (s < t) self-distillation loss.
+    #[config(default = 0.25)]
+    pub sd_fraction: f32,
+    /// Share of each batch on the fidelity anchor X_{0,1}(x0) (see shortcut.rs).
+    #[config(default = 0.25)]
+    pub anchor_fraction: f32,
+    /// Share of self-distillation and diagonal paths with a noisy source (stochastic mode).
+    #[config(default = 0.5)]
+    pub p_source_noise: f32,
+    /// Finite-difference step along the characteristic.
+    #[config(default = 1e-3)]
+    pub h: f32,
+}
+
+pub fn eulerian<B, N, T>(
+    model: &N,
+    teacher: &T,
+    batch: &Batch<B>,
+    cfg: &EulerianConfig,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+) -> LossTerms<B>
+where
+    B: AutodiffBackend,
+    N: FlowNet<B>,
+    T: FlowNet<B::InnerBackend>,
+{
+    let device = batch.x0.device();
+    let n = batch.x0.dims()[0];
+    let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
+    let h = cfg.h;
+
+    let (mut xs, mut targets, mut s_all, mut t_all) = (vec![], vec![], vec![], vec![]);
+    let (s, t) = off_diagonal_times(n_sd, rng);
+    let mut x0_all = batch.x0.clone();
+    if n_sd > 0 {
+        let (x, x0) = sd_points(batch, n_sd, &s, cfg.p_source_noise, bridge, rng);
+        let xi = x.clone().inner();
+        let inner = xi.device();
+        let drift = teacher.velocity(
+            xi,
+            rows(&batch.x0, 0, n_sd).inner(),
+            &Cond::per_sample(&s, &s, 1.0, PROMPT_POSITIVE, &inner),
+        );
+        x0_all = x0;
+        let step = Tensor::<B, 4>::from_inner(drift) * h;
+        xs.push(x.clone() + step.clone());
+        xs.push(x - step);
+        for sign in [1.0f32, -1.0] {
+            s_all.extend(s.iter().map(|s| s + sign * h));
+            t_all.extend_from_slice(&t);
+        }
+    }
+    anchor_and_diag_rows(
+        batch,
+        n_sd,
+        n_anchor,
+        cfg.p_source_noise,
+        bridge,
+        rng,
+        &mut xs,
+        &mut targets,
+        &mut s_all,
+        &mut t_all,
+    );
+
+    let x = Tensor::cat(xs, 0);
+    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
+    let v = model.velocity(x.clone(), x0_all, &c);
+    let mut per_parts = Vec::new();
+    let rest = n - n_sd;
+    if n_sd > 0 {
+        let dt = per_sample::<B>(
+            &s_all[..2 * n_sd]
+                .iter()
+                .zip(&t_all)
+                .map(|(s, t)| t - s)
+                .collect::<Vec<_>>(),
+            &device,
+        );
+        let xm = x.narrow(0, 0, 2 * n_sd) + v.clone().narrow(0, 0, 2 * n_sd) * dt;
+        let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
+        let deriv = (xp - xq) / (2.0 * h);
+        per_parts.push(per_sample_mse(deriv.clone(), deriv.zeros_like()));
+    }
+    if rest > 0 {
+        let vr = v.narrow(0, 2 * n_sd, rest);
+        per_parts.push(per_sample_mse(vr, Tensor::cat(targets, 0)));
+    }
+    let per = Tensor::cat(per_parts, 0);
+    LossTerms {
+        total: per.clone().mean(),
+        terms: named_terms(
+            &per,
+            [
+                ("eulerian", n_sd),
+                ("anchor", n_anchor),
+                ("diag", n - n_sd - n_anchor),
+            ],
+        ),
+    }
+}

@@ -1,0 +1,126 @@
+//! Lagrangian self-distillation (LSD; ALGORITHM.md §3, Boffi et al. 2505.18825):
+//!   L = || d/dt X_{s,t}(I_s) - sg[ v(X_{s,t}(I_s), t, t) ] ||^2,
+//! the flow map must move along the diagonal (instantaneous) field at its own end point.
+//! burn has no forward-mode JVP: d/dt X_{s,t} is a central difference in t,
+//!   (X_{s,t+h}(x) - X_{s,t-h}(x)) / 2h   (fp32, error O(h^2)),
+//! with both student calls differentiated; the end point is their mean (also O(h^2)) and the
+//! target is the EMA teacher's diagonal velocity there, without gradient.
+//! The rest of the batch carries the fidelity anchor and the diagonal loss (as in Shortcut).
+
+use super::{
+    anchor_and_diag_rows, named_terms, off_diagonal_times, per_sample_mse, rows, sd_points,
+    split_rows, Batch, FlowNet, LossTerms,
+};
+use crate::bridge::{per_sample, BridgeConfig};
+use crate::cond::{Cond, PROMPT_POSITIVE};
+use burn::config::Config;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use rand::Rng;
+
+#[derive(Config, Debug)]
+pub struct LagrangianConfig {
+    /// Share of each batch on the off-diagonal (s < t) self-distillation loss.
+    #[config(default = 0.25)]
+    pub sd_fraction: f32,
+    /// Share of each batch on the fidelity anchor X_{0,1}(x0) (see shortcut.rs).
+    #[config(default = 0.25)]
+    pub anchor_fraction: f32,
+    /// Share of self-distillation and diagonal paths with a noisy source (stochastic mode).
+    #[config(default = 0.5)]
+    pub p_source_noise: f32,
+    /// Finite-difference step in t.
+    #[config(default = 1e-3)]
+    pub h: f32,
+}
+
+pub fn lagrangian<B, N, T>(
+    model: &N,
+    teacher: &T,
+    batch: &Batch<B>,
+    cfg: &LagrangianConfig,
+    bridge: &BridgeConfig,
+    rng: &mut impl Rng,
+) -> LossTerms<B>
+where
+    B: AutodiffBackend,
+    N: FlowNet<B>,
+    T: FlowNet<B::InnerBackend>,
+{
+    let device = batch.x0.device();
+    let n = batch.x0.dims()[0];
+    let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
+    let h = cfg.h;
+
+    let (mut xs, mut targets, mut s_all, mut t_all) = (vec![], vec![], vec![], vec![]);
+    let (s, t) = off_diagonal_times(n_sd, rng);
+    let mut x0_all = batch.x0.clone();
+    if n_sd > 0 {
+        let (x, x0) = sd_points(batch, n_sd, &s, cfg.p_source_noise, bridge, rng);
+        x0_all = x0;
+        // Two copies: t + h and t - h.
+        xs.push(x.clone());
+        xs.push(x);
+        for sign in [1.0f32, -1.0] {
+            s_all.extend_from_slice(&s);
+            t_all.extend(t.iter().map(|t| t + sign * h));
+        }
+    }
+    anchor_and_diag_rows(
+        batch,
+        n_sd,
+        n_anchor,
+        cfg.p_source_noise,
+        bridge,
+        rng,
+        &mut xs,
+        &mut targets,
+        &mut s_all,
+        &mut t_all,
+    );
+
+    // One student call for everything.
+    let x = Tensor::cat(xs, 0);
+    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
+    let dt = per_sample::<B>(
+        &s_all
+            .iter()
+            .zip(&t_all)
+            .map(|(s, t)| t - s)
+            .collect::<Vec<_>>(),
+        &device,
+    );
+    let v = model.velocity(x.clone(), x0_all, &c);
+    let mut per_parts = Vec::new();
+    let rest = n - n_sd;
+    if n_sd > 0 {
+        let xm = x.clone().narrow(0, 0, 2 * n_sd)
+            + v.clone().narrow(0, 0, 2 * n_sd) * dt.narrow(0, 0, 2 * n_sd);
+        let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
+        let dxdt = (xp.clone() - xq.clone()) / (2.0 * h);
+        let end = ((xp + xq) * 0.5).inner();
+        let inner = end.device();
+        let target = teacher.velocity(
+            end,
+            rows(&batch.x0, 0, n_sd).inner(),
+            &Cond::per_sample(&t, &t, 1.0, PROMPT_POSITIVE, &inner),
+        );
+        per_parts.push(per_sample_mse(dxdt, Tensor::from_inner(target)));
+    }
+    if rest > 0 {
+        let vr = v.narrow(0, 2 * n_sd, rest);
+        per_parts.push(per_sample_mse(vr, Tensor::cat(targets, 0)));
+    }
+    let per = Tensor::cat(per_parts, 0);
+    LossTerms {
+        total: per.clone().mean(),
+        terms: named_terms(
+            &per,
+            [
+                ("lagrangian", n_sd),
+                ("anchor", n_anchor),
+                ("diag", n - n_sd - n_anchor),
+            ],
+        ),
+    }
+}
