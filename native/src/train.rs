@@ -12,9 +12,11 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use flowmapsr_core::degrade::{degrade, DegradeConfig};
+use flowmapsr_core::objectives::eulerian::eulerian;
 use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
+use flowmapsr_core::objectives::lagrangian::lagrangian;
 use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
-use flowmapsr_core::objectives::Batch;
+use flowmapsr_core::objectives::{Batch, SelfDistillConfig};
 use flowmapsr_core::resize::upscale as bicubic_up;
 use flowmapsr_core::sampler::SampleOptions;
 use flowmapsr_core::space::unshuffle;
@@ -61,6 +63,9 @@ pub struct TrainArgs {
     /// averaged with burn-collective's all-reduce. Replaces --device.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Option<Vec<DeviceKind>>,
+    /// Override the config's objective.
+    #[arg(long, value_enum)]
+    pub objective: Option<Objective>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -98,10 +103,12 @@ impl Default for NodeArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
     Shortcut,
+    Lagrangian,
+    Eulerian,
     FlowMatching,
 }
 
@@ -114,6 +121,10 @@ pub struct TrainConfig {
     pub shortcut: ShortcutConfig,
     #[serde(default = "FlowMatchingConfig::new")]
     pub flow_matching: FlowMatchingConfig,
+    #[serde(default = "SelfDistillConfig::new")]
+    pub lagrangian: SelfDistillConfig,
+    #[serde(default = "SelfDistillConfig::new")]
+    pub eulerian: SelfDistillConfig,
     #[serde(default)]
     pub degrade: DegradeConfig,
     /// Probabilities of x2, x4, x8.
@@ -305,7 +316,10 @@ pub fn validate<B: burn::tensor::backend::Backend>(
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let cfg = TrainConfig::load(&args.config)?;
+    let mut cfg = TrainConfig::load(&args.config)?;
+    if let Some(o) = args.objective {
+        cfg.objective = o;
+    }
     let kinds = args.devices.clone().unwrap_or_else(|| vec![args.device]);
     let first = *kinds.first().context("--devices is empty")?;
     if kinds
@@ -645,6 +659,22 @@ fn worker<B: AutodiffBackend>(
                 &ema_net,
                 &batch,
                 &cfg.shortcut,
+                &cfg.model.bridge,
+                &mut rng,
+            ),
+            Objective::Lagrangian => lagrangian(
+                &model,
+                &ema_net,
+                &batch,
+                &cfg.lagrangian,
+                &cfg.model.bridge,
+                &mut rng,
+            ),
+            Objective::Eulerian => eulerian(
+                &model,
+                &ema_net,
+                &batch,
+                &cfg.eulerian,
                 &cfg.model.bridge,
                 &mut rng,
             ),

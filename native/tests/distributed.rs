@@ -57,6 +57,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         init: None,
         devices: Some(devices.iter().map(|s| s.parse().unwrap()).collect()),
         node: NodeArgs::default(),
+        objective: None,
     }
 }
 

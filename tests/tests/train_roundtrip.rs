@@ -46,6 +46,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         init: None,
         devices: None,
         node: Default::default(),
+        objective: None,
     }
 }
 
@@ -141,4 +142,26 @@ fn bad_training_config_is_a_clear_error() {
     std::fs::write(&p, v.to_string()).unwrap();
     let e = run(&args(d, "x", false, None)).unwrap_err();
     assert!(format!("{e:#}").contains("crop"), "{e:#}");
+}
+
+#[test]
+fn every_objective_trains_on_the_unet() {
+    use flowmapsr_cli::train::Objective;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    synthetic_images(&d.join("val"), 1);
+    config(d, 2);
+    for o in [
+        Objective::Shortcut,
+        Objective::Lagrangian,
+        Objective::Eulerian,
+        Objective::FlowMatching,
+    ] {
+        let name = format!("{o:?}");
+        let mut a = args(d, &name, false, None);
+        a.objective = Some(o);
+        run(&a).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(d.join(&name).join("final/model.bin").exists(), "{name}");
+    }
 }

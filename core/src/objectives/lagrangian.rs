@@ -13,26 +13,11 @@ use super::{
 };
 use crate::bridge::{per_sample, BridgeConfig};
 use crate::cond::{Cond, PROMPT_POSITIVE};
-use burn::config::Config;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use rand::Rng;
 
-#[derive(Config, Debug)]
-pub struct LagrangianConfig {
-    /// Share of each batch on the off-diagonal (s < t) self-distillation loss.
-    #[config(default = 0.25)]
-    pub sd_fraction: f32,
-    /// Share of each batch on the fidelity anchor X_{0,1}(x0) (see shortcut.rs).
-    #[config(default = 0.25)]
-    pub anchor_fraction: f32,
-    /// Share of self-distillation and diagonal paths with a noisy source (stochastic mode).
-    #[config(default = 0.5)]
-    pub p_source_noise: f32,
-    /// Finite-difference step in t.
-    #[config(default = 1e-3)]
-    pub h: f32,
-}
+pub type LagrangianConfig = super::SelfDistillConfig;
 
 pub fn lagrangian<B, N, T>(
     model: &N,

@@ -71,6 +71,23 @@ pub fn rows<B: Backend>(x: &Tensor<B, 4>, a: usize, len: usize) -> Tensor<B, 4> 
     x.clone().narrow(0, a, len)
 }
 
+/// Settings of the finite-difference self-distillation objectives (Lagrangian, Eulerian).
+#[derive(burn::config::Config, Debug)]
+pub struct SelfDistillConfig {
+    /// Share of each batch on the off-diagonal (s < t) self-distillation loss.
+    #[config(default = 0.25)]
+    pub sd_fraction: f32,
+    /// Share of each batch on the fidelity anchor X_{0,1}(x0) (see shortcut.rs).
+    #[config(default = 0.25)]
+    pub anchor_fraction: f32,
+    /// Share of self-distillation and diagonal paths with a noisy source (stochastic mode).
+    #[config(default = 0.5)]
+    pub p_source_noise: f32,
+    /// Finite-difference step.
+    #[config(default = 1e-3)]
+    pub h: f32,
+}
+
 /// What an objective needs of a network: the velocity of X_{s,t}(x) = x + (t - s) v(x, s, t | x0).
 /// The UNet is one; the toy tests use a small MLP.
 pub trait FlowNet<B: Backend> {
