@@ -465,7 +465,6 @@ fn train<B: AutodiffBackend>(
     // Seeded initialisation on the first device; every replica starts from a copy.
     B::seed(&devices[0], cfg.seed);
     let mut model: UNet<B> = cfg.model.unet.init(&devices[0]);
-    model = model.map(&mut Canonical(0));
     if let Some(dir) = &args.init {
         let bytes = std::fs::read(dir.join("model.bin"))
             .with_context(|| format!("reading {}", dir.join("model.bin").display()))?;
@@ -473,7 +472,7 @@ fn train<B: AutodiffBackend>(
             .with_context(|| format!("--init {}", dir.display()))?;
         tracing::info!("initialised from {}", dir.display());
     }
-    let model = model.map(&mut Canonical(0));
+    let model = model.map(&mut Materialize);
     let shared = Shared {
         args,
         cfg,
@@ -552,19 +551,16 @@ fn all_reduce_mean<B: AutodiffBackend>(
     Ok((grads, loss))
 }
 
-/// Makes a fresh model the same in every process: burn draws parameters lazily (at first use)
-/// and gives them random ids, while replicas must start equal and the gradient all-reduce walks
-/// parameters in id order. So: draw every parameter now, in module order, and number them.
-struct Canonical(u64);
+/// burn draws parameters lazily, at first use: draw them all now, in module order, so that
+/// replicas forked from this model (and runs in other processes) start identical.
+struct Materialize;
 
-impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Canonical {
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Materialize {
     fn map_float<const D: usize>(
         &mut self,
-        mut p: burn::module::Param<Tensor<B, D>>,
+        p: burn::module::Param<Tensor<B, D>>,
     ) -> burn::module::Param<Tensor<B, D>> {
         let _ = p.val();
-        p.id = burn::module::ParamId::from(self.0);
-        self.0 += 1;
         p
     }
 }

@@ -7,10 +7,10 @@
 //! with both student calls differentiated. Known to be unstable (the paper); we report what we see.
 
 use super::{
-    anchor_and_diag_rows, named_terms, off_diagonal_times, per_sample_mse, rows, sd_points,
-    split_rows, Batch, FlowNet, LossTerms,
+    anchor_and_diag_rows, flow_map_rows, off_diagonal_times, per_sample_mse, rows, sd_loss_terms,
+    sd_points, split_rows, Batch, FlowNet, LossTerms,
 };
-use crate::bridge::{per_sample, BridgeConfig};
+use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -73,36 +73,12 @@ where
     let x = Tensor::cat(xs, 0);
     let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
     let v = model.velocity(x.clone(), x0_all, &c);
-    let mut per_parts = Vec::new();
-    let rest = n - n_sd;
+    let mut sd = None;
     if n_sd > 0 {
-        let dt = per_sample::<B>(
-            &s_all[..2 * n_sd]
-                .iter()
-                .zip(&t_all)
-                .map(|(s, t)| t - s)
-                .collect::<Vec<_>>(),
-            &device,
-        );
-        let xm = x.narrow(0, 0, 2 * n_sd) + v.clone().narrow(0, 0, 2 * n_sd) * dt;
+        let xm = flow_map_rows(x, v.clone(), &s_all, &t_all, 2 * n_sd);
         let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
         let deriv = (xp - xq) / (2.0 * h);
-        per_parts.push(per_sample_mse(deriv.clone(), deriv.zeros_like()));
+        sd = Some(per_sample_mse(deriv.clone(), deriv.zeros_like()));
     }
-    if rest > 0 {
-        let vr = v.narrow(0, 2 * n_sd, rest);
-        per_parts.push(per_sample_mse(vr, Tensor::cat(targets, 0)));
-    }
-    let per = Tensor::cat(per_parts, 0);
-    LossTerms {
-        total: per.clone().mean(),
-        terms: named_terms(
-            &per,
-            [
-                ("eulerian", n_sd),
-                ("anchor", n_anchor),
-                ("diag", n - n_sd - n_anchor),
-            ],
-        ),
-    }
+    sd_loss_terms("eulerian", sd, v, targets, n_sd, n_anchor)
 }

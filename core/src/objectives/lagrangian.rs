@@ -8,10 +8,10 @@
 //! The rest of the batch carries the fidelity anchor and the diagonal loss (as in Shortcut).
 
 use super::{
-    anchor_and_diag_rows, named_terms, off_diagonal_times, per_sample_mse, rows, sd_points,
-    split_rows, Batch, FlowNet, LossTerms,
+    anchor_and_diag_rows, flow_map_rows, off_diagonal_times, per_sample_mse, rows, sd_loss_terms,
+    sd_points, split_rows, Batch, FlowNet, LossTerms,
 };
-use crate::bridge::{per_sample, BridgeConfig};
+use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -67,20 +67,10 @@ where
     // One student call for everything.
     let x = Tensor::cat(xs, 0);
     let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
-    let dt = per_sample::<B>(
-        &s_all
-            .iter()
-            .zip(&t_all)
-            .map(|(s, t)| t - s)
-            .collect::<Vec<_>>(),
-        &device,
-    );
     let v = model.velocity(x.clone(), x0_all, &c);
-    let mut per_parts = Vec::new();
-    let rest = n - n_sd;
+    let mut sd = None;
     if n_sd > 0 {
-        let xm = x.clone().narrow(0, 0, 2 * n_sd)
-            + v.clone().narrow(0, 0, 2 * n_sd) * dt.narrow(0, 0, 2 * n_sd);
+        let xm = flow_map_rows(x, v.clone(), &s_all, &t_all, 2 * n_sd);
         let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
         let dxdt = (xp.clone() - xq.clone()) / (2.0 * h);
         let end = ((xp + xq) * 0.5).inner();
@@ -90,22 +80,7 @@ where
             rows(&batch.x0, 0, n_sd).inner(),
             &Cond::per_sample(&t, &t, 1.0, PROMPT_POSITIVE, &inner),
         );
-        per_parts.push(per_sample_mse(dxdt, Tensor::from_inner(target)));
+        sd = Some(per_sample_mse(dxdt, Tensor::from_inner(target)));
     }
-    if rest > 0 {
-        let vr = v.narrow(0, 2 * n_sd, rest);
-        per_parts.push(per_sample_mse(vr, Tensor::cat(targets, 0)));
-    }
-    let per = Tensor::cat(per_parts, 0);
-    LossTerms {
-        total: per.clone().mean(),
-        terms: named_terms(
-            &per,
-            [
-                ("lagrangian", n_sd),
-                ("anchor", n_anchor),
-                ("diag", n - n_sd - n_anchor),
-            ],
-        ),
-    }
+    sd_loss_terms("lagrangian", sd, v, targets, n_sd, n_anchor)
 }

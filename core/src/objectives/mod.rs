@@ -195,3 +195,49 @@ pub(crate) fn sd_points<B: Backend>(
     }
     (x, Tensor::cat(x0, 0))
 }
+
+/// The loss of a finite-difference objective: per-sample `sd` losses of the first rows, then the
+/// student's velocities `v` on the anchor and diagonal rows (after the 2 x n_sd FD rows) against
+/// `targets`, named [`name` | anchor | diag].
+pub(crate) fn sd_loss_terms<B: Backend>(
+    name: &'static str,
+    sd: Option<Tensor<B, 1>>,
+    v: Tensor<B, 4>,
+    targets: Vec<Tensor<B, 4>>,
+    n_sd: usize,
+    n_anchor: usize,
+) -> LossTerms<B> {
+    let rest = v.dims()[0] - 2 * n_sd;
+    let mut parts: Vec<_> = sd.into_iter().collect();
+    if rest > 0 {
+        parts.push(per_sample_mse(
+            v.narrow(0, 2 * n_sd, rest),
+            Tensor::cat(targets, 0),
+        ));
+    }
+    let per = Tensor::cat(parts, 0);
+    LossTerms {
+        total: per.clone().mean(),
+        terms: named_terms(
+            &per,
+            [
+                (name, n_sd),
+                ("anchor", n_anchor),
+                ("diag", rest - n_anchor),
+            ],
+        ),
+    }
+}
+
+/// X_{s,t}(x) = x + (t - s) v for the first `rows` rows, with per-row (s, t).
+pub(crate) fn flow_map_rows<B: Backend>(
+    x: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    s: &[f32],
+    t: &[f32],
+    rows: usize,
+) -> Tensor<B, 4> {
+    let dt: Vec<f32> = s[..rows].iter().zip(t).map(|(s, t)| t - s).collect();
+    let dt = per_sample::<B>(&dt, &x.device());
+    x.narrow(0, 0, rows) + v.narrow(0, 0, rows) * dt
+}

@@ -7,8 +7,10 @@
 //! (x - x0) / t for t > 0, so the ODE moves straight along the t = 0 velocity E[x1 - x0 | x0]);
 //! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
 
-use super::flow_matching::diag_rows;
-use super::{bridge_points, per_sample_mse, rows, Batch, FlowNet, LossTerms};
+use super::{
+    anchor_and_diag_rows, bridge_points, named_terms, per_sample_mse, rows, split_rows, Batch,
+    FlowNet, LossTerms,
+};
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use burn::config::Config;
@@ -35,9 +37,7 @@ pub struct ShortcutConfig {
 impl ShortcutConfig {
     /// Rows of a batch of `n`: (self-consistency, anchor); the rest are diagonal.
     pub fn split(&self, n: usize) -> (usize, usize) {
-        let sc = ((n as f32 * self.sc_fraction).round() as usize).min(n);
-        let anchor = ((n as f32 * self.anchor_fraction).round() as usize).min(n - sc);
-        (sc, anchor)
+        split_rows(n, self.sc_fraction, self.anchor_fraction)
     }
 }
 
@@ -103,37 +103,29 @@ where
         s_all.extend_from_slice(&t);
         t_all.extend_from_slice(&t2d);
     }
-    if n_anchor > 0 {
-        let b = sub(n_sc, n_anchor);
-        targets.push(b.x1.clone() - b.x0.clone());
-        xs.push(b.x0);
-        s_all.extend(std::iter::repeat_n(0.0, n_anchor));
-        t_all.extend(std::iter::repeat_n(1.0, n_anchor));
-    }
-    if n_diag > 0 {
-        let b = sub(n_sc + n_anchor, n_diag);
-        let r = diag_rows(&b, cfg.p_source_noise, bridge, rng);
-        xs.push(r.x);
-        targets.push(r.target);
-        s_all.extend_from_slice(&r.t);
-        t_all.extend_from_slice(&r.t);
-    }
+    anchor_and_diag_rows(
+        batch,
+        n_sc,
+        n_anchor,
+        cfg.p_source_noise,
+        bridge,
+        rng,
+        &mut xs,
+        &mut targets,
+        &mut s_all,
+        &mut t_all,
+    );
 
     // One student call for the whole batch.
     let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
     let v = model.velocity(Tensor::cat(xs, 0), batch.x0.clone(), &c);
     let per = per_sample_mse(v, Tensor::cat(targets, 0));
-    let mut terms = Vec::new();
-    let mut a = 0;
-    for (name, len) in [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)] {
-        if len > 0 {
-            terms.push((name, per.clone().narrow(0, a, len).mean()));
-        }
-        a += len;
-    }
     LossTerms {
-        total: per.mean(),
-        terms,
+        total: per.clone().mean(),
+        terms: named_terms(
+            &per,
+            [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)],
+        ),
     }
 }
 
