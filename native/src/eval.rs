@@ -1,6 +1,11 @@
 //! `flowmapsr eval`: the standard SR protocol (ALGORITHM.md §8) on a folder of HR images.
 //! HR cropped to a multiple of the scale -> MATLAB-bicubic LR (8-bit) -> SR (8-bit) -> PSNR-Y /
 //! SSIM-Y with the border shaved by `scale`, GMSD, HF ratio. Matches `sr_score.py score`.
+//!
+//! `--consistency` measures the paper's core claim (ALGORITHM.md §2): from the same source noise
+//! (stochastic mode), the flow map at NFE 1, 2 and 4 against the N-step Euler ODE of the model's
+//! own diagonal velocity v(x, t, t): agreement PSNR-Y between the two outputs, and each one's
+//! scores against HR.
 
 use crate::backend::DeviceKind;
 use crate::imageio;
@@ -8,7 +13,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::metrics::{score, Scores};
 use flowmapsr_core::resize::{crop_to_multiple, downscale_lr, imresize};
-use flowmapsr_core::sampler::{upscale, SampleOptions};
+use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::Image;
@@ -26,8 +31,9 @@ pub struct EvalArgs {
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = Method::Model)]
     pub method: Method,
-    #[arg(long, value_enum, default_value_t = crate::upscale::ModeArg::Fidelity)]
-    pub mode: crate::upscale::ModeArg,
+    /// Default: fidelity, or stochastic with --consistency.
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::upscale::ModeArg>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Tile side in input pixels.
@@ -45,6 +51,16 @@ pub struct EvalArgs {
     /// Also write the SR images here (PNG, same stems) for `sr_score.py score`.
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Flow map at NFE 1, 2, 4 against the --ode-steps Euler ODE of the diagonal velocity, from
+    /// the same noise.
+    #[arg(long, conflicts_with_all = ["method", "save", "steps"])]
+    pub consistency: bool,
+    #[arg(long, default_value_t = 64, requires = "consistency")]
+    pub ode_steps: usize,
+    /// Centre-crop every HR image to at most this side first (quick checks; the standard
+    /// protocol scores whole images).
+    #[arg(long)]
+    pub max_side: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +86,12 @@ pub struct ImageReport {
     #[serde(flatten)]
     pub scores: Scores,
     pub ms: f64,
+}
+
+/// Centre crop to at most `side` x `side`.
+fn centre_crop(img: &Image, side: usize) -> Image {
+    let (w, h) = (img.width.min(side), img.height.min(side));
+    img.crop((img.width - w) / 2, (img.height - h) / 2, w, h)
 }
 
 /// HR images of a folder, sorted by name: (stem, decoded).
@@ -141,12 +163,202 @@ pub fn model_fn<'a, B: Backend>(
     }
 }
 
+/// NFE counts of the flow map that `--consistency` compares with the ODE.
+pub const CONSISTENCY_NFE: [usize; 3] = [1, 2, 4];
+
+/// Means over the images; agreement_* is PSNR-Y of the NFE-N output against the ODE's (same
+/// shave as the protocol, capped at 100 dB for identical images).
+#[derive(serde::Serialize, Default)]
+pub struct ConsistencyReport {
+    pub agreement_psnr_nfe1: f64,
+    pub agreement_psnr_nfe2: f64,
+    pub agreement_psnr_nfe4: f64,
+    pub psnr_y_nfe1: f64,
+    pub psnr_y_nfe2: f64,
+    pub psnr_y_nfe4: f64,
+    pub psnr_y_ode: f64,
+    pub ssim_y_nfe1: f64,
+    pub ssim_y_ode: f64,
+    pub gmsd_nfe1: f64,
+    pub gmsd_nfe2: f64,
+    pub gmsd_nfe4: f64,
+    pub gmsd_ode: f64,
+    pub hf_ratio_nfe1: f64,
+    pub hf_ratio_nfe2: f64,
+    pub hf_ratio_nfe4: f64,
+    pub hf_ratio_ode: f64,
+    pub ode_steps: usize,
+    pub n: usize,
+    pub ms_per_image: f64,
+}
+
+/// `sr(lr, steps, solver)` must use the same source noise for every call on one image.
+pub fn consistency(
+    images: &[(String, imageio::Decoded)],
+    scale: u32,
+    ode_steps: usize,
+    mut sr: impl FnMut(&Image, usize, Solver) -> Result<Image>,
+    mut per_image: impl FnMut(&str, &[f64; 3]),
+) -> Result<ConsistencyReport> {
+    let mut r = ConsistencyReport {
+        ode_steps,
+        n: images.len(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    for (name, img) in images {
+        let hr = crop_to_multiple(&img.rgb.quantized(255.0), scale);
+        let lr = downscale_lr(&hr, scale)?;
+        let sh = scale as usize;
+        let ode = sr(&lr, ode_steps, Solver::EulerDiagonal)
+            .with_context(|| format!("ODE on {name}"))?
+            .quantized(255.0);
+        let so = score(&ode, &hr, sh, img.gray);
+        r.psnr_y_ode += so.psnr_y;
+        r.ssim_y_ode += so.ssim_y;
+        r.gmsd_ode += so.gmsd;
+        r.hf_ratio_ode += so.hf_ratio;
+        let mut agree = [0.0; 3];
+        for (k, nfe) in CONSISTENCY_NFE.iter().enumerate() {
+            let y = sr(&lr, *nfe, Solver::FlowMap)
+                .with_context(|| format!("NFE {nfe} on {name}"))?
+                .quantized(255.0);
+            let s = score(&y, &hr, sh, img.gray);
+            agree[k] = score(&y, &ode, sh, img.gray).psnr_y.min(100.0);
+            let (a, p, g, h) = match k {
+                0 => {
+                    r.ssim_y_nfe1 += s.ssim_y;
+                    (
+                        &mut r.agreement_psnr_nfe1,
+                        &mut r.psnr_y_nfe1,
+                        &mut r.gmsd_nfe1,
+                        &mut r.hf_ratio_nfe1,
+                    )
+                }
+                1 => (
+                    &mut r.agreement_psnr_nfe2,
+                    &mut r.psnr_y_nfe2,
+                    &mut r.gmsd_nfe2,
+                    &mut r.hf_ratio_nfe2,
+                ),
+                _ => (
+                    &mut r.agreement_psnr_nfe4,
+                    &mut r.psnr_y_nfe4,
+                    &mut r.gmsd_nfe4,
+                    &mut r.hf_ratio_nfe4,
+                ),
+            };
+            *a += agree[k];
+            *p += s.psnr_y;
+            *g += s.gmsd;
+            *h += s.hf_ratio;
+        }
+        per_image(name, &agree);
+    }
+    let n = images.len().max(1) as f64;
+    for v in [
+        &mut r.agreement_psnr_nfe1,
+        &mut r.agreement_psnr_nfe2,
+        &mut r.agreement_psnr_nfe4,
+        &mut r.psnr_y_nfe1,
+        &mut r.psnr_y_nfe2,
+        &mut r.psnr_y_nfe4,
+        &mut r.psnr_y_ode,
+        &mut r.ssim_y_nfe1,
+        &mut r.ssim_y_ode,
+        &mut r.gmsd_nfe1,
+        &mut r.gmsd_nfe2,
+        &mut r.gmsd_nfe4,
+        &mut r.gmsd_ode,
+        &mut r.hf_ratio_nfe1,
+        &mut r.hf_ratio_nfe2,
+        &mut r.hf_ratio_nfe4,
+        &mut r.hf_ratio_ode,
+    ] {
+        *v /= n;
+    }
+    r.ms_per_image = t0.elapsed().as_secs_f64() * 1e3 / n;
+    Ok(r)
+}
+
 pub fn bicubic_fn(scale: u32) -> impl FnMut(&Image) -> Result<Image> {
     move |lr| Ok(imresize(lr, scale as f64, true))
 }
 
+fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Result<()> {
+    if args.ode_steps == 0 {
+        anyhow::bail!("--ode-steps must be positive");
+    }
+    let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Stochastic);
+    let r = crate::with_backend!(args.device, |B, device| {
+        let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
+        let sr = |lr: &Image, steps: usize, solver: Solver| {
+            let mut opts = crate::upscale::sample_options(
+                steps,
+                mode.into(),
+                args.seed,
+                args.scale,
+                args.tile,
+                args.overlap,
+            );
+            opts.solver = solver;
+            Ok(upscale(
+                &net,
+                &cfg,
+                lr,
+                args.scale,
+                &opts,
+                &device,
+                &mut |_, _| true,
+            )?)
+        };
+        let quiet = args.json;
+        consistency(images, args.scale, args.ode_steps, sr, |name, a| {
+            if !quiet {
+                println!(
+                    "{name:24} agreement with the {}-step ODE: NFE1 {:.2} dB  NFE2 {:.2} dB  NFE4 {:.2} dB",
+                    args.ode_steps, a[0], a[1], a[2]
+                );
+            }
+        })?
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "MEAN agreement PSNR-Y with the {}-step ODE ({:?} mode, seed {}, x{}, n={}):",
+            r.ode_steps, mode, args.seed, args.scale, r.n
+        );
+        println!(
+            "  NFE1 {:.2} dB  NFE2 {:.2} dB  NFE4 {:.2} dB",
+            r.agreement_psnr_nfe1, r.agreement_psnr_nfe2, r.agreement_psnr_nfe4
+        );
+        for (name, p, g, h) in [
+            ("NFE1", r.psnr_y_nfe1, r.gmsd_nfe1, r.hf_ratio_nfe1),
+            ("NFE2", r.psnr_y_nfe2, r.gmsd_nfe2, r.hf_ratio_nfe2),
+            ("NFE4", r.psnr_y_nfe4, r.gmsd_nfe4, r.hf_ratio_nfe4),
+            ("ODE", r.psnr_y_ode, r.gmsd_ode, r.hf_ratio_ode),
+        ] {
+            println!("  {name:5} vs HR: PSNR {p:7.3}  GMSD {g:.4}  HF {h:.3}");
+        }
+        println!("  {:.1} ms/image", r.ms_per_image);
+    }
+    Ok(())
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let images = load_folder(&args.data)?;
+    let mut images = load_folder(&args.data)?;
+    if let Some(side) = args.max_side {
+        if side < 8 * args.scale as usize {
+            anyhow::bail!("--max-side {side} is too small for x{}", args.scale);
+        }
+        for (_, d) in images.iter_mut() {
+            d.rgb = centre_crop(&d.rgb, side);
+        }
+    }
+    if args.consistency {
+        return run_consistency(args, &images);
+    }
     let report = match args.method {
         Method::Bicubic => evaluate(
             &images,
@@ -158,7 +370,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
             let opts = crate::upscale::sample_options(
                 args.steps,
-                args.mode.into(),
+                args.mode
+                    .unwrap_or(crate::upscale::ModeArg::Fidelity)
+                    .into(),
                 args.seed,
                 args.scale,
                 args.tile,

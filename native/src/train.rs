@@ -16,6 +16,7 @@ use flowmapsr_core::objectives::eulerian::eulerian;
 use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
 use flowmapsr_core::objectives::lagrangian::lagrangian;
 use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
+use flowmapsr_core::objectives::weighting::{LossWeight, LossWeightConfig};
 use flowmapsr_core::objectives::{Batch, SelfDistillConfig};
 use flowmapsr_core::resize::upscale as bicubic_up;
 use flowmapsr_core::sampler::SampleOptions;
@@ -66,6 +67,9 @@ pub struct TrainArgs {
     /// Override the config's objective.
     #[arg(long, value_enum)]
     pub objective: Option<Objective>,
+    /// Override the config's loss weighting.
+    #[arg(long, value_enum)]
+    pub weighting: Option<Weighting>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -112,6 +116,16 @@ pub enum Objective {
     FlowMatching,
 }
 
+/// Uniform: the plain mean of the per-sample losses. Learned: exp(-u(s, t)) L + u(s, t) with a
+/// jointly trained u (core objectives/weighting.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    #[default]
+    Uniform,
+    Learned,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -125,6 +139,10 @@ pub struct TrainConfig {
     pub lagrangian: SelfDistillConfig,
     #[serde(default = "SelfDistillConfig::new")]
     pub eulerian: SelfDistillConfig,
+    #[serde(default)]
+    pub weighting: Weighting,
+    #[serde(default = "LossWeightConfig::new")]
+    pub loss_weight: LossWeightConfig,
     #[serde(default)]
     pub degrade: DegradeConfig,
     /// Probabilities of x2, x4, x8.
@@ -320,6 +338,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(o) = args.objective {
         cfg.objective = o;
     }
+    if let Some(w) = args.weighting {
+        cfg.weighting = w;
+    }
     let kinds = args.devices.clone().unwrap_or_else(|| vec![args.device]);
     let first = *kinds.first().context("--devices is empty")?;
     if kinds
@@ -403,11 +424,16 @@ struct Shared<'a> {
 
 const LATEST: &str = "latest";
 
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
+fn save_checkpoint<
+    B: AutodiffBackend,
+    O: Optimizer<UNet<B>, B>,
+    OW: Optimizer<LossWeight<B>, B>,
+>(
     out: &Path,
     model: &UNet<B>,
     ema_net: &UNet<B::InnerBackend>,
     optim: &O,
+    weight: Option<(&LossWeight<B>, &OW)>,
     state: &RunState,
 ) -> Result<()> {
     let name = format!("ckpt-{:08}", state.step);
@@ -420,6 +446,13 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<UNet<B>, B>>(
         tmp.join("optim.bin"),
         record_to_bytes::<B, _>(optim.to_record()),
     )?;
+    if let Some((w, o)) = weight {
+        std::fs::write(tmp.join("weight.bin"), module_to_bytes(w.valid()))?;
+        std::fs::write(
+            tmp.join("weight_optim.bin"),
+            record_to_bytes::<B, _>(o.to_record()),
+        )?;
+    }
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     let dst = out.join(&name);
     let _ = std::fs::remove_dir_all(&dst);
@@ -473,6 +506,8 @@ fn train<B: AutodiffBackend>(
         tracing::info!("initialised from {}", dir.display());
     }
     let model = model.map(&mut Materialize);
+    let weight = (cfg.weighting == Weighting::Learned)
+        .then(|| cfg.loss_weight.init::<B>(&devices[0]).map(&mut Materialize));
     let shared = Shared {
         args,
         cfg,
@@ -487,11 +522,12 @@ fn train<B: AutodiffBackend>(
             .enumerate()
             .map(|(i, d)| {
                 let replica = model.clone().fork(d);
+                let w = weight.clone().map(|w| w.fork(d));
                 let d = d.clone();
-                s.spawn(move || worker::<B>(shared, replica, d, i + 1))
+                s.spawn(move || worker::<B>(shared, replica, w, d, i + 1))
             })
             .collect();
-        let mut result = worker::<B>(shared, model, devices[0].clone(), 0);
+        let mut result = worker::<B>(shared, model, weight, devices[0].clone(), 0);
         for h in others {
             let r = h
                 .join()
@@ -504,15 +540,17 @@ fn train<B: AutodiffBackend>(
     })
 }
 
-/// Averages the gradients and the loss over every replica of the run with one burn-collective
-/// all-reduce of one flat vector (all gradients in module order, then the loss): one exchange
-/// per step, and every replica stops together if the loss is not finite.
+/// Averages the gradients (of the model, then of the loss-weight net if any) and the loss over
+/// every replica of the run with one burn-collective all-reduce of one flat vector (parameters in
+/// module order, then the loss): one exchange per step, and every replica stops together if the
+/// loss is not finite.
 fn all_reduce_mean<B: AutodiffBackend>(
     model: &UNet<B>,
-    mut grads: GradientsParams,
+    grads: &mut GradientsParams,
+    weight: Option<(&LossWeight<B>, &mut GradientsParams)>,
     loss: Tensor<B::InnerBackend, 1>,
     peer: PeerId,
-) -> Result<(GradientsParams, Tensor<B::InnerBackend, 1>)> {
+) -> Result<Tensor<B::InnerBackend, 1>> {
     struct Take<'a, I: burn::tensor::backend::Backend>(&'a mut GradientsParams, Vec<Tensor<I, 1>>);
     impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Take<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
@@ -531,9 +569,15 @@ fn all_reduce_mean<B: AutodiffBackend>(
             self.2 += n;
         }
     }
-    let mut take = Take(&mut grads, Vec::new());
+    let mut take = Take(grads, Vec::new());
     model.visit(&mut take);
     let mut parts = take.1;
+    let mut weight = weight;
+    if let Some((w, g)) = weight.as_mut() {
+        let mut take = Take(g, Vec::new());
+        w.visit(&mut take);
+        parts.extend(take.1);
+    }
     let n: usize = parts.iter().map(|t| t.dims()[0]).sum();
     parts.push(loss);
     let flat = Tensor::cat(parts, 0);
@@ -547,8 +591,13 @@ fn all_reduce_mean<B: AutodiffBackend>(
             .map_err(|e| anyhow::anyhow!("gradient all-reduce: {e:?}"))?,
         ));
     let loss = flat.clone().narrow(0, n, 1);
-    model.visit(&mut Put(&mut grads, flat, 0));
-    Ok((grads, loss))
+    let mut put = Put(grads, flat, 0);
+    model.visit(&mut put);
+    let (flat, at) = (put.1, put.2);
+    if let Some((w, g)) = weight {
+        w.visit(&mut Put(g, flat, at));
+    }
+    Ok(loss)
 }
 
 /// burn draws parameters lazily, at first use: draw them all now, in module order, so that
@@ -571,6 +620,7 @@ impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Materi
 fn worker<B: AutodiffBackend>(
     sh: &Shared,
     mut model: UNet<B>,
+    mut weight: Option<LossWeight<B>>,
     device: B::Device,
     local: usize,
 ) -> Result<()> {
@@ -588,7 +638,8 @@ fn worker<B: AutodiffBackend>(
     if let Some(c) = cfg.grad_clip {
         adam = adam.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(c)));
     }
-    let mut optim = adam.init::<B, UNet<B>>();
+    let mut optim = adam.clone().init::<B, UNet<B>>();
+    let mut optim_w = adam.init::<B, LossWeight<B>>();
     let mut state = RunState {
         best_psnr: f64::NEG_INFINITY,
         ..Default::default()
@@ -604,6 +655,20 @@ fn worker<B: AutodiffBackend>(
                 model = module_from_bytes(model, &read("model.bin")?, &device)?;
                 ema_net = module_from_bytes(ema_net, &read("ema.bin")?, &device)?;
                 optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, &device)?);
+                if let Some(w) = weight.take() {
+                    if !dir.join("weight.bin").exists() {
+                        bail!(
+                            "{} has no loss-weight net: the run was trained with uniform weighting \
+                             (resume with --weighting uniform)",
+                            dir.display()
+                        );
+                    }
+                    weight = Some(module_from_bytes(w, &read("weight.bin")?, &device)?);
+                    optim_w = optim_w.load_record(record_from_bytes::<B, _>(
+                        &read("weight_optim.bin")?,
+                        &device,
+                    )?);
+                }
                 state = serde_json::from_slice(&read("state.json")?)?;
                 if lead {
                     tracing::info!("resumed from {} at step {}", dir.display(), state.step);
@@ -682,10 +747,19 @@ fn worker<B: AutodiffBackend>(
                 &mut rng,
             ),
         };
-        let mut grads = GradientsParams::from_grads(loss.total.clone().backward(), &model);
-        let mut total = loss.total.inner();
+        let objective = match &weight {
+            Some(w) => w.weigh(&loss),
+            None => loss.total.clone(),
+        };
+        let mut g = objective.clone().backward();
+        let mut grads = GradientsParams::from_module(&mut g, &model);
+        let mut grads_w = weight
+            .as_ref()
+            .map(|w| GradientsParams::from_module(&mut g, w));
+        let mut total = objective.inner();
         if topo.collective.is_some() {
-            (grads, total) = all_reduce_mean(&model, grads, total, peer)?;
+            let wg = weight.as_ref().zip(grads_w.as_mut());
+            total = all_reduce_mean(&model, &mut grads, wg, total, peer)?;
         }
         let total: f64 = total.into_scalar().elem();
         if !total.is_finite() {
@@ -698,8 +772,17 @@ fn worker<B: AutodiffBackend>(
                 None => log_acc.push((name, v)),
             }
         }
+        if weight.is_some() {
+            match log_acc.iter_mut().find(|(n, _)| *n == "weighted") {
+                Some(e) => e.1 += total,
+                None => log_acc.push(("weighted", total)),
+            }
+        }
         log_n += 1;
         model = optim.step(cfg.lr_at(step), model, grads);
+        if let (Some(w), Some(g)) = (weight.take(), grads_w) {
+            weight = Some(optim_w.step(cfg.lr_at(step), w, g));
+        }
         ema_net = ema::update(ema_net, &model.valid(), cfg.ema_decay);
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
@@ -749,7 +832,8 @@ fn worker<B: AutodiffBackend>(
             }
         }
         if writer && (state.step % cfg.ckpt_every == 0 || last) {
-            save_checkpoint(&args.out, &model, &ema_net, &optim, &state)?;
+            let w = weight.as_ref().map(|w| (w, &optim_w));
+            save_checkpoint(&args.out, &model, &ema_net, &optim, w, &state)?;
         }
     }
     pb.finish_and_clear();

@@ -58,6 +58,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         devices: Some(devices.iter().map(|s| s.parse().unwrap()).collect()),
         node: NodeArgs::default(),
         objective: None,
+        weighting: None,
     }
 }
 
@@ -116,6 +117,28 @@ fn two_devices_one_process_and_two_nodes_match_one_device() {
     );
 
     // Two processes standing in for two nodes, one CPU device each.
+    run_two_nodes(d, "train.json", "node", &[]);
+    let n0 = weights(&d.join("node0"), 2);
+    let n1 = weights(&d.join("node1"), 2);
+    assert_eq!(max_gap(&n0, &n1), 0.0, "the two nodes' replicas differ");
+    let gap = max_gap(&one, &n0);
+    eprintln!("2 nodes vs 1 device: {gap:.3e}");
+    assert!(gap < TOL, "2 nodes vs 1 device: max weight gap {gap}");
+}
+
+/// Kills a child process when the test ends, pass or fail.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `flowmapsr train` as two nodes (outputs `{prefix}0`, `{prefix}1`) through an orchestrator
+/// on 127.0.0.1 and waits for both.
+fn run_two_nodes(d: &Path, config: &str, prefix: &str, extra: &[&str]) {
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -125,7 +148,7 @@ fn two_devices_one_process_and_two_nodes_match_one_device() {
     };
     let bin = env!("CARGO_BIN_EXE_flowmapsr");
     let orch_port = free_port();
-    let mut orch = Kill(
+    let _orch = Kill(
         Command::new(bin)
             .args(["orchestrator", "--port", &orch_port.to_string()])
             .spawn()
@@ -135,11 +158,11 @@ fn two_devices_one_process_and_two_nodes_match_one_device() {
     let nodes: Vec<Kill> = (0..2)
         .map(|r| {
             let port = free_port();
-            let out: PathBuf = d.join(format!("node{r}"));
+            let out: PathBuf = d.join(format!("{prefix}{r}"));
             Kill(
                 Command::new(bin)
                     .args(["train", "--config"])
-                    .arg(d.join("train.json"))
+                    .arg(d.join(config))
                     .arg("--data")
                     .arg(d.join("data"))
                     .arg("--out")
@@ -155,6 +178,7 @@ fn two_devices_one_process_and_two_nodes_match_one_device() {
                     .args(["--orchestrator", &format!("ws://127.0.0.1:{orch_port}")])
                     .args(["--node-address", &format!("ws://127.0.0.1:{port}")])
                     .args(["--data-port", &port.to_string()])
+                    .args(extra)
                     .spawn()
                     .unwrap(),
             )
@@ -174,21 +198,39 @@ fn two_devices_one_process_and_two_nodes_match_one_device() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let _ = orch.0.kill();
-    let n0 = weights(&d.join("node0"), 2);
-    let n1 = weights(&d.join("node1"), 2);
-    assert_eq!(max_gap(&n0, &n1), 0.0, "the two nodes' replicas differ");
-    let gap = max_gap(&one, &n0);
-    eprintln!("2 nodes vs 1 device: {gap:.3e}");
-    assert!(gap < TOL, "2 nodes vs 1 device: max weight gap {gap}");
 }
 
-/// Kills a child process when the test ends, pass or fail.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Learned loss weighting across nodes: each node's rows have their own (s, t), so the nodes'
+/// loss-weight nets only stay identical if their gradients are averaged too (the model's are
+/// averaged either way). u starts at exactly 0 and must have moved.
+#[test]
+fn learned_weighting_nets_stay_identical_across_nodes() {
+    use flowmapsr_core::objectives::weighting::{LossWeight, LossWeightConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
+    cfg["shortcut"] = serde_json::json!({ "sc_fraction": 0.25, "anchor_fraction": 0.25, "max_log2": 3, "p_source_noise": 0.5 });
+    cfg["steps"] = 3.into();
+    std::fs::write(d.join("lw.json"), cfg.to_string()).unwrap();
+    run_two_nodes(d, "lw.json", "lw", &["--weighting", "learned"]);
+    let net = |r: usize| -> LossWeight<Flex> {
+        let bytes = std::fs::read(d.join(format!("lw{r}/ckpt-00000003/weight.bin"))).unwrap();
+        let dev = Default::default();
+        flowmapsr_core::weights::module_from_bytes(LossWeightConfig::new().init(&dev), &bytes, &dev)
+            .unwrap()
+    };
+    let (s, t) = ([0.0, 0.2, 0.5, 0.0], [0.0, 0.7, 0.5, 1.0]);
+    let u = |r: usize| {
+        net(r)
+            .forward(&s, &t, &Default::default())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let (u0, u1) = (u(0), u(1));
+    eprintln!("u after 3 steps, node 0: {u0:?}, node 1: {u1:?}");
+    assert_eq!(u0, u1, "the nodes' loss-weight nets differ");
+    assert!(u0.iter().any(|v| v.abs() > 1e-6), "u never moved: {u0:?}");
 }

@@ -47,6 +47,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         devices: None,
         node: Default::default(),
         objective: None,
+        weighting: None,
     }
 }
 
@@ -164,4 +165,73 @@ fn every_objective_trains_on_the_unet() {
         run(&a).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(d.join(&name).join("final/model.bin").exists(), "{name}");
     }
+}
+
+/// Learned weighting: its net and optimiser are checkpointed, so an interrupted run resumes to
+/// exactly the uninterrupted one; and it changes training (the weights differ from uniform's).
+#[test]
+fn learned_weighting_checkpoints_and_resumes_exactly() {
+    use flowmapsr_cli::train::Weighting;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    synthetic_images(&d.join("val"), 1);
+    config(d, 6);
+    let learned = |out: &str, resume: bool, max: Option<usize>| {
+        let mut a = args(d, out, resume, max);
+        a.weighting = Some(Weighting::Learned);
+        a
+    };
+    run(&learned("full", false, None)).unwrap();
+    run(&learned("split", false, Some(3))).unwrap();
+    let ckpt = std::fs::read_to_string(d.join("split/latest")).unwrap();
+    for f in ["weight.bin", "weight_optim.bin"] {
+        assert!(d.join("split").join(ckpt.trim()).join(f).exists(), "{f}");
+    }
+    // Resuming a learned-weighting run without its weighting is refused, not silently changed.
+    let e = {
+        let mut a = args(d, "uniform-then-learned", false, Some(2));
+        run(&a).unwrap();
+        a.resume = true;
+        a.weighting = Some(Weighting::Learned);
+        a.max_steps = None;
+        run(&a).unwrap_err()
+    };
+    assert!(format!("{e:#}").contains("uniform weighting"), "{e:#}");
+    run(&learned("split", true, None)).unwrap();
+    run(&args(d, "uniform", false, None)).unwrap();
+    let out = |run: &str| {
+        let dev = burn::backend::flex::FlexDevice;
+        let (net, cfg) = flowmapsr_core::weights::load_dir::<burn::backend::Flex>(
+            &d.join(run).join("final"),
+            &dev,
+        )
+        .unwrap();
+        let lr =
+            flowmapsr_core::Image::new(8, 8, 3, (0..192).map(|i| (i % 13) as f32 / 12.0).collect())
+                .unwrap();
+        let opts = flowmapsr_core::sampler::SampleOptions::default();
+        flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 4, &opts, &dev, &mut |_, _| true)
+            .unwrap()
+            .data
+    };
+    let gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    let (full, split) = (out("full"), out("split"));
+    assert!(
+        gap(&full, &split) < 1e-6,
+        "resumed run differs: {}",
+        gap(&full, &split)
+    );
+    // u starts at 0 (uniform), so the runs part only after the weighting net has moved.
+    let bytes = |run: &str| std::fs::read(d.join(run).join("final/model.bin")).unwrap();
+    assert_ne!(
+        bytes("full"),
+        bytes("uniform"),
+        "learned weighting changed nothing"
+    );
 }

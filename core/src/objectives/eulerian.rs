@@ -80,5 +80,14 @@ where
         let deriv = (xp - xq) / (2.0 * h);
         sd = Some(per_sample_mse(deriv.clone(), deriv.zeros_like()));
     }
-    sd_loss_terms("eulerian", sd, v, targets, n_sd, n_anchor)
+    sd_loss_terms(
+        "eulerian",
+        sd,
+        v,
+        targets,
+        n_sd,
+        n_anchor,
+        (&s, &t),
+        (&s_all, &t_all),
+    )
 }

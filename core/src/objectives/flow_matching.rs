@@ -53,11 +53,13 @@ pub fn flow_matching<B: Backend>(
     let device = batch.x0.device();
     let c = Cond::per_sample(&rows.t, &rows.t, 1.0, crate::cond::PROMPT_POSITIVE, &device);
     let v = model.velocity(rows.x, batch.x0.clone(), &c);
-    let diag = per_sample_mse(v, rows.target).mean();
-    LossTerms {
-        total: diag.clone(),
-        terms: vec![("diag", diag)],
-    }
+    let n = rows.t.len();
+    LossTerms::from_rows(
+        per_sample_mse(v, rows.target),
+        rows.t.clone(),
+        rows.t,
+        [("diag", n), ("", 0), ("", 0)],
+    )
 }
 
 #[cfg(test)]

@@ -82,5 +82,14 @@ where
         );
         sd = Some(per_sample_mse(dxdt, Tensor::from_inner(target)));
     }
-    sd_loss_terms("lagrangian", sd, v, targets, n_sd, n_anchor)
+    sd_loss_terms(
+        "lagrangian",
+        sd,
+        v,
+        targets,
+        n_sd,
+        n_anchor,
+        (&s, &t),
+        (&s_all, &t_all),
+    )
 }

@@ -7,6 +7,7 @@ pub mod lagrangian;
 pub mod shortcut;
 #[cfg(test)]
 mod toy;
+pub mod weighting;
 
 use crate::bridge::{noise, per_sample, point, BridgeConfig};
 use crate::cond::Cond;
@@ -24,8 +25,34 @@ pub struct Batch<B: Backend> {
 
 /// The loss to minimise and its named parts (each a mean over its own samples).
 pub struct LossTerms<B: Backend> {
+    /// Mean of `per_sample` (uniform weighting).
     pub total: Tensor<B, 1>,
     pub terms: Vec<(&'static str, Tensor<B, 1>)>,
+    /// One loss per batch row, and the (s, t) that row was trained at: what learned weighting
+    /// (weighting.rs) re-weights.
+    pub per_sample: Tensor<B, 1>,
+    pub s: Vec<f32>,
+    pub t: Vec<f32>,
+}
+
+impl<B: Backend> LossTerms<B> {
+    /// Per-row losses with their times, named by consecutive row ranges.
+    pub fn from_rows(
+        per_sample: Tensor<B, 1>,
+        s: Vec<f32>,
+        t: Vec<f32>,
+        parts: [(&'static str, usize); 3],
+    ) -> Self {
+        debug_assert_eq!(per_sample.dims()[0], s.len());
+        debug_assert_eq!(s.len(), t.len());
+        Self {
+            total: per_sample.clone().mean(),
+            terms: named_terms(&per_sample, parts),
+            per_sample,
+            s,
+            t,
+        }
+    }
 }
 
 /// Per-sample squared error, mean over (c, h, w): [n].
@@ -198,7 +225,9 @@ pub(crate) fn sd_points<B: Backend>(
 
 /// The loss of a finite-difference objective: per-sample `sd` losses of the first rows, then the
 /// student's velocities `v` on the anchor and diagonal rows (after the 2 x n_sd FD rows) against
-/// `targets`, named [`name` | anchor | diag].
+/// `targets`, named [`name` | anchor | diag]. `s_sd`, `t_sd` are the self-distillation rows' times
+/// and `s_all`, `t_all` those of the student call ([2 x n_sd FD rows | anchor | diag]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sd_loss_terms<B: Backend>(
     name: &'static str,
     sd: Option<Tensor<B, 1>>,
@@ -206,6 +235,8 @@ pub(crate) fn sd_loss_terms<B: Backend>(
     targets: Vec<Tensor<B, 4>>,
     n_sd: usize,
     n_anchor: usize,
+    (s_sd, t_sd): (&[f32], &[f32]),
+    (s_all, t_all): (&[f32], &[f32]),
 ) -> LossTerms<B> {
     let rest = v.dims()[0] - 2 * n_sd;
     let mut parts: Vec<_> = sd.into_iter().collect();
@@ -216,17 +247,18 @@ pub(crate) fn sd_loss_terms<B: Backend>(
         ));
     }
     let per = Tensor::cat(parts, 0);
-    LossTerms {
-        total: per.clone().mean(),
-        terms: named_terms(
-            &per,
-            [
-                (name, n_sd),
-                ("anchor", n_anchor),
-                ("diag", rest - n_anchor),
-            ],
-        ),
-    }
+    let s = [s_sd, &s_all[2 * n_sd..]].concat();
+    let t = [t_sd, &t_all[2 * n_sd..]].concat();
+    LossTerms::from_rows(
+        per,
+        s,
+        t,
+        [
+            (name, n_sd),
+            ("anchor", n_anchor),
+            ("diag", rest - n_anchor),
+        ],
+    )
 }
 
 /// X_{s,t}(x) = x + (t - s) v for the first `rows` rows, with per-row (s, t).

@@ -8,8 +8,8 @@
 //! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
 
 use super::{
-    anchor_and_diag_rows, bridge_points, named_terms, per_sample_mse, rows, split_rows, Batch,
-    FlowNet, LossTerms,
+    anchor_and_diag_rows, bridge_points, per_sample_mse, rows, split_rows, Batch, FlowNet,
+    LossTerms,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -120,13 +120,12 @@ where
     let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
     let v = model.velocity(Tensor::cat(xs, 0), batch.x0.clone(), &c);
     let per = per_sample_mse(v, Tensor::cat(targets, 0));
-    LossTerms {
-        total: per.clone().mean(),
-        terms: named_terms(
-            &per,
-            [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)],
-        ),
-    }
+    LossTerms::from_rows(
+        per,
+        s_all,
+        t_all,
+        [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)],
+    )
 }
 
 #[cfg(test)]
