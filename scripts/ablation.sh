@@ -41,5 +41,16 @@ for obj in shortcut lagrangian eulerian flow-matching; do
     echo "== scored $obj / $w"
   done
 done
+# Reference row: the shipped weights (longer training, with the fidelity anchor; not an equal budget).
+mkdir -p "$OUT/shipped"
+for set in Set5 Set14; do
+  for n in 1 2 4; do
+    f="$OUT/shipped/eval-$set-nfe$n.json"
+    [ -s "$f" ] || "$BIN" eval --data "$S/data/eval/$set" --scale 4 --steps "$n" --json >"$f"
+  done
+  f="$OUT/shipped/consistency-$set.json"
+  [ -s "$f" ] || "$BIN" eval --data "$S/data/eval/$set" --scale 4 --consistency \
+    --max-side "$MAX_SIDE" --json >"$f"
+done
 python3 scripts/ablation_table.py "$OUT" "$MAX_SIDE" >docs/ablation.md
 echo "wrote docs/ablation.md"

@@ -200,3 +200,63 @@ fn eval_prints_json_with_the_documented_keys() {
     }
     assert_eq!(v["n"], 1);
 }
+
+/// `eval --consistency`: the documented keys; an identity model (fresh UNet, zero output layer)
+/// gives the same image at every NFE and along the ODE (agreement capped at 100 dB, equal HF
+/// ratios); the shipped model does not (finite agreement).
+#[test]
+fn eval_consistency_reports_agreement_with_the_ode() {
+    use flowmapsr_core::bridge::BridgeConfig;
+    use flowmapsr_core::unet::UNetConfig;
+    use flowmapsr_core::weights::{save_dir, ModelConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hr");
+    std::fs::create_dir_all(&data).unwrap();
+    picture(64, 48).save(data.join("p.png")).unwrap();
+    let ident = dir.path().join("identity");
+    let cfg = ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new());
+    save_dir(
+        &cfg.unet.init::<burn::backend::Flex>(&Default::default()),
+        &cfg,
+        &ident,
+    )
+    .unwrap();
+    let eval = |weights: Option<&Path>| {
+        let mut a = vec![
+            "eval",
+            "--data",
+            s(&data),
+            "--consistency",
+            "--ode-steps",
+            "8",
+            "--json",
+        ];
+        if let Some(w) = weights {
+            a.extend(["--weights", s(w)]);
+        }
+        let o = run(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = eval(Some(&ident));
+    let keys = [
+        "agreement_psnr_nfe1",
+        "agreement_psnr_nfe2",
+        "agreement_psnr_nfe4",
+        "hf_ratio_nfe1",
+        "hf_ratio_ode",
+        "gmsd_nfe1",
+        "gmsd_ode",
+    ];
+    for k in keys {
+        assert!(v[k].is_number(), "missing {k}: {v}");
+    }
+    for n in [1, 2, 4] {
+        assert_eq!(v[format!("agreement_psnr_nfe{n}")], 100.0, "{v}");
+    }
+    assert_eq!(v["hf_ratio_nfe1"], v["hf_ratio_ode"]);
+    assert_eq!(v["ode_steps"], 8);
+    let shipped = eval(None);
+    let a = shipped["agreement_psnr_nfe1"].as_f64().unwrap();
+    assert!(a > 10.0 && a < 100.0, "{shipped}");
+}
