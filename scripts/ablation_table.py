@@ -113,29 +113,29 @@ for s in ["Set5", "Set14"]:
 print()
 print("## Gate lines (issue 3), computed from the tables above")
 print()
+
+
+def gate(c):
+    """NFE 1 agreement with the ODE and the HF-ratio gap, in words."""
+    a, h, ho = c["agreement_psnr_nfe1"], c["hf_ratio_nfe1"], c["hf_ratio_ode"]
+    rel = abs(h - ho) / max(ho, 1e-12)
+    return (
+        f"NFE 1 agrees with the ODE at {a:.2f} dB ({'>=' if a >= 30 else '<'} 30), HF ratio {h:.3f} "
+        f"vs ODE {ho:.3f} ({100 * rel:.1f}% apart, {'within' if rel <= 0.15 else 'outside'} 15%)"
+    )
+
+
 for s in ["Set5", "Set14"]:
     sh = load(os.path.join(out, "shipped", f"consistency-{s}.json"))
     if sh:
-        a, h, ho = sh["agreement_psnr_nfe1"], sh["hf_ratio_nfe1"], sh["hf_ratio_ode"]
-        rel = abs(h - ho) / max(ho, 1e-12)
-        print(
-            f"- {s}, shipped weights (shortcut): NFE 1 agrees with the ODE at {a:.2f} dB "
-            f"({'>=' if a >= 30 else '<'} 30), HF ratio {h:.3f} vs ODE {ho:.3f} ({100 * rel:.1f}% apart, "
-            f"{'within' if rel <= 0.15 else 'outside'} 15%)."
-        )
+        print(f"- {s}, shipped weights (shortcut): {gate(sh)}.")
     for w in W:
         sc = load(os.path.join(out, f"shortcut-{w}", f"consistency-{s}.json"))
         fm = load(os.path.join(out, f"flow-matching-{w}", f"consistency-{s}.json"))
         if not sc or not fm:
             continue
-        a, h, ho = sc["agreement_psnr_nfe1"], sc["hf_ratio_nfe1"], sc["hf_ratio_ode"]
-        rel = abs(h - ho) / max(ho, 1e-12)
-        print(
-            f"- {s}, {w} weighting: shortcut NFE 1 agrees with the ODE at {a:.2f} dB "
-            f"({'>=' if a >= 30 else '<'} 30), HF ratio {h:.3f} vs ODE {ho:.3f} ({100 * rel:.1f}% apart, "
-            f"{'within' if rel <= 0.15 else 'outside'} 15%); flow-matching NFE 1: {fm['agreement_psnr_nfe1']:.2f} dB "
-            f"({fm['agreement_psnr_nfe1'] - a:+.2f} dB), HF ratio {fm['hf_ratio_nfe1']:.3f} vs its ODE {fm['hf_ratio_ode']:.3f}."
-        )
+        d = fm["agreement_psnr_nfe1"] - sc["agreement_psnr_nfe1"]
+        print(f"- {s}, {w} weighting: shortcut {gate(sc)}; flow-matching {gate(fm)}: {d:+.2f} dB against shortcut.")
 print()
 cpu = "unknown CPU"
 try:
