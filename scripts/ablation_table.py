@@ -81,6 +81,11 @@ print("of the larger model, docs/training.md), scored the same way; they are not
 print()
 print("## Training")
 print()
+print("Time is the run's own training time (state.json); on this 2-core machine some runs shared the")
+print("cores with other jobs (builds, evaluations), so s/step is only roughly comparable between rows.")
+print("Stable: the run finished with finite losses and its self-distillation term (diagonal loss for")
+print("flow-matching) ended below 3x its minimum.")
+print()
 print("| objective | weighting | steps | time (s) | s/step | stable (self-distillation term over the run) |")
 print("|---|---|---|---|---|---|")
 for o in OBJ:

@@ -7,8 +7,8 @@
 //! with both student calls differentiated. Known to be unstable (the paper); we report what we see.
 
 use super::{
-    anchor_and_diag_rows, flow_map_rows, off_diagonal_times, per_sample_mse, rows, sd_loss_terms,
-    sd_points, split_rows, Batch, FlowNet, LossTerms,
+    anchor_and_diag_rows, fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points,
+    split_rows, Batch, FdRows, FlowNet, LossTerms,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -31,7 +31,6 @@ where
     N: FlowNet<B>,
     T: FlowNet<B::InnerBackend>,
 {
-    let device = batch.x0.device();
     let n = batch.x0.dims()[0];
     let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
     let h = cfg.h;
@@ -70,24 +69,16 @@ where
         &mut t_all,
     );
 
-    let x = Tensor::cat(xs, 0);
-    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
-    let v = model.velocity(x.clone(), x0_all, &c);
-    let mut sd = None;
-    if n_sd > 0 {
-        let xm = flow_map_rows(x, v.clone(), &s_all, &t_all, 2 * n_sd);
-        let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
-        let deriv = (xp - xq) / (2.0 * h);
-        sd = Some(per_sample_mse(deriv.clone(), deriv.zeros_like()));
-    }
-    sd_loss_terms(
-        "eulerian",
-        sd,
-        v,
+    let fd_rows = FdRows {
+        x: xs,
+        x0: x0_all,
         targets,
-        n_sd,
-        n_anchor,
-        (&s, &t),
-        (&s_all, &t_all),
-    )
+        s: s_all,
+        t: t_all,
+    };
+    fd_student_loss("eulerian", model, fd_rows, (&s, &t), n_anchor, |xp, xq| {
+        // The directional derivative must vanish.
+        let deriv = (xp - xq) / (2.0 * h);
+        per_sample_mse(deriv.clone(), deriv.zeros_like())
+    })
 }

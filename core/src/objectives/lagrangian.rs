@@ -8,8 +8,8 @@
 //! The rest of the batch carries the fidelity anchor and the diagonal loss (as in Shortcut).
 
 use super::{
-    anchor_and_diag_rows, flow_map_rows, off_diagonal_times, per_sample_mse, rows, sd_loss_terms,
-    sd_points, split_rows, Batch, FlowNet, LossTerms,
+    anchor_and_diag_rows, fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points,
+    split_rows, Batch, FdRows, FlowNet, LossTerms,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -32,7 +32,6 @@ where
     N: FlowNet<B>,
     T: FlowNet<B::InnerBackend>,
 {
-    let device = batch.x0.device();
     let n = batch.x0.dims()[0];
     let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
     let h = cfg.h;
@@ -65,31 +64,29 @@ where
     );
 
     // One student call for everything.
-    let x = Tensor::cat(xs, 0);
-    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
-    let v = model.velocity(x.clone(), x0_all, &c);
-    let mut sd = None;
-    if n_sd > 0 {
-        let xm = flow_map_rows(x, v.clone(), &s_all, &t_all, 2 * n_sd);
-        let (xp, xq) = (xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd));
-        let dxdt = (xp.clone() - xq.clone()) / (2.0 * h);
-        let end = ((xp + xq) * 0.5).inner();
-        let inner = end.device();
-        let target = teacher.velocity(
-            end,
-            rows(&batch.x0, 0, n_sd).inner(),
-            &Cond::per_sample(&t, &t, 1.0, PROMPT_POSITIVE, &inner),
-        );
-        sd = Some(per_sample_mse(dxdt, Tensor::from_inner(target)));
-    }
-    sd_loss_terms(
-        "lagrangian",
-        sd,
-        v,
+    let fd_rows = FdRows {
+        x: xs,
+        x0: x0_all,
         targets,
-        n_sd,
-        n_anchor,
+        s: s_all,
+        t: t_all,
+    };
+    fd_student_loss(
+        "lagrangian",
+        model,
+        fd_rows,
         (&s, &t),
-        (&s_all, &t_all),
+        n_anchor,
+        |xp, xq| {
+            let dxdt = (xp.clone() - xq.clone()) / (2.0 * h);
+            let end = ((xp + xq) * 0.5).inner();
+            let inner = end.device();
+            let target = teacher.velocity(
+                end,
+                rows(&batch.x0, 0, n_sd).inner(),
+                &Cond::per_sample(&t, &t, 1.0, PROMPT_POSITIVE, &inner),
+            );
+            per_sample_mse(dxdt, Tensor::from_inner(target))
+        },
     )
 }

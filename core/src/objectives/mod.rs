@@ -10,7 +10,7 @@ mod toy;
 pub mod weighting;
 
 use crate::bridge::{noise, per_sample, point, BridgeConfig};
-use crate::cond::Cond;
+use crate::cond::{Cond, PROMPT_POSITIVE};
 use crate::unet::UNet;
 use burn::tensor::{backend::Backend, Tensor};
 use rand::Rng;
@@ -223,36 +223,49 @@ pub(crate) fn sd_points<B: Backend>(
     (x, Tensor::cat(x0, 0))
 }
 
-/// The loss of a finite-difference objective: per-sample `sd` losses of the first rows, then the
-/// student's velocities `v` on the anchor and diagonal rows (after the 2 x n_sd FD rows) against
-/// `targets`, named [`name` | anchor | diag]. `s_sd`, `t_sd` are the self-distillation rows' times
-/// and `s_all`, `t_all` those of the student call ([2 x n_sd FD rows | anchor | diag]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sd_loss_terms<B: Backend>(
+/// The rows of one student call of a finite-difference objective:
+/// [2 x n_sd rows (the two sides of the difference) | anchor | diag], with their sources and times.
+pub(crate) struct FdRows<B: Backend> {
+    pub x: Vec<Tensor<B, 4>>,
+    pub x0: Tensor<B, 4>,
+    /// Velocity targets of the anchor and diagonal rows.
+    pub targets: Vec<Tensor<B, 4>>,
+    pub s: Vec<f32>,
+    pub t: Vec<f32>,
+}
+
+/// One student call over `rows`; `fd(X_plus, X_minus)` turns the flow map's two sides on the
+/// self-distillation rows (times `s_sd`, `t_sd`) into their per-sample loss; the anchor and
+/// diagonal rows regress their velocity targets. Named [`name` | anchor | diag].
+pub(crate) fn fd_student_loss<B: Backend, N: FlowNet<B>>(
     name: &'static str,
-    sd: Option<Tensor<B, 1>>,
-    v: Tensor<B, 4>,
-    targets: Vec<Tensor<B, 4>>,
-    n_sd: usize,
-    n_anchor: usize,
+    model: &N,
+    rows: FdRows<B>,
     (s_sd, t_sd): (&[f32], &[f32]),
-    (s_all, t_all): (&[f32], &[f32]),
+    n_anchor: usize,
+    fd: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 1>,
 ) -> LossTerms<B> {
+    let n_sd = s_sd.len();
+    let device = rows.x0.device();
+    let x = Tensor::cat(rows.x, 0);
+    let c = Cond::per_sample(&rows.s, &rows.t, 1.0, PROMPT_POSITIVE, &device);
+    let v = model.velocity(x.clone(), rows.x0, &c);
+    let mut parts = Vec::new();
+    if n_sd > 0 {
+        let xm = flow_map_rows(x, v.clone(), &rows.s, &rows.t, 2 * n_sd);
+        parts.push(fd(xm.clone().narrow(0, 0, n_sd), xm.narrow(0, n_sd, n_sd)));
+    }
     let rest = v.dims()[0] - 2 * n_sd;
-    let mut parts: Vec<_> = sd.into_iter().collect();
     if rest > 0 {
         parts.push(per_sample_mse(
             v.narrow(0, 2 * n_sd, rest),
-            Tensor::cat(targets, 0),
+            Tensor::cat(rows.targets, 0),
         ));
     }
-    let per = Tensor::cat(parts, 0);
-    let s = [s_sd, &s_all[2 * n_sd..]].concat();
-    let t = [t_sd, &t_all[2 * n_sd..]].concat();
     LossTerms::from_rows(
-        per,
-        s,
-        t,
+        Tensor::cat(parts, 0),
+        [s_sd, &rows.s[2 * n_sd..]].concat(),
+        [t_sd, &rows.t[2 * n_sd..]].concat(),
         [
             (name, n_sd),
             ("anchor", n_anchor),
@@ -262,7 +275,7 @@ pub(crate) fn sd_loss_terms<B: Backend>(
 }
 
 /// X_{s,t}(x) = x + (t - s) v for the first `rows` rows, with per-row (s, t).
-pub(crate) fn flow_map_rows<B: Backend>(
+fn flow_map_rows<B: Backend>(
     x: Tensor<B, 4>,
     v: Tensor<B, 4>,
     s: &[f32],
