@@ -168,7 +168,7 @@ pub const CONSISTENCY_NFE: [usize; 3] = [1, 2, 4];
 
 /// Means over the images; agreement_* is PSNR-Y of the NFE-N output against the ODE's (same
 /// shave as the protocol, capped at 100 dB for identical images).
-#[derive(serde::Serialize, Default)]
+#[derive(serde::Serialize)]
 pub struct ConsistencyReport {
     pub agreement_psnr_nfe1: f64,
     pub agreement_psnr_nfe2: f64,
@@ -200,12 +200,10 @@ pub fn consistency(
     mut sr: impl FnMut(&Image, usize, Solver) -> Result<Image>,
     mut per_image: impl FnMut(&str, &[f64; 3]),
 ) -> Result<ConsistencyReport> {
-    let mut r = ConsistencyReport {
-        ode_steps,
-        n: images.len(),
-        ..Default::default()
-    };
     let t0 = Instant::now();
+    let mut ode_scores = Vec::new();
+    let mut nfe_scores: [Vec<Scores>; 3] = Default::default();
+    let mut agree_sum = [0.0; 3];
     for (name, img) in images {
         let hr = crop_to_multiple(&img.rgb.quantized(255.0), scale);
         let lr = downscale_lr(&hr, scale)?;
@@ -213,72 +211,43 @@ pub fn consistency(
         let ode = sr(&lr, ode_steps, Solver::EulerDiagonal)
             .with_context(|| format!("ODE on {name}"))?
             .quantized(255.0);
-        let so = score(&ode, &hr, sh, img.gray);
-        r.psnr_y_ode += so.psnr_y;
-        r.ssim_y_ode += so.ssim_y;
-        r.gmsd_ode += so.gmsd;
-        r.hf_ratio_ode += so.hf_ratio;
+        ode_scores.push(score(&ode, &hr, sh, img.gray));
         let mut agree = [0.0; 3];
         for (k, nfe) in CONSISTENCY_NFE.iter().enumerate() {
             let y = sr(&lr, *nfe, Solver::FlowMap)
                 .with_context(|| format!("NFE {nfe} on {name}"))?
                 .quantized(255.0);
-            let s = score(&y, &hr, sh, img.gray);
+            nfe_scores[k].push(score(&y, &hr, sh, img.gray));
             agree[k] = score(&y, &ode, sh, img.gray).psnr_y.min(100.0);
-            let (a, p, g, h) = match k {
-                0 => {
-                    r.ssim_y_nfe1 += s.ssim_y;
-                    (
-                        &mut r.agreement_psnr_nfe1,
-                        &mut r.psnr_y_nfe1,
-                        &mut r.gmsd_nfe1,
-                        &mut r.hf_ratio_nfe1,
-                    )
-                }
-                1 => (
-                    &mut r.agreement_psnr_nfe2,
-                    &mut r.psnr_y_nfe2,
-                    &mut r.gmsd_nfe2,
-                    &mut r.hf_ratio_nfe2,
-                ),
-                _ => (
-                    &mut r.agreement_psnr_nfe4,
-                    &mut r.psnr_y_nfe4,
-                    &mut r.gmsd_nfe4,
-                    &mut r.hf_ratio_nfe4,
-                ),
-            };
-            *a += agree[k];
-            *p += s.psnr_y;
-            *g += s.gmsd;
-            *h += s.hf_ratio;
+            agree_sum[k] += agree[k];
         }
         per_image(name, &agree);
     }
     let n = images.len().max(1) as f64;
-    for v in [
-        &mut r.agreement_psnr_nfe1,
-        &mut r.agreement_psnr_nfe2,
-        &mut r.agreement_psnr_nfe4,
-        &mut r.psnr_y_nfe1,
-        &mut r.psnr_y_nfe2,
-        &mut r.psnr_y_nfe4,
-        &mut r.psnr_y_ode,
-        &mut r.ssim_y_nfe1,
-        &mut r.ssim_y_ode,
-        &mut r.gmsd_nfe1,
-        &mut r.gmsd_nfe2,
-        &mut r.gmsd_nfe4,
-        &mut r.gmsd_ode,
-        &mut r.hf_ratio_nfe1,
-        &mut r.hf_ratio_nfe2,
-        &mut r.hf_ratio_nfe4,
-        &mut r.hf_ratio_ode,
-    ] {
-        *v /= n;
-    }
-    r.ms_per_image = t0.elapsed().as_secs_f64() * 1e3 / n;
-    Ok(r)
+    let ode = Scores::mean(&ode_scores);
+    let [n1, n2, n4] = nfe_scores.map(|v| Scores::mean(&v));
+    Ok(ConsistencyReport {
+        agreement_psnr_nfe1: agree_sum[0] / n,
+        agreement_psnr_nfe2: agree_sum[1] / n,
+        agreement_psnr_nfe4: agree_sum[2] / n,
+        psnr_y_nfe1: n1.psnr_y,
+        psnr_y_nfe2: n2.psnr_y,
+        psnr_y_nfe4: n4.psnr_y,
+        psnr_y_ode: ode.psnr_y,
+        ssim_y_nfe1: n1.ssim_y,
+        ssim_y_ode: ode.ssim_y,
+        gmsd_nfe1: n1.gmsd,
+        gmsd_nfe2: n2.gmsd,
+        gmsd_nfe4: n4.gmsd,
+        gmsd_ode: ode.gmsd,
+        hf_ratio_nfe1: n1.hf_ratio,
+        hf_ratio_nfe2: n2.hf_ratio,
+        hf_ratio_nfe4: n4.hf_ratio,
+        hf_ratio_ode: ode.hf_ratio,
+        ode_steps,
+        n: images.len(),
+        ms_per_image: t0.elapsed().as_secs_f64() * 1e3 / n,
+    })
 }
 
 pub fn bicubic_fn(scale: u32) -> impl FnMut(&Image) -> Result<Image> {

@@ -547,7 +547,7 @@ fn train<B: AutodiffBackend>(
 fn all_reduce_mean<B: AutodiffBackend>(
     model: &UNet<B>,
     grads: &mut GradientsParams,
-    weight: Option<(&LossWeight<B>, &mut GradientsParams)>,
+    mut weight: Option<(&LossWeight<B>, &mut GradientsParams)>,
     loss: Tensor<B::InnerBackend, 1>,
     peer: PeerId,
 ) -> Result<Tensor<B::InnerBackend, 1>> {
@@ -572,7 +572,6 @@ fn all_reduce_mean<B: AutodiffBackend>(
     let mut take = Take(grads, Vec::new());
     model.visit(&mut take);
     let mut parts = take.1;
-    let mut weight = weight;
     if let Some((w, g)) = weight.as_mut() {
         let mut take = Take(g, Vec::new());
         w.visit(&mut take);

@@ -3,6 +3,11 @@
 
 use flowmapsr_cli::train::{run, TrainArgs};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// `train` seeds burn's process-wide generator before drawing the initial weights; tests that
+/// train run one at a time so that parallel runs cannot reseed it between seed and draw.
+static TRAINING: Mutex<()> = Mutex::new(());
 
 fn synthetic_images(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
@@ -53,6 +58,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
 
 #[test]
 fn train_save_load_upscale_and_exact_resume() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     synthetic_images(&d.join("data"), 3);
@@ -130,6 +136,7 @@ fn train_save_load_upscale_and_exact_resume() {
 
 #[test]
 fn bad_training_config_is_a_clear_error() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     synthetic_images(&d.join("data"), 1);
@@ -147,6 +154,7 @@ fn bad_training_config_is_a_clear_error() {
 
 #[test]
 fn every_objective_trains_on_the_unet() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     use flowmapsr_cli::train::Objective;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -171,6 +179,7 @@ fn every_objective_trains_on_the_unet() {
 /// exactly the uninterrupted one; and it changes training (the weights differ from uniform's).
 #[test]
 fn learned_weighting_checkpoints_and_resumes_exactly() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     use flowmapsr_cli::train::Weighting;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

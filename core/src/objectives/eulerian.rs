@@ -7,8 +7,8 @@
 //! with both student calls differentiated. Known to be unstable (the paper); we report what we see.
 
 use super::{
-    anchor_and_diag_rows, fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points,
-    split_rows, Batch, FdRows, FlowNet, LossTerms,
+    fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points, split_rows, Batch,
+    FlowNet, LossTerms, StudentRows,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -35,7 +35,7 @@ where
     let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
     let h = cfg.h;
 
-    let (mut xs, mut targets, mut s_all, mut t_all) = (vec![], vec![], vec![], vec![]);
+    let mut st = StudentRows::new();
     let (s, t) = off_diagonal_times(n_sd, rng);
     let mut x0_all = batch.x0.clone();
     if n_sd > 0 {
@@ -49,36 +49,26 @@ where
         );
         x0_all = x0;
         let step = Tensor::<B, 4>::from_inner(drift) * h;
-        xs.push(x.clone() + step.clone());
-        xs.push(x - step);
+        st.x.push(x.clone() + step.clone());
+        st.x.push(x - step);
         for sign in [1.0f32, -1.0] {
-            s_all.extend(s.iter().map(|s| s + sign * h));
-            t_all.extend_from_slice(&t);
+            st.s.extend(s.iter().map(|s| s + sign * h));
+            st.t.extend_from_slice(&t);
         }
     }
-    anchor_and_diag_rows(
-        batch,
-        n_sd,
-        n_anchor,
-        cfg.p_source_noise,
-        bridge,
-        rng,
-        &mut xs,
-        &mut targets,
-        &mut s_all,
-        &mut t_all,
-    );
+    st.push_anchor_and_diag(batch, n_sd, n_anchor, cfg.p_source_noise, bridge, rng);
 
-    let fd_rows = FdRows {
-        x: xs,
-        x0: x0_all,
-        targets,
-        s: s_all,
-        t: t_all,
-    };
-    fd_student_loss("eulerian", model, fd_rows, (&s, &t), n_anchor, |xp, xq| {
-        // The directional derivative must vanish.
-        let deriv = (xp - xq) / (2.0 * h);
-        per_sample_mse(deriv.clone(), deriv.zeros_like())
-    })
+    fd_student_loss(
+        "eulerian",
+        model,
+        st,
+        x0_all,
+        (&s, &t),
+        n_anchor,
+        |xp, xq| {
+            // The directional derivative must vanish.
+            let deriv = (xp - xq) / (2.0 * h);
+            per_sample_mse(deriv.clone(), deriv.zeros_like())
+        },
+    )
 }

@@ -8,8 +8,8 @@
 //! The rest of the batch carries the fidelity anchor and the diagonal loss (as in Shortcut).
 
 use super::{
-    anchor_and_diag_rows, fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points,
-    split_rows, Batch, FdRows, FlowNet, LossTerms,
+    fd_student_loss, off_diagonal_times, per_sample_mse, rows, sd_points, split_rows, Batch,
+    FlowNet, LossTerms, StudentRows,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -36,45 +36,28 @@ where
     let (n_sd, n_anchor) = split_rows(n, cfg.sd_fraction, cfg.anchor_fraction);
     let h = cfg.h;
 
-    let (mut xs, mut targets, mut s_all, mut t_all) = (vec![], vec![], vec![], vec![]);
+    let mut st = StudentRows::new();
     let (s, t) = off_diagonal_times(n_sd, rng);
     let mut x0_all = batch.x0.clone();
     if n_sd > 0 {
         let (x, x0) = sd_points(batch, n_sd, &s, cfg.p_source_noise, bridge, rng);
         x0_all = x0;
         // Two copies: t + h and t - h.
-        xs.push(x.clone());
-        xs.push(x);
+        st.x.push(x.clone());
+        st.x.push(x);
         for sign in [1.0f32, -1.0] {
-            s_all.extend_from_slice(&s);
-            t_all.extend(t.iter().map(|t| t + sign * h));
+            st.s.extend_from_slice(&s);
+            st.t.extend(t.iter().map(|t| t + sign * h));
         }
     }
-    anchor_and_diag_rows(
-        batch,
-        n_sd,
-        n_anchor,
-        cfg.p_source_noise,
-        bridge,
-        rng,
-        &mut xs,
-        &mut targets,
-        &mut s_all,
-        &mut t_all,
-    );
+    st.push_anchor_and_diag(batch, n_sd, n_anchor, cfg.p_source_noise, bridge, rng);
 
     // One student call for everything.
-    let fd_rows = FdRows {
-        x: xs,
-        x0: x0_all,
-        targets,
-        s: s_all,
-        t: t_all,
-    };
     fd_student_loss(
         "lagrangian",
         model,
-        fd_rows,
+        st,
+        x0_all,
         (&s, &t),
         n_anchor,
         |xp, xq| {

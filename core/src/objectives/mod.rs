@@ -145,40 +145,56 @@ pub fn split_rows(n: usize, sd_fraction: f32, anchor_fraction: f32) -> (usize, u
     (sd, anchor)
 }
 
-/// The anchor and diagonal rows shared by the self-distillation objectives: inputs, targets and
-/// (s, t) per row, appended to `xs`, `targets`, `s`, `t`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn anchor_and_diag_rows<B: Backend>(
-    batch: &Batch<B>,
-    from: usize,
-    n_anchor: usize,
-    p_noise: f32,
-    bridge: &BridgeConfig,
-    rng: &mut impl Rng,
-    xs: &mut Vec<Tensor<B, 4>>,
-    targets: &mut Vec<Tensor<B, 4>>,
-    s: &mut Vec<f32>,
-    t: &mut Vec<f32>,
-) {
-    let n = batch.x0.dims()[0];
-    let sub = |a: usize, len: usize| Batch {
-        x0: rows(&batch.x0, a, len),
-        x1: rows(&batch.x1, a, len),
-    };
-    if n_anchor > 0 {
-        let b = sub(from, n_anchor);
-        targets.push(b.x1.clone() - b.x0.clone());
-        xs.push(b.x0);
-        s.extend(std::iter::repeat_n(0.0, n_anchor));
-        t.extend(std::iter::repeat_n(1.0, n_anchor));
+/// The rows of one student call, assembled in order: inputs, (s, t) per row, and the velocity
+/// targets of the anchor and diagonal rows (self-distillation rows carry their own loss).
+pub(crate) struct StudentRows<B: Backend> {
+    pub x: Vec<Tensor<B, 4>>,
+    pub targets: Vec<Tensor<B, 4>>,
+    pub s: Vec<f32>,
+    pub t: Vec<f32>,
+}
+
+impl<B: Backend> StudentRows<B> {
+    pub fn new() -> Self {
+        Self {
+            x: Vec::new(),
+            targets: Vec::new(),
+            s: Vec::new(),
+            t: Vec::new(),
+        }
     }
-    let n_diag = n - from - n_anchor;
-    if n_diag > 0 {
-        let r = flow_matching::diag_rows(&sub(from + n_anchor, n_diag), p_noise, bridge, rng);
-        xs.push(r.x);
-        targets.push(r.target);
-        s.extend_from_slice(&r.t);
-        t.extend_from_slice(&r.t);
+
+    /// Appends the rows shared by the self-distillation objectives: `n_anchor` anchor rows from
+    /// batch row `from`, then the diagonal loss on the rest of the batch.
+    pub fn push_anchor_and_diag(
+        &mut self,
+        batch: &Batch<B>,
+        from: usize,
+        n_anchor: usize,
+        p_noise: f32,
+        bridge: &BridgeConfig,
+        rng: &mut impl Rng,
+    ) {
+        let n = batch.x0.dims()[0];
+        let sub = |a: usize, len: usize| Batch {
+            x0: rows(&batch.x0, a, len),
+            x1: rows(&batch.x1, a, len),
+        };
+        if n_anchor > 0 {
+            let b = sub(from, n_anchor);
+            self.targets.push(b.x1.clone() - b.x0.clone());
+            self.x.push(b.x0);
+            self.s.extend(std::iter::repeat_n(0.0, n_anchor));
+            self.t.extend(std::iter::repeat_n(1.0, n_anchor));
+        }
+        let n_diag = n - from - n_anchor;
+        if n_diag > 0 {
+            let r = flow_matching::diag_rows(&sub(from + n_anchor, n_diag), p_noise, bridge, rng);
+            self.x.push(r.x);
+            self.targets.push(r.target);
+            self.s.extend_from_slice(&r.t);
+            self.t.extend_from_slice(&r.t);
+        }
     }
 }
 
@@ -223,33 +239,25 @@ pub(crate) fn sd_points<B: Backend>(
     (x, Tensor::cat(x0, 0))
 }
 
-/// The rows of one student call of a finite-difference objective:
-/// [2 x n_sd rows (the two sides of the difference) | anchor | diag], with their sources and times.
-pub(crate) struct FdRows<B: Backend> {
-    pub x: Vec<Tensor<B, 4>>,
-    pub x0: Tensor<B, 4>,
-    /// Velocity targets of the anchor and diagonal rows.
-    pub targets: Vec<Tensor<B, 4>>,
-    pub s: Vec<f32>,
-    pub t: Vec<f32>,
-}
-
-/// One student call over `rows`; `fd(X_plus, X_minus)` turns the flow map's two sides on the
-/// self-distillation rows (times `s_sd`, `t_sd`) into their per-sample loss; the anchor and
-/// diagonal rows regress their velocity targets. Named [`name` | anchor | diag].
+/// One student call of a finite-difference objective over `rows`
+/// ([2 x n_sd rows, the two sides of the difference | anchor | diag], sources `x0`);
+/// `fd(X_plus, X_minus)` turns the flow map's two sides on the self-distillation rows (times
+/// `s_sd`, `t_sd`) into their per-sample loss; the anchor and diagonal rows regress their velocity
+/// targets. Named [`name` | anchor | diag].
 pub(crate) fn fd_student_loss<B: Backend, N: FlowNet<B>>(
     name: &'static str,
     model: &N,
-    rows: FdRows<B>,
+    rows: StudentRows<B>,
+    x0: Tensor<B, 4>,
     (s_sd, t_sd): (&[f32], &[f32]),
     n_anchor: usize,
     fd: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 1>,
 ) -> LossTerms<B> {
     let n_sd = s_sd.len();
-    let device = rows.x0.device();
+    let device = x0.device();
     let x = Tensor::cat(rows.x, 0);
     let c = Cond::per_sample(&rows.s, &rows.t, 1.0, PROMPT_POSITIVE, &device);
-    let v = model.velocity(x.clone(), rows.x0, &c);
+    let v = model.velocity(x.clone(), x0, &c);
     let mut parts = Vec::new();
     if n_sd > 0 {
         let xm = flow_map_rows(x, v.clone(), &rows.s, &rows.t, 2 * n_sd);

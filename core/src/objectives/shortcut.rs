@@ -8,8 +8,7 @@
 //! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
 
 use super::{
-    anchor_and_diag_rows, bridge_points, per_sample_mse, rows, split_rows, Batch, FlowNet,
-    LossTerms,
+    bridge_points, per_sample_mse, rows, split_rows, Batch, FlowNet, LossTerms, StudentRows,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_POSITIVE};
@@ -63,9 +62,7 @@ where
         x1: rows(&batch.x1, a, len),
     };
 
-    let mut xs = Vec::new();
-    let mut targets = Vec::new();
-    let (mut s_all, mut t_all) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut st = StudentRows::new();
 
     if n_sc > 0 {
         let b = sub(0, n_sc);
@@ -98,32 +95,21 @@ where
             x0i,
             &Cond::per_sample(&td, &t2d, 1.0, PROMPT_POSITIVE, &inner_dev),
         );
-        targets.push(Tensor::from_inner((v1 + v2) * 0.5));
-        xs.push(x);
-        s_all.extend_from_slice(&t);
-        t_all.extend_from_slice(&t2d);
+        st.targets.push(Tensor::from_inner((v1 + v2) * 0.5));
+        st.x.push(x);
+        st.s.extend_from_slice(&t);
+        st.t.extend_from_slice(&t2d);
     }
-    anchor_and_diag_rows(
-        batch,
-        n_sc,
-        n_anchor,
-        cfg.p_source_noise,
-        bridge,
-        rng,
-        &mut xs,
-        &mut targets,
-        &mut s_all,
-        &mut t_all,
-    );
+    st.push_anchor_and_diag(batch, n_sc, n_anchor, cfg.p_source_noise, bridge, rng);
 
     // One student call for the whole batch.
-    let c = Cond::per_sample(&s_all, &t_all, 1.0, PROMPT_POSITIVE, &device);
-    let v = model.velocity(Tensor::cat(xs, 0), batch.x0.clone(), &c);
-    let per = per_sample_mse(v, Tensor::cat(targets, 0));
+    let c = Cond::per_sample(&st.s, &st.t, 1.0, PROMPT_POSITIVE, &device);
+    let v = model.velocity(Tensor::cat(st.x, 0), batch.x0.clone(), &c);
+    let per = per_sample_mse(v, Tensor::cat(st.targets, 0));
     LossTerms::from_rows(
         per,
-        s_all,
-        t_all,
+        st.s,
+        st.t,
         [("shortcut", n_sc), ("anchor", n_anchor), ("diag", n_diag)],
     )
 }

@@ -9,7 +9,7 @@
 //! Two guards that EDM2 does not need (its terms all carry irreducible noise): a self-distillation
 //! term can be driven towards 0 (any self-consistent field satisfies it), and log E[L] -> -inf
 //! would then weigh it without bound over the diagonal loss that ties the field to the data, and
-//! training collapses (the toy test in toy.rs does, unguarded). So the losses are taken relative to
+//! training collapses. So the losses are taken relative to
 //! the batch mean (stop-gradient; u is then scale-free) and u is clamped to [-u_max, u_max]: no
 //! term is weighed more than e^(2 u_max) times another. The result is multiplied back by that mean,
 //! so at u = 0 it is exactly the uniform loss.
