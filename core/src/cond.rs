@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
 
 /// Prompt ids of the guidance embeddings.
 pub const PROMPT_POSITIVE: i64 = 0;
@@ -54,6 +54,16 @@ impl<B: Backend> Cond<B> {
             prompt: Tensor::from_data(TensorData::new(vec![prompt; n], [n]), device),
         }
     }
+
+    /// The same conditioning with its float inputs in `dtype` (mixed precision, precision.rs).
+    pub fn cast(self, dtype: FloatDType) -> Self {
+        Self {
+            s: self.s.cast(dtype),
+            t: self.t.cast(dtype),
+            w: self.w.cast(dtype),
+            prompt: self.prompt,
+        }
+    }
 }
 
 impl CondConfig {
@@ -83,7 +93,8 @@ impl<B: Backend> CondEmbed<B> {
         let freqs: Vec<f32> = (0..self.octaves)
             .map(|k| std::f32::consts::PI * 2f32.powi(k as i32))
             .collect();
-        let f = Tensor::<B, 2>::from_data(TensorData::new(freqs, [1, self.octaves]), &device);
+        let f = Tensor::<B, 2>::from_data(TensorData::new(freqs, [1, self.octaves]), &device)
+            .cast(v.dtype());
         let v = v.reshape([n, 1]);
         let a = v.clone().mul(f);
         Tensor::cat(vec![v, a.clone().sin(), a.cos()], 1)

@@ -12,6 +12,7 @@ pub mod error;
 pub mod image;
 pub mod metrics;
 pub mod objectives;
+pub mod precision;
 pub mod resize;
 pub mod sampler;
 pub mod space;

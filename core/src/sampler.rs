@@ -10,9 +10,9 @@ use crate::bridge::Mode;
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::objectives::FlowNet;
 use crate::space::{shuffle, unshuffle};
 use crate::tile::TilePlan;
-use crate::unet::UNet;
 use crate::weights::ModelConfig;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::SeedableRng;
@@ -87,7 +87,7 @@ pub fn source_noise(w: usize, h: usize, sigma: f32, seed: u64) -> Image {
 /// Run the sampler from the signed source `x0` ([-1, 1], RGB, full resolution); returns the
 /// signed result.
 pub fn sample<B: Backend>(
-    net: &UNet<B>,
+    net: &impl FlowNet<B>,
     cfg: &ModelConfig,
     x0: &Image,
     opts: &SampleOptions,
@@ -152,7 +152,7 @@ pub fn sample<B: Backend>(
 
 /// Upscale an RGB image in [0, 1] by `scale`: x0 = bicubic up, then the sampler; RGB in [0, 1].
 pub fn upscale<B: Backend>(
-    net: &UNet<B>,
+    net: &impl FlowNet<B>,
     cfg: &ModelConfig,
     lr: &Image,
     scale: u32,

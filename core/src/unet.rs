@@ -182,6 +182,24 @@ impl<B: Backend> UNet<B> {
     }
 
     /// The flow map X_{s,t}(x) = x + (t - s) v(x, s, t).
+    /// Tests: replace the zero-initialised output layer with seeded noise of this std, so the
+    /// network is no longer the identity.
+    #[cfg(test)]
+    pub(crate) fn perturb_output(&mut self, std: f32, seed: u64, device: &B::Device) {
+        use rand::SeedableRng;
+        let w = self.conv_out.weight.val();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let noise = crate::bridge::noise::<B, 4>(w.dims(), &mut rng, device) * std;
+        self.conv_out.weight =
+            burn::module::Param::initialized(self.conv_out.weight.id, noise.require_grad());
+    }
+
+    /// Tests: the id of the output layer's weight.
+    #[cfg(test)]
+    pub(crate) fn output_weight_id(&self) -> burn::module::ParamId {
+        self.conv_out.weight.id
+    }
+
     pub fn flow_map(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
         let n = x.dims()[0];
         let dt = (c.t.clone() - c.s.clone()).reshape([n, 1, 1, 1]);

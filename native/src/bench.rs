@@ -5,6 +5,7 @@
 use crate::backend::DeviceKind;
 use anyhow::Result;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
+use flowmapsr_core::precision::{Mixed, Precision};
 use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::Image;
 use std::path::PathBuf;
@@ -36,11 +37,15 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
     pub crop: usize,
+    /// Network compute precision: f32, or bf16 / f16 with f32 weights (core precision.rs).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 #[derive(serde::Serialize)]
 pub struct TrainBenchReport {
     pub device: String,
+    pub precision: String,
     pub batch: usize,
     pub crop: usize,
     pub ms_per_step: f64,
@@ -51,6 +56,7 @@ pub struct TrainBenchReport {
 #[derive(serde::Serialize)]
 pub struct BenchReport {
     pub device: String,
+    pub precision: String,
     pub tile: usize,
     pub scale: u32,
     pub steps: usize,
@@ -84,8 +90,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "device {} | training batch {} x {}x{} HR | {:.1} ms/step | {:.2} steps/s | {:.3} HR MP/s",
-                r.device, r.batch, r.crop, r.crop, r.ms_per_step, r.steps_per_s, r.hr_mp_per_s
+                "device {} {} | training batch {} x {}x{} HR | {:.1} ms/step | {:.2} steps/s | {:.3} HR MP/s",
+                r.device, r.precision, r.batch, r.crop, r.crop, r.ms_per_step, r.steps_per_s, r.hr_mp_per_s
             );
         }
         return Ok(());
@@ -95,8 +101,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "device {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s matmul peak ({:.0}%)",
-            r.device, r.tile, r.tile, r.scale, r.steps, r.ms_per_tile, r.output_mp_per_s,
+            "device {} {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s f32 matmul peak ({:.0}%)",
+            r.device, r.precision, r.tile, r.tile, r.scale, r.steps, r.ms_per_tile, r.output_mp_per_s,
             r.model_flops_per_output_pixel, r.model_gflops_per_s, r.matmul_gflops_per_s, 100.0 * r.fraction_of_matmul_peak
         );
     }
@@ -105,6 +111,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchReport> {
     let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), device)?;
+    let net = Mixed::new(&net, args.precision);
     let t = args.tile;
     let data = (0..3 * t * t)
         .map(|i| ((i * 7919) % 256) as f32 / 255.0)
@@ -130,6 +137,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
     let peak = matmul_gflops::<B>(device);
     Ok(BenchReport {
         device: args.device.to_string(),
+        precision: args.precision.to_string(),
         tile: t,
         scale: args.scale,
         steps: args.steps,
@@ -166,8 +174,9 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     let sc = shortcut::ShortcutConfig::new();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut step = |model: flowmapsr_core::unet::UNet<B>| {
-        let teacher = model.valid();
-        let loss = shortcut::shortcut(&model, &teacher, &batch, &sc, &cfg.bridge, &mut rng);
+        let teacher = Mixed::new(&model.valid(), args.precision);
+        let student = Mixed::new(&model, args.precision);
+        let loss = shortcut::shortcut(&student, &teacher, &batch, &sc, &cfg.bridge, &mut rng);
         let grads = GradientsParams::from_grads(loss.total.backward(), &model);
         let model = optim.step(1e-4, model, grads);
         // Wait for the device to finish the step.
@@ -182,6 +191,7 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     let secs = t0.elapsed().as_secs_f64() / args.reps as f64;
     Ok(TrainBenchReport {
         device: args.device.to_string(),
+        precision: args.precision.to_string(),
         batch: args.batch,
         crop: args.crop,
         ms_per_step: secs * 1e3,

@@ -18,6 +18,7 @@ use flowmapsr_core::objectives::lagrangian::lagrangian;
 use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
 use flowmapsr_core::objectives::weighting::{LossWeight, LossWeightConfig};
 use flowmapsr_core::objectives::{Batch, SelfDistillConfig};
+use flowmapsr_core::precision::{Mixed, Precision};
 use flowmapsr_core::resize::upscale as bicubic_up;
 use flowmapsr_core::sampler::SampleOptions;
 use flowmapsr_core::space::unshuffle;
@@ -70,6 +71,10 @@ pub struct TrainArgs {
     /// Override the config's loss weighting.
     #[arg(long, value_enum)]
     pub weighting: Option<Weighting>,
+    /// Override the config's compute precision: f32, or bf16 / f16 compute with f32 master
+    /// weights (core precision.rs; bf16 is the one to use on GPUs).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -143,6 +148,9 @@ pub struct TrainConfig {
     pub weighting: Weighting,
     #[serde(default = "LossWeightConfig::new")]
     pub loss_weight: LossWeightConfig,
+    /// Network compute precision (master weights, optimiser and EMA stay f32).
+    #[serde(default)]
+    pub precision: Precision,
     #[serde(default)]
     pub degrade: DegradeConfig,
     /// Probabilities of x2, x4, x8.
@@ -340,6 +348,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     if let Some(w) = args.weighting {
         cfg.weighting = w;
+    }
+    if let Some(p) = args.precision {
+        cfg.precision = p;
     }
     let kinds = args.devices.clone().unwrap_or_else(|| vec![args.device]);
     let first = *kinds.first().context("--devices is empty")?;
@@ -682,9 +693,10 @@ fn worker<B: AutodiffBackend>(
     }
     if lead {
         tracing::info!(
-            "model: {} parameters, {:.0} FLOP per output pixel",
+            "model: {} parameters, {:.0} FLOP per output pixel, {} compute",
             burn::module::Module::num_params(&model),
-            cfg.model.unet.flops_per_pixel()
+            cfg.model.unet.flops_per_pixel(),
+            cfg.precision
         );
     }
 
@@ -713,33 +725,36 @@ fn worker<B: AutodiffBackend>(
                 ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
                 ^ (rank as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
         );
+        // Half-precision views of the f32 student and teacher (identity for f32).
+        let student = Mixed::new(&model, cfg.precision);
+        let teacher = Mixed::new(&ema_net, cfg.precision);
         let loss = match cfg.objective {
             Objective::Shortcut => shortcut(
-                &model,
-                &ema_net,
+                &student,
+                &teacher,
                 &batch,
                 &cfg.shortcut,
                 &cfg.model.bridge,
                 &mut rng,
             ),
             Objective::Lagrangian => lagrangian(
-                &model,
-                &ema_net,
+                &student,
+                &teacher,
                 &batch,
                 &cfg.lagrangian,
                 &cfg.model.bridge,
                 &mut rng,
             ),
             Objective::Eulerian => eulerian(
-                &model,
-                &ema_net,
+                &student,
+                &teacher,
                 &batch,
                 &cfg.eulerian,
                 &cfg.model.bridge,
                 &mut rng,
             ),
             Objective::FlowMatching => flow_matching(
-                &model,
+                &student,
                 &batch,
                 &cfg.flow_matching,
                 &cfg.model.bridge,

@@ -59,6 +59,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         node: NodeArgs::default(),
         objective: None,
         weighting: None,
+        precision: None,
     }
 }
 

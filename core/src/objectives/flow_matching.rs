@@ -2,10 +2,9 @@
 //!   L_diag = || v(I_t, t, t) - (x1 - x0) ||^2,  t ~ U[0, 1).
 //! On its own it is the flow-matching baseline; the self-distillation objectives add to it.
 
-use super::{bridge_points, per_sample_mse, Batch, LossTerms};
+use super::{bridge_points, per_sample_mse, Batch, FlowNet, LossTerms};
 use crate::bridge::BridgeConfig;
 use crate::cond::Cond;
-use crate::unet::UNet;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -43,7 +42,7 @@ pub fn diag_rows<B: Backend>(
 }
 
 pub fn flow_matching<B: Backend>(
-    model: &UNet<B>,
+    model: &impl FlowNet<B>,
     batch: &Batch<B>,
     cfg: &FlowMatchingConfig,
     bridge: &BridgeConfig,

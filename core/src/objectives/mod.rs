@@ -119,6 +119,13 @@ pub struct SelfDistillConfig {
 /// The UNet is one; the toy tests use a small MLP.
 pub trait FlowNet<B: Backend> {
     fn velocity(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4>;
+
+    /// X_{s,t}(x) = x + (t - s) v(x, s, t | x0).
+    fn flow_map(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
+        let n = x.dims()[0];
+        let dt = (c.t.clone() - c.s.clone()).reshape([n, 1, 1, 1]);
+        x.clone() + self.velocity(x, x0, c) * dt
+    }
 }
 
 impl<B: Backend> FlowNet<B> for UNet<B> {
