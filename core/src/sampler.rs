@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::objectives::FlowNet;
 use crate::space::{shuffle, unshuffle};
-use crate::tile::TilePlan;
+use crate::tile::{Rect, TilePlan};
 use crate::weights::ModelConfig;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::SeedableRng;
@@ -64,7 +64,23 @@ pub fn image_to_tensor<B: Backend>(img: &Image, device: &B::Device) -> Tensor<B,
 pub fn tensor_to_image<B: Backend>(t: Tensor<B, 4>) -> Result<Image> {
     let [_, c, h, w] = t.dims();
     let data = t
-        .into_data()
+        .try_into_data()
+        .map_err(|e| Error::BadParam(format!("tensor readback: {e:?}")))?;
+    data_to_image(data, w, h, c)
+}
+
+/// [`tensor_to_image`] without blocking (the only readback WebGPU allows in a browser).
+pub async fn tensor_to_image_async<B: Backend>(t: Tensor<B, 4>) -> Result<Image> {
+    let [_, c, h, w] = t.dims();
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::BadParam(format!("tensor readback: {e:?}")))?;
+    data_to_image(data, w, h, c)
+}
+
+fn data_to_image(data: TensorData, w: usize, h: usize, c: usize) -> Result<Image> {
+    let data = data
         .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| Error::BadParam(format!("tensor readback: {e:?}")))?;
@@ -84,16 +100,8 @@ pub fn source_noise(w: usize, h: usize, sigma: f32, seed: u64) -> Image {
     Image::new(w, h, 3, data).expect("sizes match")
 }
 
-/// Run the sampler from the signed source `x0` ([-1, 1], RGB, full resolution); returns the
-/// signed result.
-pub fn sample<B: Backend>(
-    net: &impl FlowNet<B>,
-    cfg: &ModelConfig,
-    x0: &Image,
-    opts: &SampleOptions,
-    device: &B::Device,
-    progress: &mut ProgressFn,
-) -> Result<Image> {
+/// The tile plan and the starting point (x0, plus seeded source noise in the stochastic mode).
+fn prepare(cfg: &ModelConfig, x0: &Image, opts: &SampleOptions) -> Result<(TilePlan, Image)> {
     if opts.steps == 0 || opts.steps > 1024 {
         return Err(Error::BadParam(format!(
             "steps must be in 1..=1024, got {}",
@@ -109,31 +117,56 @@ pub fn sample<B: Backend>(
         let n = source_noise(x0.width, x0.height, cfg.bridge.sigma_0, opts.seed);
         x.data.iter_mut().zip(&n.data).for_each(|(a, b)| *a += b);
     }
+    Ok((plan, x))
+}
+
+/// Step k of N on one tile: the network call, in image layout [1, 3, h, w] (not read back).
+fn tile_step<B: Backend>(
+    net: &impl FlowNet<B>,
+    cut: &[Image],
+    k: usize,
+    opts: &SampleOptions,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let s = k as f32 / opts.steps as f32;
+    let t = (k + 1) as f32 / opts.steps as f32;
+    let xt = unshuffle(image_to_tensor::<B>(&cut[0], device), 2);
+    let x0t = unshuffle(image_to_tensor::<B>(&cut[1], device), 2);
+    let y = match opts.solver {
+        Solver::FlowMap => net.flow_map(
+            xt,
+            x0t,
+            &Cond::per_sample(&[s], &[t], opts.guidance, PROMPT_POSITIVE, device),
+        ),
+        Solver::EulerDiagonal => {
+            let v = net.velocity(
+                xt.clone(),
+                x0t,
+                &Cond::per_sample(&[s], &[s], opts.guidance, PROMPT_POSITIVE, device),
+            );
+            xt + v * (t - s)
+        }
+    };
+    shuffle(y, 2)
+}
+
+/// Run the sampler from the signed source `x0` ([-1, 1], RGB, full resolution); returns the
+/// signed result.
+pub fn sample<B: Backend>(
+    net: &impl FlowNet<B>,
+    cfg: &ModelConfig,
+    x0: &Image,
+    opts: &SampleOptions,
+    device: &B::Device,
+    progress: &mut ProgressFn,
+) -> Result<Image> {
+    let (plan, mut x) = prepare(cfg, x0, opts)?;
     let total = opts.steps * plan.tiles.len();
     let mut done = 0;
     for k in 0..opts.steps {
-        let s = k as f32 / opts.steps as f32;
-        let t = (k + 1) as f32 / opts.steps as f32;
         x = plan
             .run(&[&x, x0], 3, |_, cut| {
-                let xt = unshuffle(image_to_tensor::<B>(&cut[0], device), 2);
-                let x0t = unshuffle(image_to_tensor::<B>(&cut[1], device), 2);
-                let y = match opts.solver {
-                    Solver::FlowMap => net.flow_map(
-                        xt,
-                        x0t,
-                        &Cond::per_sample(&[s], &[t], opts.guidance, PROMPT_POSITIVE, device),
-                    ),
-                    Solver::EulerDiagonal => {
-                        let v = net.velocity(
-                            xt.clone(),
-                            x0t,
-                            &Cond::per_sample(&[s], &[s], opts.guidance, PROMPT_POSITIVE, device),
-                        );
-                        xt + v * (t - s)
-                    }
-                };
-                let out = tensor_to_image(shuffle(y, 2))?;
+                let out = tensor_to_image(tile_step(net, cut, k, opts, device))?;
                 done += 1;
                 if !progress(done, total) {
                     return Err(Error::Cancelled);
@@ -150,6 +183,54 @@ pub fn sample<B: Backend>(
     Ok(x)
 }
 
+/// A finished tile, for previews: its place in the image and its signed output (the padded tile;
+/// the first `rect.w` x `rect.h` pixels are the image's).
+pub struct TileDone<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub rect: Rect,
+    pub image: &'a Image,
+}
+
+/// [`sample`] for backends that read results back only asynchronously (WebGPU in a browser):
+/// the same tiles, calls and blending, so the same result; `on_tile` sees each finished tile
+/// and returns false to cancel.
+pub async fn sample_async<B: Backend>(
+    net: &impl FlowNet<B>,
+    cfg: &ModelConfig,
+    x0: &Image,
+    opts: &SampleOptions,
+    device: &B::Device,
+    on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
+) -> Result<Image> {
+    let (plan, mut x) = prepare(cfg, x0, opts)?;
+    let total = opts.steps * plan.tiles.len();
+    let mut done = 0;
+    for k in 0..opts.steps {
+        plan.check_inputs(&[&x, x0])?;
+        let mut blend = plan.blend(3);
+        for i in 0..plan.tiles.len() {
+            let cut = [plan.extract(&x, i), plan.extract(x0, i)];
+            let out = tensor_to_image_async(tile_step(net, &cut, k, opts, device))
+                .await
+                .map_err(|e| plan.tile_error(i, e))?;
+            blend.add(i, &out)?;
+            done += 1;
+            let tile = TileDone {
+                done,
+                total,
+                rect: plan.tiles[i].src,
+                image: &out,
+            };
+            if !on_tile(tile) {
+                return Err(Error::Cancelled);
+            }
+        }
+        x = blend.finish();
+    }
+    Ok(x)
+}
+
 /// Upscale an RGB image in [0, 1] by `scale`: x0 = bicubic up, then the sampler; RGB in [0, 1].
 pub fn upscale<B: Backend>(
     net: &impl FlowNet<B>,
@@ -160,6 +241,28 @@ pub fn upscale<B: Backend>(
     device: &B::Device,
     progress: &mut ProgressFn,
 ) -> Result<Image> {
+    let x0 = bridge_source(lr, scale)?;
+    let y = sample(net, cfg, &x0, opts, device, progress)?;
+    to_unit(&y)
+}
+
+/// [`upscale`] with asynchronous readback (see [`sample_async`]).
+pub async fn upscale_async<B: Backend>(
+    net: &impl FlowNet<B>,
+    cfg: &ModelConfig,
+    lr: &Image,
+    scale: u32,
+    opts: &SampleOptions,
+    device: &B::Device,
+    on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
+) -> Result<Image> {
+    let x0 = bridge_source(lr, scale)?;
+    let y = sample_async(net, cfg, &x0, opts, device, on_tile).await?;
+    to_unit(&y)
+}
+
+/// x0 = up(LR), signed: the start of the bridge.
+pub fn bridge_source(lr: &Image, scale: u32) -> Result<Image> {
     crate::resize::check_scale(scale)?;
     if lr.channels != 3 {
         return Err(Error::BadParam(format!(
@@ -168,14 +271,17 @@ pub fn upscale<B: Backend>(
         )));
     }
     let up = crate::resize::upscale(lr, scale);
-    let x0 = Image::new(up.width, up.height, 3, up.to_signed())?;
-    let y = sample(net, cfg, &x0, opts, device, progress)?;
+    Image::new(up.width, up.height, 3, up.to_signed())
+}
+
+/// Signed [-1, 1] to [0, 1], clamped.
+pub fn to_unit(y: &Image) -> Result<Image> {
     let data = y
         .data
         .iter()
         .map(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0))
         .collect();
-    Image::new(y.width, y.height, 3, data)
+    Image::new(y.width, y.height, y.channels, data)
 }
 
 #[cfg(test)]
@@ -250,6 +356,57 @@ mod tests {
         assert_eq!(seen.len(), total);
         assert_eq!(seen.last(), Some(&(total, total)));
         let e = upscale(&net, &cfg, &img, 2, &opts, &dev, &mut |d, _| d < 3).unwrap_err();
+        assert!(matches!(e, Error::Cancelled));
+    }
+
+    /// Runs a future whose readbacks complete at once (flex): no executor needed.
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("flex readback should be ready at once"),
+        }
+    }
+
+    #[test]
+    fn async_sampler_gives_the_same_image_and_reports_every_tile() {
+        let dev = Default::default();
+        let cfg = ModelConfig::new(UNetConfig::tiny(), BridgeConfig::new());
+        let mut net = cfg.unet.init::<Flex>(&dev);
+        net.perturb_output(0.05, 3, &dev);
+        let img = lr(21, 13);
+        let opts = SampleOptions {
+            tile: 16,
+            overlap: 4,
+            steps: 2,
+            mode: Mode::Stochastic,
+            seed: 9,
+            ..Default::default()
+        };
+        let sync = upscale(&net, &cfg, &img, 2, &opts, &dev, &mut |_, _| true).unwrap();
+        let bic = crate::resize::upscale(&img, 2);
+        assert!(sync
+            .data
+            .iter()
+            .zip(&bic.data)
+            .any(|(a, b)| (a - b).abs() > 1e-3));
+        let mut tiles = Vec::new();
+        let out = ready(upscale_async(&net, &cfg, &img, 2, &opts, &dev, &mut |t| {
+            assert_eq!((t.image.width % 2, t.image.height % 2), (0, 0));
+            assert!(t.rect.x + t.rect.w <= 42 && t.rect.y + t.rect.h <= 26);
+            tiles.push((t.done, t.total));
+            true
+        }))
+        .unwrap();
+        assert_eq!(out, sync);
+        let total = tiles[0].1;
+        assert!(total > 2, "the image must span several tiles");
+        assert_eq!(tiles, (1..=total).map(|d| (d, total)).collect::<Vec<_>>());
+        let e = ready(upscale_async(&net, &cfg, &img, 2, &opts, &dev, &mut |t| {
+            t.done < 2
+        }))
+        .unwrap_err();
         assert!(matches!(e, Error::Cancelled));
     }
 

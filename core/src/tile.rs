@@ -138,58 +138,105 @@ impl TilePlan {
     where
         F: FnMut(usize, &[Image]) -> Result<Image>,
     {
+        self.check_inputs(inputs)?;
+        let mut blend = self.blend(out_channels);
+        for i in 0..self.tiles.len() {
+            let cut: Vec<Image> = inputs.iter().map(|im| self.extract(im, i)).collect();
+            let out = f(i, &cut).map_err(|e| self.tile_error(i, e))?;
+            blend.add(i, &out)?;
+        }
+        Ok(blend.finish())
+    }
+
+    /// Inputs must have the plan's size.
+    pub fn check_inputs(&self, inputs: &[&Image]) -> Result<()> {
         for im in inputs {
             if (im.width, im.height) != (self.width, self.height) {
                 return Err(Error::BadParam("tile plan and image sizes differ".into()));
             }
         }
-        let (w, h) = (self.width, self.height);
-        let mut acc = Image::zeros(w, h, out_channels);
-        let mut wsum = vec![0f32; w * h];
-        for (i, t) in self.tiles.iter().enumerate() {
-            let cut: Vec<Image> = inputs.iter().map(|im| self.extract(im, i)).collect();
-            let wrap = |e: Error| Error::Tile {
-                index: i,
-                x: t.src.x,
-                y: t.src.y,
-                source: Box::new(e),
-            };
-            let out = f(i, &cut).map_err(wrap)?;
-            if (out.width, out.height, out.channels) != (t.padded_w, t.padded_h, out_channels) {
-                return Err(wrap(Error::BadParam(format!(
+        Ok(())
+    }
+
+    /// `e`, naming tile `i`.
+    pub fn tile_error(&self, i: usize, e: Error) -> Error {
+        let t = self.tiles[i];
+        Error::Tile {
+            index: i,
+            x: t.src.x,
+            y: t.src.y,
+            source: Box::new(e),
+        }
+    }
+
+    /// An empty accumulator for tile outputs with `out_channels` channels: add every tile's
+    /// output in any order, then finish. For callers that drive the tiles themselves (the
+    /// browser reads each tile back asynchronously).
+    pub fn blend(&self, out_channels: usize) -> Blend<'_> {
+        Blend {
+            plan: self,
+            acc: Image::zeros(self.width, self.height, out_channels),
+            wsum: vec![0f32; self.width * self.height],
+        }
+    }
+}
+
+/// Tile outputs accumulated with the plan's window (see [`TilePlan::blend`]).
+pub struct Blend<'a> {
+    plan: &'a TilePlan,
+    acc: Image,
+    wsum: Vec<f32>,
+}
+
+impl Blend<'_> {
+    /// Add tile `i`'s output (padded tile size, the accumulator's channels).
+    pub fn add(&mut self, i: usize, out: &Image) -> Result<()> {
+        let plan = self.plan;
+        let t = plan.tiles[i];
+        let ch = self.acc.channels;
+        if (out.width, out.height, out.channels) != (t.padded_w, t.padded_h, ch) {
+            return Err(plan.tile_error(
+                i,
+                Error::BadParam(format!(
                     "tile output is {}x{}x{}, expected {}x{}x{}",
-                    out.width, out.height, out.channels, t.padded_w, t.padded_h, out_channels
-                ))));
+                    out.width, out.height, out.channels, t.padded_w, t.padded_h, ch
+                )),
+            ));
+        }
+        let w = plan.width;
+        let (nx, ny) = plan.has_neighbours(&t);
+        let wx: Vec<f32> = (0..t.src.w).map(|p| plan.ramp(p, t.src.w, nx)).collect();
+        let wy: Vec<f32> = (0..t.src.h).map(|p| plan.ramp(p, t.src.h, ny)).collect();
+        for r in 0..t.src.h {
+            let row = (t.src.y + r) * w + t.src.x;
+            for q in 0..t.src.w {
+                self.wsum[row + q] += wx[q] * wy[r];
             }
-            let (nx, ny) = self.has_neighbours(t);
-            let wx: Vec<f32> = (0..t.src.w).map(|p| self.ramp(p, t.src.w, nx)).collect();
-            let wy: Vec<f32> = (0..t.src.h).map(|p| self.ramp(p, t.src.h, ny)).collect();
+        }
+        for c in 0..ch {
+            let src = out.plane(c);
+            let dst = self.acc.plane_mut(c);
             for r in 0..t.src.h {
                 let row = (t.src.y + r) * w + t.src.x;
                 for q in 0..t.src.w {
-                    wsum[row + q] += wx[q] * wy[r];
-                }
-            }
-            for c in 0..out_channels {
-                let src = out.plane(c);
-                let dst = acc.plane_mut(c);
-                for r in 0..t.src.h {
-                    let row = (t.src.y + r) * w + t.src.x;
-                    for q in 0..t.src.w {
-                        dst[row + q] += wx[q] * wy[r] * src[r * t.padded_w + q];
-                    }
+                    dst[row + q] += wx[q] * wy[r] * src[r * t.padded_w + q];
                 }
             }
         }
-        for c in 0..out_channels {
-            for (v, s) in acc.plane_mut(c).iter_mut().zip(&wsum) {
+        Ok(())
+    }
+
+    /// The blended image (normalised by the summed window weights).
+    pub fn finish(mut self) -> Image {
+        for c in 0..self.acc.channels {
+            for (v, s) in self.acc.plane_mut(c).iter_mut().zip(&self.wsum) {
                 // Single-tile pixels have weight exactly 1: keep them bit-exact.
                 if *s != 1.0 {
                     *v /= *s;
                 }
             }
         }
-        Ok(acc)
+        self.acc
     }
 }
 

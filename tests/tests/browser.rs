@@ -1,0 +1,77 @@
+//! The web app in a real browser (issue: web demo). Builds the app with `trunk build --release`,
+//! upscales a small image natively with `flowmapsr upscale`, and runs tests/web/browser.mjs:
+//! Debian's chromium, headless, drives the page (CPU fallback, offline reload, WebGPU) and
+//! compares its pixels with the native output.
+//!
+//! Needs trunk, wasm-bindgen-cli, the wasm32 target, chromium, node and `npm install` in
+//! tests/web — `.ci/run` installs them and sets FLOWMAPSR_TEST_BROWSER=1. Without that variable
+//! the test says so and passes (a plain `cargo test` on a machine without a browser).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn web_app_matches_native_on_cpu_offline_and_webgpu() {
+    if std::env::var_os("FLOWMAPSR_TEST_BROWSER").is_none() {
+        eprintln!(
+            "skipped: set FLOWMAPSR_TEST_BROWSER=1 (as .ci/run does) to run the browser test"
+        );
+        return;
+    }
+    let root = root();
+    let tmp = tempfile::tempdir().unwrap();
+    // An 80x72 crop of the sample photo: x4 with 64 px tiles spans 2 x 2 tiles (blending).
+    let lr = image::open(root.join("samples/coffee_lr.png"))
+        .unwrap()
+        .crop_imm(30, 14, 80, 72)
+        .to_rgb8();
+    let lr_path = tmp.path().join("lr.png");
+    lr.save(&lr_path).unwrap();
+    let native = tmp.path().join("native_x4.png");
+    let cli = <flowmapsr_cli::Cli as clap::Parser>::parse_from([
+        "flowmapsr",
+        "upscale",
+        lr_path.to_str().unwrap(),
+        "-o",
+        native.to_str().unwrap(),
+        "--scale",
+        "4",
+        "--tile",
+        "64",
+        "--overlap",
+        "8",
+    ]);
+    flowmapsr_cli::run(cli).unwrap();
+
+    let status = Command::new("trunk")
+        .args(["build", "--release"])
+        .current_dir(&root)
+        .status()
+        .expect("running trunk (install: see README, Web demo)");
+    assert!(status.success(), "trunk build --release failed");
+
+    let mut cmd = Command::new("node");
+    cmd.arg(root.join("tests/web/browser.mjs"))
+        .arg("--dist")
+        .arg(root.join("dist"))
+        .arg("--image")
+        .arg(&lr_path)
+        .arg("--native")
+        .arg(&native)
+        .args(["--tile", "64", "--scale", "4"]);
+    if let Some(dir) = std::env::var_os("FLOWMAPSR_SCREENSHOTS") {
+        cmd.arg("--screenshots").arg(dir);
+    }
+    let out = cmd.output().expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser test failed");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 3);
+}

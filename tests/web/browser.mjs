@@ -1,0 +1,161 @@
+// The web app in a real browser: Debian's chromium, headless, driven by playwright-core.
+// Usage: node tests/web/browser.mjs --dist DIR --image LR.png --native NATIVE.png [--tile 64]
+//        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
+// Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
+// within 1/255 per pixel; then, with the server stopped, a reload must still load the app, its
+// wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
+// (--enable-unsafe-webgpu: SwiftShader on a CPU-only machine): WebGPU must be chosen and match
+// within --gpu-tol levels. Prints one JSON line per run; exits non-zero on any failure.
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const dist = path.resolve(args.dist ?? "dist");
+const image = path.resolve(args.image);
+const native = path.resolve(args.native);
+const tile = args.tile ?? "64";
+const scale = args.scale ?? "4";
+const gpuTol = Number(args["gpu-tol"] ?? 2);
+const shots = args.screenshots ? path.resolve(args.screenshots) : null;
+const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+const MIME = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
+  ".css": "text/css", ".json": "application/json", ".png": "image/png", ".bin": "application/octet-stream" };
+
+function serve() {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    const p = decodeURIComponent(url.pathname);
+    const file = path.join(dist, p.endsWith("/") ? p + "index.html" : p);
+    if (!file.startsWith(dist)) { res.writeHead(403).end(); return; }
+    fs.readFile(file, (err, body) => {
+      if (err) { res.writeHead(404).end(); return; }
+      res.writeHead(200, { "content-type": MIME[path.extname(file)] ?? "application/octet-stream", "cache-control": "no-cache" });
+      res.end(body);
+    });
+  });
+  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+const fail = (msg) => { throw new Error(msg); };
+
+async function upscaleAndCompare(page, label) {
+  await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend, null, { timeout: 180_000 });
+  const backend = await page.$eval("#backend", (e) => ({ name: e.dataset.backend, text: e.textContent }));
+  await page.setInputFiles("#file", image);
+  await page.waitForSelector("#upscale:not([disabled])", { timeout: 60_000 });
+  await page.selectOption("#scale", scale);
+  await page.selectOption("#tile", tile);
+  const t0 = Date.now();
+  await page.click("#upscale");
+  let midShot = false;
+  // Wait for the end, taking a screenshot once some (not all) tiles are in.
+  for (;;) {
+    const st = await page.$eval("#status", (e) => ({ state: e.dataset.state, text: e.textContent }));
+    if (st.state === "done") break;
+    if (st.state === "failed") fail(`${label}: ${st.text}`);
+    if (Date.now() - t0 > 600_000) fail(`${label}: no result after 600 s`);
+    if (shots && !midShot) {
+      const prog = await page.$eval("#progress", (e) => e.textContent);
+      const [d, t] = prog.split(" ")[0] === "0" ? [0, 0] : prog.match(/\d+/g).map(Number);
+      if (d > 0 && d < t) { await page.screenshot({ path: path.join(shots, `web-${label}-mid.png`), fullPage: true }); midShot = true; }
+    }
+    await page.waitForTimeout(100);
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const progress = await page.$eval("#progress", (e) => e.textContent);
+  if (shots) await page.screenshot({ path: path.join(shots, `web-${label}-done.png`), fullPage: true });
+  const cmp = await page.evaluate(async (b64) => {
+    const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+    const blob = new Blob([bytes], { type: "image/png" });
+    const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const c = document.createElement("canvas");
+    c.width = bmp.width; c.height = bmp.height;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(bmp, 0, 0);
+    const a = ctx.getImageData(0, 0, c.width, c.height).data;
+    const out = document.querySelector("#out");
+    const b = out.getContext("2d").getImageData(0, 0, out.width, out.height).data;
+    let max = 0, over1 = 0, sum = 0;
+    if (a.length === b.length) for (let i = 0; i < a.length; i++) {
+      const d = Math.abs(a[i] - b[i]); sum += d; if (d > max) max = d; if (d > 1) over1++;
+    }
+    return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
+  }, fs.readFileSync(native).toString("base64"));
+  if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
+  return { label, backend, seconds, progress, ...cmp };
+}
+
+async function session(webgpu, work) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flowmapsr-chromium-"));
+  const argsList = ["--no-sandbox", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic", ...(webgpu ? ["--enable-unsafe-webgpu"] : [])];
+  const ctx = await chromium.launchPersistentContext(dir, { executablePath: exe, headless: true, args: argsList,
+    viewport: { width: 1280, height: 860 } });
+  try {
+    const page = ctx.pages()[0] ?? (await ctx.newPage());
+    page.on("console", (m) => { if (m.type() === "error") console.error(`[page] ${m.text()}`); });
+    page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
+    page.on("worker", (w) => w.on("console", (m) => { if (m.type() === "error") console.error(`[worker] ${m.text()}`); }));
+    return await work(page);
+  } finally {
+    await ctx.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+let failed = false;
+try {
+  let server = await serve();
+  const base = `http://127.0.0.1:${server.address().port}/`;
+  // 1. CPU fallback (no --enable-unsafe-webgpu: no adapter), then offline.
+  await session(false, async (page) => {
+    await page.goto(base);
+    const r = await upscaleAndCompare(page, "cpu");
+    console.log(JSON.stringify(r));
+    if (r.backend.name !== "CPU") fail(`expected the CPU fallback, got ${r.backend.name}`);
+    if (!/adapter|navigator\.gpu/.test(r.backend.text)) fail(`the page must say why WebGPU is not used: ${r.backend.text}`);
+    if (r.max > 1) fail(`CPU fallback differs from native by ${r.max}/255`);
+    // Offline: wait until the service worker controls the page and has cached everything,
+    // stop the server, reload.
+    await page.evaluate(async () => { await navigator.serviceWorker.ready; });
+    await page.reload();
+    await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 30_000 });
+    await new Promise((ok) => { server.closeAllConnections(); server.close(ok); });
+    const offline = await upscaleAndCompareAfterReload(page, base);
+    console.log(JSON.stringify(offline));
+    if (offline.server !== "unreachable") fail("the server should be gone for the offline run");
+    if (offline.max > 1) fail(`offline result differs from native by ${offline.max}/255`);
+  });
+  // Restart the server for the WebGPU run.
+  server = await serve();
+  const base2 = `http://127.0.0.1:${server.address().port}/`;
+  // 2. WebGPU (SwiftShader here).
+  await session(true, async (page) => {
+    await page.goto(base2);
+    const r = await upscaleAndCompare(page, "webgpu");
+    console.log(JSON.stringify(r));
+    if (r.backend.name !== "WebGPU") fail(`expected WebGPU with --enable-unsafe-webgpu, got ${r.backend.name}: ${r.backend.text}`);
+    if (r.max > gpuTol) fail(`WebGPU differs from native by ${r.max}/255 (tolerance ${gpuTol})`);
+  });
+  server.close();
+} catch (e) {
+  console.error(`FAIL: ${e.message}`);
+  failed = true;
+}
+process.exit(failed ? 1 : 0);
+
+async function upscaleAndCompareAfterReload(page, base) {
+  // Nothing listens on the port any more: check that, then reload from the service worker.
+  const server = await page.evaluate(async (u) => {
+    try { await fetch(u + "?probe=" + Math.random(), { cache: "no-store", mode: "no-cors" }); return "reachable"; } catch { return "unreachable"; }
+  }, base + "nothing-cached-here");
+  await page.reload();
+  const r = await upscaleAndCompare(page, "offline");
+  return { ...r, server };
+}

@@ -1,0 +1,261 @@
+//! The upscaler, in a dedicated web worker: picks WebGPU (burn wgpu) or the CPU (burn flex),
+//! loads the shipped weights, and runs core's sampler tile by tile, posting each finished tile.
+//! Results are read back from the GPU only asynchronously (a blocking read panics in a browser).
+//! Cancel is `Worker.terminate()` on the page's side: nothing here needs to poll for it.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    eprintln!("the worker runs in a browser: build it with `trunk build --release`");
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    console_error_panic_hook::set_once();
+    wasm::start();
+}
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, WgpuDevice};
+    use burn::backend::{Flex, Wgpu};
+    use flowmapsr_core::sampler::{upscale_async, TileDone};
+    use flowmapsr_core::unet::UNet;
+    use flowmapsr_core::weights::{load_model, ModelConfig};
+    use flowmapsr_web::{
+        split_rgba, tile_preview, to_rgba, upscale_alpha, FromWorker, Job, ToWorker,
+    };
+    use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_futures::{spawn_local, JsFuture};
+    use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+    enum Engine {
+        Gpu(UNet<Wgpu>, WgpuDevice),
+        Cpu(UNet<Flex>),
+    }
+
+    struct Model {
+        engine: Engine,
+        cfg: ModelConfig,
+    }
+
+    thread_local! {
+        static MODEL: RefCell<Option<Rc<Model>>> = const { RefCell::new(None) };
+    }
+
+    fn scope() -> DedicatedWorkerGlobalScope {
+        js_sys::global().unchecked_into()
+    }
+
+    /// Messages are [json, pixels?]; pixel buffers are transferred, not copied.
+    fn post(msg: &FromWorker, pixels: Option<Vec<u8>>) {
+        let arr = Array::new();
+        arr.push(&JsValue::from_str(
+            &serde_json::to_string(msg).expect("plain data"),
+        ));
+        let transfer = Array::new();
+        if let Some(p) = pixels {
+            let u = Uint8Array::from(&p[..]);
+            transfer.push(&u.buffer());
+            arr.push(&u);
+        }
+        if let Err(e) = scope().post_message_with_transfer(&arr, &transfer) {
+            web_sys::console::error_2(&"postMessage failed".into(), &e);
+        }
+    }
+
+    fn js_err(e: JsValue) -> String {
+        e.as_string()
+            .or_else(|| {
+                Reflect::get(&e, &"message".into())
+                    .ok()
+                    .and_then(|m| m.as_string())
+            })
+            .unwrap_or_else(|| format!("{e:?}"))
+    }
+
+    pub fn start() {
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
+            let data: Array = ev.data().unchecked_into();
+            let msg = data.get(0).as_string().unwrap_or_default();
+            let pixels = data
+                .get(1)
+                .dyn_into::<Uint8Array>()
+                .ok()
+                .map(|u| u.to_vec());
+            spawn_local(async move {
+                if let Err(e) = handle(&msg, pixels).await {
+                    post(&FromWorker::Error { message: e }, None);
+                }
+            });
+        });
+        scope().set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        on_message.forget();
+        post(&FromWorker::Loaded, None);
+    }
+
+    async fn handle(msg: &str, pixels: Option<Vec<u8>>) -> Result<(), String> {
+        match serde_json::from_str::<ToWorker>(msg).map_err(|e| format!("bad message: {e}"))? {
+            ToWorker::Init { force_cpu } => init(force_cpu).await,
+            ToWorker::Upscale(job) => {
+                let px = pixels.ok_or("an upscale message needs its pixels")?;
+                run(job, px).await
+            }
+        }
+    }
+
+    async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+        let resp = JsFuture::from(scope().fetch_with_str(url))
+            .await
+            .map_err(|e| format!("fetching {url}: {}", js_err(e)))?;
+        let resp: web_sys::Response = resp.unchecked_into();
+        if !resp.ok() {
+            return Err(format!("fetching {url}: HTTP {}", resp.status()));
+        }
+        let buf = JsFuture::from(resp.array_buffer().map_err(js_err)?)
+            .await
+            .map_err(|e| format!("reading {url}: {}", js_err(e)))?;
+        Ok(Uint8Array::new(&buf).to_vec())
+    }
+
+    /// Ok(adapter description) when WebGPU can give us an adapter; Err(why not) otherwise.
+    /// Probed here first because burn's own init panics (aborting the worker) without one.
+    async fn probe_webgpu() -> Result<String, String> {
+        let nav = Reflect::get(&scope(), &"navigator".into()).map_err(js_err)?;
+        let gpu = Reflect::get(&nav, &"gpu".into()).map_err(js_err)?;
+        if gpu.is_undefined() || gpu.is_null() {
+            return Err("navigator.gpu is missing: this browser has no WebGPU here".into());
+        }
+        let request: Function = Reflect::get(&gpu, &"requestAdapter".into())
+            .map_err(js_err)?
+            .dyn_into()
+            .map_err(|_| "navigator.gpu.requestAdapter is not a function".to_string())?;
+        let p: Promise = request
+            .call0(&gpu)
+            .map_err(js_err)?
+            .dyn_into()
+            .map_err(|_| "requestAdapter did not return a promise".to_string())?;
+        let adapter = JsFuture::from(p)
+            .await
+            .map_err(|e| format!("requestAdapter failed: {}", js_err(e)))?;
+        if adapter.is_null() || adapter.is_undefined() {
+            return Err("navigator.gpu.requestAdapter() found no adapter".into());
+        }
+        let info = Reflect::get(&adapter, &"info".into()).unwrap_or(JsValue::UNDEFINED);
+        let field = |k: &str| {
+            Reflect::get(&info, &k.into())
+                .ok()
+                .and_then(|v| v.as_string())
+                .filter(|s| !s.is_empty())
+        };
+        let desc = [field("vendor"), field("architecture"), field("description")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(if desc.is_empty() {
+            "adapter".into()
+        } else {
+            desc
+        })
+    }
+
+    async fn init(force_cpu: bool) -> Result<(), String> {
+        let base = "weights/";
+        let cfg_bytes = fetch_bytes(&format!("{base}config.json")).await?;
+        let bin = fetch_bytes(&format!("{base}model.bin")).await?;
+        let gpu = if force_cpu {
+            Err("the CPU was chosen (WebGPU failed earlier in this tab)".to_string())
+        } else {
+            probe_webgpu().await
+        };
+        let (model, backend, detail) = match gpu {
+            Ok(adapter) => {
+                let device = WgpuDevice::default();
+                init_setup_async::<WebGpu>(&device, Default::default()).await;
+                let (net, cfg) = load_model::<Wgpu>(&cfg_bytes, &bin, &device)
+                    .map_err(|e| format!("weights: {e}"))?;
+                let m = Model {
+                    engine: Engine::Gpu(net, device),
+                    cfg,
+                };
+                (m, "WebGPU", adapter)
+            }
+            Err(why) => {
+                let (net, cfg) = load_model::<Flex>(&cfg_bytes, &bin, &Default::default())
+                    .map_err(|e| format!("weights: {e}"))?;
+                let m = Model {
+                    engine: Engine::Cpu(net),
+                    cfg,
+                };
+                (m, "CPU", why)
+            }
+        };
+        MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+        post(
+            &FromWorker::Ready {
+                backend: backend.into(),
+                detail,
+            },
+            None,
+        );
+        Ok(())
+    }
+
+    fn now() -> f64 {
+        Reflect::get(&scope(), &"performance".into())
+            .ok()
+            .and_then(|p| p.dyn_into::<web_sys::Performance>().ok())
+            .map_or(0.0, |p| p.now())
+    }
+
+    async fn run(job: Job, rgba: Vec<u8>) -> Result<(), String> {
+        job.check().map_err(|e| e.to_string())?;
+        let model = MODEL
+            .with(|m| m.borrow().clone())
+            .ok_or("the model is not loaded yet")?;
+        let (rgb, alpha) = split_rgba(&rgba, job.width, job.height).map_err(|e| e.to_string())?;
+        drop(rgba);
+        let opts = job.options();
+        let t0 = now();
+        let mut on_tile = |t: TileDone<'_>| {
+            let r = t.rect;
+            post(
+                &FromWorker::Tile {
+                    done: t.done,
+                    total: t.total,
+                    x: r.x,
+                    y: r.y,
+                    w: r.w,
+                    h: r.h,
+                },
+                Some(tile_preview(t.image, r.w, r.h)),
+            );
+            true
+        };
+        let out = match &model.engine {
+            Engine::Gpu(net, dev) => {
+                upscale_async(net, &model.cfg, &rgb, job.scale, &opts, dev, &mut on_tile).await
+            }
+            Engine::Cpu(net) => {
+                let dev = Default::default();
+                upscale_async(net, &model.cfg, &rgb, job.scale, &opts, &dev, &mut on_tile).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let alpha = alpha.map(|a| upscale_alpha(&a, job.scale));
+        let px = to_rgba(&out, alpha.as_ref());
+        post(
+            &FromWorker::Done {
+                width: out.width,
+                height: out.height,
+                ms: now() - t0,
+            },
+            Some(px),
+        );
+        Ok(())
+    }
+}

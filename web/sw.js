@@ -1,0 +1,54 @@
+// Offline support: the app shell is network-first (fresh when online, cached for offline), the
+// weights cache-first (large, and versioned with the app). Bump VERSION when the weights change:
+// old caches are deleted on activation.
+const VERSION = "v1";
+const APP = `flowmapsr-app-${VERSION}`;
+const WEIGHTS = `flowmapsr-weights-${VERSION}`;
+const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker.js", "worker_bg.wasm",
+  "worker_loader.js", "sw.js"];
+const MODEL = ["weights/config.json", "weights/model.bin"];
+
+self.addEventListener("install", (ev) => {
+  ev.waitUntil((async () => {
+    const css = (await (await fetch("index.html", { cache: "no-store" })).text())
+      .match(/href="([^"]+\.css)"/g)?.map((m) => m.slice(6, -1)) ?? [];
+    await (await caches.open(APP)).addAll([...SHELL, ...css]);
+    await (await caches.open(WEIGHTS)).addAll(MODEL);
+    await self.skipWaiting();
+  })());
+});
+
+self.addEventListener("activate", (ev) => {
+  ev.waitUntil((async () => {
+    for (const k of await caches.keys()) {
+      if (k.startsWith("flowmapsr-") && k !== APP && k !== WEIGHTS) await caches.delete(k);
+    }
+    await self.clients.claim();
+  })());
+});
+
+self.addEventListener("fetch", (ev) => {
+  const url = new URL(ev.request.url);
+  if (ev.request.method !== "GET" || url.origin !== self.location.origin) return;
+  if (url.pathname.includes("/weights/")) {
+    ev.respondWith((async () => {
+      const hit = await caches.match(ev.request, { cacheName: WEIGHTS });
+      if (hit) return hit;
+      const resp = await fetch(ev.request);
+      if (resp.ok) (await caches.open(WEIGHTS)).put(ev.request, resp.clone());
+      return resp;
+    })());
+    return;
+  }
+  ev.respondWith((async () => {
+    try {
+      const resp = await fetch(ev.request);
+      if (resp.ok) (await caches.open(APP)).put(ev.request, resp.clone());
+      return resp;
+    } catch (e) {
+      const hit = await caches.match(ev.request, { ignoreSearch: true });
+      if (hit) return hit;
+      throw e;
+    }
+  })());
+});
