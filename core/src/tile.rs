@@ -169,6 +169,17 @@ impl TilePlan {
         }
     }
 
+    /// The separable blending window of tile `i`: weights along x (`src.w` long) and y
+    /// (`src.h` long); a pixel's weight is wx[q] * wy[r]. What the GPU blend kernel
+    /// (shaders/blend_tile.wgsl) is given.
+    pub fn window(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
+        let t = self.tiles[i];
+        let (nx, ny) = self.has_neighbours(&t);
+        let wx = (0..t.src.w).map(|p| self.ramp(p, t.src.w, nx)).collect();
+        let wy = (0..t.src.h).map(|p| self.ramp(p, t.src.h, ny)).collect();
+        (wx, wy)
+    }
+
     /// An empty accumulator for tile outputs with `out_channels` channels: add every tile's
     /// output in any order, then finish. For callers that drive the tiles themselves (the
     /// browser reads each tile back asynchronously).
@@ -204,9 +215,7 @@ impl Blend<'_> {
             ));
         }
         let w = plan.width;
-        let (nx, ny) = plan.has_neighbours(&t);
-        let wx: Vec<f32> = (0..t.src.w).map(|p| plan.ramp(p, t.src.w, nx)).collect();
-        let wy: Vec<f32> = (0..t.src.h).map(|p| plan.ramp(p, t.src.h, ny)).collect();
+        let (wx, wy) = plan.window(i);
         for r in 0..t.src.h {
             let row = (t.src.y + r) * w + t.src.x;
             for q in 0..t.src.w {

@@ -129,7 +129,8 @@ fn train(
     let mut opt = AdamConfig::new().init::<AD, ToyNet<AD>>();
     let mut weight: LossWeight<AD> = LossWeightConfig::new()
         .with_u_max(learned.unwrap_or(0.0))
-        .init(&dev);
+        .init(&dev)
+        .reseed(&mut rand_chacha::ChaCha8Rng::seed_from_u64(17), &dev);
     let mut opt_w = AdamConfig::new().init::<AD, LossWeight<AD>>();
     let bridge = BridgeConfig::new().with_sigma_b(0.0).with_sigma_0(1.0);
     for step in 0..steps {

@@ -56,6 +56,23 @@ impl LossWeightConfig {
 }
 
 impl<B: Backend> LossWeight<B> {
+    /// Tests: redraw fc1 from `rng` (uniform +-1/sqrt(fan_in), as burn's default) instead of
+    /// burn's global generator, which parallel tests share and reseed.
+    #[cfg(test)]
+    pub(crate) fn reseed(mut self, rng: &mut impl rand::Rng, device: &B::Device) -> Self {
+        let [i, o] = self.fc1.weight.dims();
+        let a = 1.0 / (i as f32).sqrt();
+        let w: Vec<f32> = (0..i * o).map(|_| rng.random_range(-a..a)).collect();
+        let b: Vec<f32> = (0..o).map(|_| rng.random_range(-a..a)).collect();
+        self.fc1.weight =
+            burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(w, [i, o]), device));
+        self.fc1.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [o]),
+            device,
+        )));
+        self
+    }
+
     /// u for each (s, t), clamped to [-u_max, u_max]: [n].
     pub fn forward(&self, s: &[f32], t: &[f32], device: &B::Device) -> Tensor<B, 1> {
         let n = s.len();
