@@ -111,6 +111,7 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::module::Param;
     use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use rand::SeedableRng;
 
     type B = Autodiff<Flex>;
 
@@ -147,7 +148,12 @@ mod tests {
     fn learns_the_log_of_the_expected_loss() {
         // Losses 4 on the diagonal and 1/4 off it, mean 2.125: the optimum is u = ln(L / 2.125).
         let dev = Default::default();
-        let mut w = LossWeightConfig::new().with_u_max(3.0).init::<B>(&dev);
+        // Seeded here: burn's global generator is shared with (and reseeded by) parallel tests;
+        // with it this test failed once (u stuck at the clamp). Seeds 1-6 all pass.
+        let mut w = LossWeightConfig::new()
+            .with_u_max(3.0)
+            .init::<B>(&dev)
+            .reseed(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), &dev);
         let mut opt = AdamConfig::new().init::<B, LossWeight<B>>();
         let s = vec![0.1, 0.5, 0.9, 0.0, 0.25, 0.5];
         let t = vec![0.1, 0.5, 0.9, 1.0, 0.75, 1.0];
