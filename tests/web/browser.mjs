@@ -121,6 +121,17 @@ try {
     if (r.backend.name !== "CPU") fail(`expected the CPU fallback, got ${r.backend.name}`);
     if (!/adapter|navigator\.gpu/.test(r.backend.text)) fail(`the page must say why WebGPU is not used: ${r.backend.text}`);
     if (r.max > 1) fail(`CPU fallback differs from native by ${r.max}/255`);
+    // Cancel mid-run: the worker is replaced, the page is ready again, and no result appears.
+    await page.click("#upscale");
+    await page.waitForFunction(() => document.querySelector("#status").dataset.state === "running"
+      && /^[1-9]/.test(document.querySelector("#progress").textContent), null, { timeout: 60_000 });
+    await page.click("#cancel");
+    await page.waitForFunction(() => document.querySelector("#status").dataset.state === "idle", null, { timeout: 120_000 });
+    const after = await page.evaluate(() => ({ download: document.querySelector("#download").disabled,
+      progress: document.querySelector("#progress").textContent }));
+    console.log(JSON.stringify({ label: "cancel", ...after }));
+    if (!after.download) fail("after a cancel there must be no result to download");
+    if (!after.progress.startsWith("0 / 0")) fail(`progress must reset after a cancel: ${after.progress}`);
     // Offline: wait until the service worker controls the page and has cached everything,
     // stop the server, reload.
     await page.evaluate(async () => { await navigator.serviceWorker.ready; });

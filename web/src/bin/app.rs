@@ -455,6 +455,8 @@ mod ui {
             move |_| {
                 // The worker may be deep in a CPU tile: terminating it is the only prompt stop.
                 spawn_worker(&ctl, sig);
+                sig.done.set(0);
+                sig.total.set(0);
                 sig.message.set("cancelled; reloading the model…".into());
             }
         };
