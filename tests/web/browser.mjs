@@ -1,6 +1,7 @@
 // The web app in a real browser: Debian's chromium, headless, driven by playwright-core.
 // Usage: node tests/web/browser.mjs --dist DIR --image LR.png --native NATIVE.png [--tile 64]
 //        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
+// The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
 // within 1/255 per pixel; then, with the server stopped, a reload must still load the app, its
 // wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
@@ -44,10 +45,24 @@ function serve() {
 
 const fail = (msg) => { throw new Error(msg); };
 
-async function upscaleAndCompare(page, label) {
+// The three ways in: the file picker, a drop on the drop zone, a paste anywhere.
+async function feed(page, how) {
+  if (how === "file") return page.setInputFiles("#file", image);
+  const b64 = fs.readFileSync(image).toString("base64");
+  await page.evaluate(([data, kind]) => {
+    const bytes = Uint8Array.from(atob(data), (ch) => ch.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], "lr.png", { type: "image/png" }));
+    const init = { bubbles: true, cancelable: true };
+    if (kind === "drop") document.querySelector(".drop").dispatchEvent(new DragEvent("drop", { ...init, dataTransfer: dt }));
+    else window.dispatchEvent(new ClipboardEvent("paste", { ...init, clipboardData: dt }));
+  }, [b64, how]);
+}
+
+async function upscaleAndCompare(page, label, how = "file") {
   await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend, null, { timeout: 180_000 });
   const backend = await page.$eval("#backend", (e) => ({ name: e.dataset.backend, text: e.textContent }));
-  await page.setInputFiles("#file", image);
+  await feed(page, how);
   await page.waitForSelector("#upscale:not([disabled])", { timeout: 60_000 });
   await page.selectOption("#scale", scale);
   await page.selectOption("#tile", tile);
@@ -88,7 +103,7 @@ async function upscaleAndCompare(page, label) {
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
   }, fs.readFileSync(native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, backend, seconds, progress, ...cmp };
+  return { label, input: how, backend, seconds, progress, ...cmp };
 }
 
 async function session(webgpu, work) {
@@ -149,7 +164,7 @@ try {
   // 2. WebGPU (SwiftShader here).
   await session(true, async (page) => {
     await page.goto(base2);
-    const r = await upscaleAndCompare(page, "webgpu");
+    const r = await upscaleAndCompare(page, "webgpu", "drop");
     console.log(JSON.stringify(r));
     if (r.backend.name !== "WebGPU") fail(`expected WebGPU with --enable-unsafe-webgpu, got ${r.backend.name}: ${r.backend.text}`);
     if (r.max > gpuTol) fail(`WebGPU differs from native by ${r.max}/255 (tolerance ${gpuTol})`);
@@ -167,6 +182,6 @@ async function upscaleAndCompareAfterReload(page, base) {
     try { await fetch(u + "?probe=" + Math.random(), { cache: "no-store", mode: "no-cors" }); return "reachable"; } catch { return "unreachable"; }
   }, base + "nothing-cached-here");
   await page.reload();
-  const r = await upscaleAndCompare(page, "offline");
+  const r = await upscaleAndCompare(page, "offline", "paste");
   return { ...r, server };
 }
