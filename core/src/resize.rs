@@ -184,6 +184,14 @@ pub fn downscale_lr(hr: &Image, scale: u32) -> Result<Image> {
     Ok(imresize(hr, 1.0 / scale as f64, true))
 }
 
+/// Alpha is upscaled on its own with bicubic, clamped to [0, 1] (a mask, not an image to
+/// hallucinate into): what `flowmapsr upscale` and the browser both do.
+pub fn upscale_alpha(alpha: &Image, scale: u32) -> Image {
+    let mut up = upscale(alpha, scale);
+    up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    up
+}
+
 /// Bicubic upscale by an integer factor in float (no rounding): the source x0 of the bridge.
 pub fn upscale(lr: &Image, scale: u32) -> Image {
     imresize(lr, scale as f64, false)

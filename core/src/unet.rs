@@ -199,17 +199,12 @@ impl<B: Backend> UNet<B> {
     pub(crate) fn output_weight_id(&self) -> burn::module::ParamId {
         self.conv_out.weight.id
     }
-
-    pub fn flow_map(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
-        let n = x.dims()[0];
-        let dt = (c.t.clone() - c.s.clone()).reshape([n, 1, 1, 1]);
-        x.clone() + self.velocity(x, x0, c) * dt
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objectives::FlowNet;
     use burn::backend::Flex;
     use burn::tensor::Distribution;
 

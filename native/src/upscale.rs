@@ -5,7 +5,7 @@ use crate::imageio;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
+use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::Image;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -66,32 +66,9 @@ pub fn parse_scale(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Sampler options from the user's knobs; tile and overlap are given in input pixels.
-pub fn sample_options(
-    steps: usize,
-    mode: Mode,
-    seed: u64,
-    scale: u32,
-    tile: usize,
-    overlap: usize,
-) -> SampleOptions {
-    SampleOptions {
-        steps,
-        solver: Solver::FlowMap,
-        mode,
-        seed,
-        guidance: 1.0,
-        tile: tile * scale as usize,
-        overlap: overlap * scale as usize,
-    }
-}
-
-/// Alpha is upscaled on its own with bicubic (a mask, not an image to hallucinate into).
-pub fn upscale_alpha(alpha: &Image, scale: u32) -> Image {
-    let mut up = flowmapsr_core::resize::upscale(alpha, scale);
-    up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-    up
-}
+// Shared with the browser worker (web/), so both turn the same knobs into the same run.
+pub use flowmapsr_core::resize::upscale_alpha;
+pub use flowmapsr_core::sampler::sample_options;
 
 const EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 

@@ -7,7 +7,7 @@
 //! RGBA in, alpha upscaled on its own with bicubic, rounded 8-bit out) so both give one answer.
 
 use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::sampler::{SampleOptions, Solver};
+use flowmapsr_core::sampler::{sample_options, to_unit, SampleOptions};
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
@@ -39,22 +39,21 @@ pub struct Job {
 }
 
 impl Job {
-    /// The sampler options `flowmapsr upscale` would use for the same knobs.
+    /// The sampler options `flowmapsr upscale` uses for the same knobs.
     pub fn options(&self) -> SampleOptions {
-        let s = self.scale as usize;
-        SampleOptions {
-            steps: self.steps,
-            solver: Solver::FlowMap,
-            mode: if self.stochastic {
-                Mode::Stochastic
-            } else {
-                Mode::Fidelity
-            },
-            seed: self.seed,
-            guidance: 1.0,
-            tile: self.tile * s,
-            overlap: self.overlap * s,
-        }
+        let mode = if self.stochastic {
+            Mode::Stochastic
+        } else {
+            Mode::Fidelity
+        };
+        sample_options(
+            self.steps,
+            mode,
+            self.seed,
+            self.scale,
+            self.tile,
+            self.overlap,
+        )
     }
 
     /// Size checks before any work: clear errors instead of an out-of-memory tab.
@@ -138,13 +137,6 @@ pub fn split_rgba(rgba: &[u8], width: usize, height: usize) -> Result<(Image, Op
     Ok((rgb, alpha))
 }
 
-/// Alpha is upscaled on its own with bicubic, clamped (as `flowmapsr upscale`).
-pub fn upscale_alpha(alpha: &Image, scale: u32) -> Image {
-    let mut up = flowmapsr_core::resize::upscale(alpha, scale);
-    up.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-    up
-}
-
 /// RGB in [0, 1] (+ alpha) to rounded 8-bit RGBA; opaque without alpha.
 pub fn to_rgba(rgb: &Image, alpha: Option<&Image>) -> Vec<u8> {
     let q = |v: f32| flowmapsr_core::image::quantize(v, 255.0) as u8;
@@ -166,17 +158,8 @@ pub fn to_rgba(rgb: &Image, alpha: Option<&Image>) -> Vec<u8> {
 /// A finished tile's preview: the top-left `w` x `h` pixels of a signed [-1, 1] tile output, as
 /// opaque RGBA.
 pub fn tile_preview(signed: &Image, w: usize, h: usize) -> Vec<u8> {
-    let mut out = vec![255u8; 4 * w * h];
-    for c in 0..3 {
-        let p = signed.plane(c);
-        for y in 0..h {
-            for x in 0..w {
-                let v = (p[y * signed.width + x] + 1.0) * 0.5;
-                out[4 * (y * w + x) + c] = flowmapsr_core::image::quantize(v, 255.0) as u8;
-            }
-        }
-    }
-    out
+    let unit = to_unit(&signed.crop(0, 0, w, h)).expect("to_unit keeps the image's size");
+    to_rgba(&unit, None)
 }
 
 /// `photo.jpg` at x4 -> `photo_x4.png` (the page always saves PNG).
@@ -188,6 +171,18 @@ pub fn download_name(input: &str, scale: u32) -> String {
     };
     let stem = if stem.is_empty() { "image" } else { stem };
     format!("{stem}_x{scale}.png")
+}
+
+/// A JS exception or rejection as text (its `message` when it has one).
+#[cfg(target_arch = "wasm32")]
+pub fn js_error(e: wasm_bindgen::JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            js_sys::Reflect::get(&e, &"message".into())
+                .ok()
+                .and_then(|m| m.as_string())
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ fn main() {
 
 #[cfg(target_arch = "wasm32")]
 mod ui {
-    use flowmapsr_web::{download_name, FromWorker, Job, ToWorker};
+    use flowmapsr_web::{download_name, js_error, FromWorker, Job, ToWorker};
     use js_sys::{Array, Uint8Array};
     use leptos::prelude::*;
     use std::cell::RefCell;
@@ -93,16 +93,6 @@ mod ui {
             .unchecked_into()
     }
 
-    fn js_err(e: JsValue) -> String {
-        e.as_string()
-            .or_else(|| {
-                js_sys::Reflect::get(&e, &"message".into())
-                    .ok()
-                    .and_then(|m| m.as_string())
-            })
-            .unwrap_or_else(|| format!("{e:?}"))
-    }
-
     fn paint(canvas: &HtmlCanvasElement, px: &[u8], x: usize, y: usize, w: usize, h: usize) {
         match ImageData::new_with_u8_clamped_array_and_sh(Clamped(px), w as u32, h as u32) {
             Ok(img) => {
@@ -125,7 +115,7 @@ mod ui {
             Err(e) => {
                 sig.state.set(State::Failed);
                 sig.message
-                    .set(format!("cannot start the worker: {}", js_err(e)));
+                    .set(format!("cannot start the worker: {}", js_error(e)));
                 return;
             }
         };
@@ -254,13 +244,13 @@ mod ui {
         opts.set_premultiply_alpha(web_sys::PremultiplyAlpha::None);
         let p = window
             .create_image_bitmap_with_blob_and_image_bitmap_options(&blob, &opts)
-            .map_err(js_err)?;
+            .map_err(js_error)?;
         let bmp: ImageBitmap = JsFuture::from(p)
             .await
             .map_err(|e| {
                 format!(
                     "{name} is not an image this browser can decode ({})",
-                    js_err(e)
+                    js_error(e)
                 )
             })?
             .unchecked_into();
@@ -274,16 +264,16 @@ mod ui {
         let doc = window.document().ok_or("no document")?;
         let c: HtmlCanvasElement = doc
             .create_element("canvas")
-            .map_err(js_err)?
+            .map_err(js_error)?
             .unchecked_into();
         c.set_width(w as u32);
         c.set_height(h as u32);
         let ctx = ctx2d(&c);
         ctx.draw_image_with_image_bitmap(&bmp, 0.0, 0.0)
-            .map_err(js_err)?;
+            .map_err(js_error)?;
         let data = ctx
             .get_image_data(0.0, 0.0, w as f64, h as f64)
-            .map_err(js_err)?
+            .map_err(js_error)?
             .data()
             .0;
         Ok(Input {

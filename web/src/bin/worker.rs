@@ -21,9 +21,7 @@ mod wasm {
     use flowmapsr_core::sampler::{upscale_async, TileDone};
     use flowmapsr_core::unet::UNet;
     use flowmapsr_core::weights::{load_model, ModelConfig};
-    use flowmapsr_web::{
-        split_rgba, tile_preview, to_rgba, upscale_alpha, FromWorker, Job, ToWorker,
-    };
+    use flowmapsr_web::{js_error, split_rgba, tile_preview, to_rgba, FromWorker, Job, ToWorker};
     use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -67,16 +65,6 @@ mod wasm {
         }
     }
 
-    fn js_err(e: JsValue) -> String {
-        e.as_string()
-            .or_else(|| {
-                Reflect::get(&e, &"message".into())
-                    .ok()
-                    .and_then(|m| m.as_string())
-            })
-            .unwrap_or_else(|| format!("{e:?}"))
-    }
-
     pub fn start() {
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
             let data: Array = ev.data().unchecked_into();
@@ -110,37 +98,37 @@ mod wasm {
     async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
         let resp = JsFuture::from(scope().fetch_with_str(url))
             .await
-            .map_err(|e| format!("fetching {url}: {}", js_err(e)))?;
+            .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
         let resp: web_sys::Response = resp.unchecked_into();
         if !resp.ok() {
             return Err(format!("fetching {url}: HTTP {}", resp.status()));
         }
-        let buf = JsFuture::from(resp.array_buffer().map_err(js_err)?)
+        let buf = JsFuture::from(resp.array_buffer().map_err(js_error)?)
             .await
-            .map_err(|e| format!("reading {url}: {}", js_err(e)))?;
+            .map_err(|e| format!("reading {url}: {}", js_error(e)))?;
         Ok(Uint8Array::new(&buf).to_vec())
     }
 
     /// Ok(adapter description) when WebGPU can give us an adapter; Err(why not) otherwise.
     /// Probed here first because burn's own init panics (aborting the worker) without one.
     async fn probe_webgpu() -> Result<String, String> {
-        let nav = Reflect::get(&scope(), &"navigator".into()).map_err(js_err)?;
-        let gpu = Reflect::get(&nav, &"gpu".into()).map_err(js_err)?;
+        let nav = Reflect::get(&scope(), &"navigator".into()).map_err(js_error)?;
+        let gpu = Reflect::get(&nav, &"gpu".into()).map_err(js_error)?;
         if gpu.is_undefined() || gpu.is_null() {
             return Err("navigator.gpu is missing: this browser has no WebGPU here".into());
         }
         let request: Function = Reflect::get(&gpu, &"requestAdapter".into())
-            .map_err(js_err)?
+            .map_err(js_error)?
             .dyn_into()
             .map_err(|_| "navigator.gpu.requestAdapter is not a function".to_string())?;
         let p: Promise = request
             .call0(&gpu)
-            .map_err(js_err)?
+            .map_err(js_error)?
             .dyn_into()
             .map_err(|_| "requestAdapter did not return a promise".to_string())?;
         let adapter = JsFuture::from(p)
             .await
-            .map_err(|e| format!("requestAdapter failed: {}", js_err(e)))?;
+            .map_err(|e| format!("requestAdapter failed: {}", js_error(e)))?;
         if adapter.is_null() || adapter.is_undefined() {
             return Err("navigator.gpu.requestAdapter() found no adapter".into());
         }
@@ -246,7 +234,7 @@ mod wasm {
             }
         }
         .map_err(|e| e.to_string())?;
-        let alpha = alpha.map(|a| upscale_alpha(&a, job.scale));
+        let alpha = alpha.map(|a| flowmapsr_core::resize::upscale_alpha(&a, job.scale));
         let px = to_rgba(&out, alpha.as_ref());
         post(
             &FromWorker::Done {
