@@ -55,6 +55,18 @@ impl<B: Backend> Cond<B> {
         }
     }
 
+    /// Per-row times, guidance scales and prompt ids.
+    pub fn rows(s: &[f32], t: &[f32], w: &[f32], prompt: &[i64], device: &B::Device) -> Self {
+        let n = s.len();
+        assert!(t.len() == n && w.len() == n && prompt.len() == n);
+        Self {
+            s: Tensor::from_data(TensorData::new(s.to_vec(), [n]), device),
+            t: Tensor::from_data(TensorData::new(t.to_vec(), [n]), device),
+            w: Tensor::from_data(TensorData::new(w.to_vec(), [n]), device),
+            prompt: Tensor::from_data(TensorData::new(prompt.to_vec(), [n]), device),
+        }
+    }
+
     /// The same conditioning with its float inputs in `dtype` (mixed precision, precision.rs).
     pub fn cast(self, dtype: FloatDType) -> Self {
         Self {
@@ -102,6 +114,16 @@ impl<B: Backend> CondEmbed<B> {
 
     /// [n, dim] conditioning vectors.
     pub fn forward(&self, c: &Cond<B>) -> Tensor<B, 2> {
+        self.forward_with(c, &mut crate::lora::Adapt::new(None))
+    }
+
+    /// The linears LoRA adapts, in forward order.
+    pub(crate) fn linears(&self) -> [&Linear<B>; 2] {
+        [&self.fc1, &self.fc2]
+    }
+
+    /// [`Self::forward`] with LoRA adapters on its linears.
+    pub(crate) fn forward_with(&self, c: &Cond<B>, ad: &mut crate::lora::Adapt<B>) -> Tensor<B, 2> {
         let d = c.t.clone() - c.s.clone();
         // w in [1, w_max] mapped near [0, 1] so its features vary at the same rate as times.
         let w = (c.w.clone() - 1.0) / 4.0;
@@ -109,7 +131,8 @@ impl<B: Backend> CondEmbed<B> {
             vec![self.fourier(c.s.clone()), self.fourier(d), self.fourier(w)],
             1,
         );
-        let h = self.fc2.forward(silu(self.fc1.forward(feats)));
+        let h = silu(ad.linear(&self.fc1, feats));
+        let h = ad.linear(&self.fc2, h);
         let n = c.prompt.dims()[0];
         let p = self
             .prompt

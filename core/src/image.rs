@@ -193,6 +193,28 @@ impl Image {
     }
 }
 
+/// RGB in [0, 1] (+ alpha) to rounded 8-bit RGBA (as canvases take it); opaque without alpha.
+pub fn to_rgba(rgb: &Image, alpha: Option<&Image>) -> Vec<u8> {
+    let n = rgb.width * rgb.height;
+    let mut out = vec![255u8; 4 * n];
+    for c in 0..3 {
+        for (i, &v) in rgb.plane(c).iter().enumerate() {
+            out[4 * i + c] = quantize(v, 255.0) as u8;
+        }
+    }
+    if let Some(a) = alpha {
+        set_alpha(&mut out, a);
+    }
+    out
+}
+
+/// Write a one-channel alpha in [0, 1] into the 4th byte of every RGBA pixel.
+pub fn set_alpha(rgba: &mut [u8], alpha: &Image) {
+    for (px, &v) in rgba.chunks_exact_mut(4).zip(alpha.plane(0)) {
+        px[3] = quantize(v, 255.0) as u8;
+    }
+}
+
 /// round(clamp(v) * levels), ties to even as numpy does.
 #[inline]
 pub fn quantize(v: f32, levels: f32) -> f32 {

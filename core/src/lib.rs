@@ -4,12 +4,14 @@
 //! X_{s,t}(x) = x + (t - s) v(x, s, t) by self-distillation; one network call per tile at NFE 1.
 //! Generic over the burn backend; no CLI, no environment; compiles natively and to wasm32.
 
+pub mod adversarial;
 pub mod bridge;
 pub mod cond;
 pub mod degrade;
 pub mod ema;
 pub mod error;
 pub mod image;
+pub mod lora;
 pub mod metrics;
 pub mod objectives;
 pub mod precision;

@@ -128,6 +128,14 @@ fn prepare(cfg: &ModelConfig, x0: &Image, opts: &SampleOptions) -> Result<(TileP
             opts.steps
         )));
     }
+    let w = opts.guidance;
+    if !(w.is_finite() && w >= 1.0 && w <= cfg.w_max() + 1e-6) {
+        return Err(Error::BadParam(if cfg.w_max() > 1.0 {
+            format!("guidance w must be in [1, {}], got {w}", cfg.w_max())
+        } else {
+            format!("guidance w = {w}: this model was not trained for guidance (only w = 1)")
+        }));
+    }
     let align = cfg.align();
     let tile = (opts.tile / align).max(1) * align;
     let overlap = opts.overlap.min(tile / 2) / 2 * 2;
@@ -203,52 +211,125 @@ pub fn sample<B: Backend>(
     Ok(x)
 }
 
-/// A finished tile, for previews: its place in the image and its signed output (the padded tile;
-/// the first `rect.w` x `rect.h` pixels are the image's).
+/// A finished tile, for previews: its place in the image and its pixels there, as opaque RGBA8.
 pub struct TileDone<'a> {
     pub done: usize,
     pub total: usize,
     pub rect: Rect,
-    pub image: &'a Image,
+    pub rgba: &'a [u8],
+}
+
+/// Where [`sample_async`] blends tile outputs: [`CpuBlender`] reads every tile back and blends
+/// on the CPU (any backend); a device-side blender (flowmapsr-shaders, WebGPU) keeps the image
+/// on the GPU and reads back 8-bit previews and the 8-bit result only.
+#[allow(async_fn_in_trait)]
+pub trait Blender<B: Backend> {
+    /// Start one pass (a sampler step) over `plan`.
+    fn begin(&mut self, plan: &TilePlan) -> Result<()>;
+    /// Blend tile `i`'s signed output ([1, 3, padded_h, padded_w]); return its preview: the
+    /// tile's `src` rectangle, [`to_unit`] then 8-bit RGBA, opaque.
+    async fn add(&mut self, i: usize, out: Tensor<B, 4>) -> Result<Vec<u8>>;
+    /// The pass's blended signed image (the next step's input).
+    async fn finish(&mut self) -> Result<Image>;
+    /// The pass's blended image as the final result: [`to_unit`] then 8-bit RGBA, opaque.
+    async fn finish_rgba(&mut self) -> Result<Vec<u8>>;
+}
+
+/// Tile blending on the CPU ([`TilePlan::blend`]) after an asynchronous readback of each tile.
+#[derive(Default)]
+pub struct CpuBlender {
+    blend: Option<crate::tile::Blend>,
+}
+
+impl CpuBlender {
+    fn take(&mut self) -> Result<crate::tile::Blend> {
+        self.blend
+            .take()
+            .ok_or_else(|| Error::BadParam("blender: finish before begin".into()))
+    }
+}
+
+impl<B: Backend> Blender<B> for CpuBlender {
+    fn begin(&mut self, plan: &TilePlan) -> Result<()> {
+        self.blend = Some(plan.blend(3));
+        Ok(())
+    }
+
+    async fn add(&mut self, i: usize, out: Tensor<B, 4>) -> Result<Vec<u8>> {
+        let img = tensor_to_image_async(out).await?;
+        let blend = self
+            .blend
+            .as_mut()
+            .ok_or_else(|| Error::BadParam("blender: add before begin".into()))?;
+        let r = blend.plan().tiles[i].src;
+        blend.add(i, &img)?;
+        Ok(tile_preview(&img, r.w, r.h))
+    }
+
+    async fn finish(&mut self) -> Result<Image> {
+        Ok(self.take()?.finish())
+    }
+
+    async fn finish_rgba(&mut self) -> Result<Vec<u8>> {
+        let y = self.take()?.finish();
+        Ok(crate::image::to_rgba(&to_unit(&y)?, None))
+    }
+}
+
+/// A finished tile's preview: the top-left `w` x `h` pixels of a signed [-1, 1] tile output, as
+/// opaque RGBA8.
+pub fn tile_preview(signed: &Image, w: usize, h: usize) -> Vec<u8> {
+    let unit = to_unit(&signed.crop(0, 0, w, h)).expect("to_unit keeps the image's size");
+    crate::image::to_rgba(&unit, None)
 }
 
 /// [`sample`] for backends that read results back only asynchronously (WebGPU in a browser):
-/// the same tiles, calls and blending, so the same result; `on_tile` sees each finished tile
-/// and returns false to cancel.
+/// the same tiles, network calls and blending; the result as opaque RGBA8 ([`to_unit`], rounded
+/// half to even) — with [`CpuBlender`], exactly `to_rgba(to_unit(sample(..)))`. `on_tile` sees
+/// each finished tile and returns false to cancel.
 pub async fn sample_async<B: Backend>(
     net: &impl FlowNet<B>,
     cfg: &ModelConfig,
     x0: &Image,
     opts: &SampleOptions,
     device: &B::Device,
+    blender: &mut impl Blender<B>,
     on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
-) -> Result<Image> {
+) -> Result<Vec<u8>> {
     let (plan, mut x) = prepare(cfg, x0, opts)?;
     let total = opts.steps * plan.tiles.len();
     let mut done = 0;
+    // Errors name their tile (once).
+    let named = |i: usize, e: Error| match e {
+        e @ Error::Tile { .. } => e,
+        e => plan.tile_error(i, e),
+    };
     for k in 0..opts.steps {
         plan.check_inputs(&[&x, x0])?;
-        let mut blend = plan.blend(3);
+        blender.begin(&plan)?;
         for i in 0..plan.tiles.len() {
             let cut = [plan.extract(&x, i), plan.extract(x0, i)];
-            let out = tensor_to_image_async(tile_step(net, &cut, k, opts, device))
+            let rgba = blender
+                .add(i, tile_step(net, &cut, k, opts, device))
                 .await
-                .map_err(|e| plan.tile_error(i, e))?;
-            blend.add(i, &out)?;
+                .map_err(|e| named(i, e))?;
             done += 1;
             let tile = TileDone {
                 done,
                 total,
                 rect: plan.tiles[i].src,
-                image: &out,
+                rgba: &rgba,
             };
             if !on_tile(tile) {
                 return Err(Error::Cancelled);
             }
         }
-        x = blend.finish();
+        if k + 1 == opts.steps {
+            return blender.finish_rgba().await;
+        }
+        x = blender.finish().await?;
     }
-    Ok(x)
+    unreachable!("steps >= 1 is checked by prepare")
 }
 
 /// Upscale an RGB image in [0, 1] by `scale`: x0 = bicubic up, then the sampler; RGB in [0, 1].
@@ -266,7 +347,9 @@ pub fn upscale<B: Backend>(
     to_unit(&y)
 }
 
-/// [`upscale`] with asynchronous readback (see [`sample_async`]).
+/// [`upscale`] with asynchronous readback (see [`sample_async`]): the result as opaque RGBA8,
+/// `scale` times the size of `lr`.
+#[allow(clippy::too_many_arguments)]
 pub async fn upscale_async<B: Backend>(
     net: &impl FlowNet<B>,
     cfg: &ModelConfig,
@@ -274,11 +357,11 @@ pub async fn upscale_async<B: Backend>(
     scale: u32,
     opts: &SampleOptions,
     device: &B::Device,
+    blender: &mut impl Blender<B>,
     on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
-) -> Result<Image> {
+) -> Result<Vec<u8>> {
     let x0 = bridge_source(lr, scale)?;
-    let y = sample_async(net, cfg, &x0, opts, device, on_tile).await?;
-    to_unit(&y)
+    sample_async(net, cfg, &x0, opts, device, blender, on_tile).await
 }
 
 /// x0 = up(LR), signed: the start of the bridge.
@@ -412,20 +495,37 @@ mod tests {
             .zip(&bic.data)
             .any(|(a, b)| (a - b).abs() > 1e-3));
         let mut tiles = Vec::new();
-        let out = ready(upscale_async(&net, &cfg, &img, 2, &opts, &dev, &mut |t| {
-            assert_eq!((t.image.width % 2, t.image.height % 2), (0, 0));
-            assert!(t.rect.x + t.rect.w <= 42 && t.rect.y + t.rect.h <= 26);
-            tiles.push((t.done, t.total));
-            true
-        }))
+        let mut blender = CpuBlender::default();
+        let out = ready(upscale_async(
+            &net,
+            &cfg,
+            &img,
+            2,
+            &opts,
+            &dev,
+            &mut blender,
+            &mut |t| {
+                assert_eq!(t.rgba.len(), 4 * t.rect.w * t.rect.h);
+                assert!(t.rect.x + t.rect.w <= 42 && t.rect.y + t.rect.h <= 26);
+                tiles.push((t.done, t.total));
+                true
+            },
+        ))
         .unwrap();
-        assert_eq!(out, sync);
+        assert_eq!(out, crate::image::to_rgba(&sync, None));
         let total = tiles[0].1;
         assert!(total > 2, "the image must span several tiles");
         assert_eq!(tiles, (1..=total).map(|d| (d, total)).collect::<Vec<_>>());
-        let e = ready(upscale_async(&net, &cfg, &img, 2, &opts, &dev, &mut |t| {
-            t.done < 2
-        }))
+        let e = ready(upscale_async(
+            &net,
+            &cfg,
+            &img,
+            2,
+            &opts,
+            &dev,
+            &mut blender,
+            &mut |t| t.done < 2,
+        ))
         .unwrap_err();
         assert!(matches!(e, Error::Cancelled));
     }

@@ -183,9 +183,9 @@ impl TilePlan {
     /// An empty accumulator for tile outputs with `out_channels` channels: add every tile's
     /// output in any order, then finish. For callers that drive the tiles themselves (the
     /// browser reads each tile back asynchronously).
-    pub fn blend(&self, out_channels: usize) -> Blend<'_> {
+    pub fn blend(&self, out_channels: usize) -> Blend {
         Blend {
-            plan: self,
+            plan: self.clone(),
             acc: Image::zeros(self.width, self.height, out_channels),
             wsum: vec![0f32; self.width * self.height],
         }
@@ -193,16 +193,20 @@ impl TilePlan {
 }
 
 /// Tile outputs accumulated with the plan's window (see [`TilePlan::blend`]).
-pub struct Blend<'a> {
-    plan: &'a TilePlan,
+pub struct Blend {
+    plan: TilePlan,
     acc: Image,
     wsum: Vec<f32>,
 }
 
-impl Blend<'_> {
+impl Blend {
+    pub fn plan(&self) -> &TilePlan {
+        &self.plan
+    }
+
     /// Add tile `i`'s output (padded tile size, the accumulator's channels).
     pub fn add(&mut self, i: usize, out: &Image) -> Result<()> {
-        let plan = self.plan;
+        let plan = &self.plan;
         let t = plan.tiles[i];
         let ch = self.acc.channels;
         if (out.width, out.height, out.channels) != (t.padded_w, t.padded_h, ch) {

@@ -7,6 +7,7 @@
 //! identity. The network sees only (s, t, w, prompt), never the schedule.
 
 use crate::cond::{Cond, CondConfig, CondEmbed};
+use crate::lora::{Adapt, UNetLora};
 use crate::space::shuffle;
 use burn::config::Config;
 use burn::module::{Initializer, Module};
@@ -127,14 +128,14 @@ pub struct ResBlock<B: Backend> {
 }
 
 impl<B: Backend> ResBlock<B> {
-    fn forward(&self, x: Tensor<B, 4>, c: &Tensor<B, 2>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<B, 4>, c: &Tensor<B, 2>, ad: &mut Adapt<B>) -> Tensor<B, 4> {
         let [n, ch, _, _] = x.dims();
-        let h = self.conv1.forward(silu(x.clone()));
-        let ss = self.film.forward(c.clone()).reshape([n, 2 * ch, 1, 1]);
+        let h = ad.conv(&self.conv1, silu(x.clone()));
+        let ss = ad.linear(&self.film, c.clone()).reshape([n, 2 * ch, 1, 1]);
         let scale = ss.clone().narrow(1, 0, ch);
         let shift = ss.narrow(1, ch, ch);
         let h = h.clone() + h * scale + shift;
-        x + self.conv2.forward(silu(h))
+        x + ad.conv(&self.conv2, silu(h))
     }
 }
 
@@ -162,26 +163,61 @@ pub struct UNet<B: Backend> {
 impl<B: Backend> UNet<B> {
     /// The velocity v(x, s, t | x0): x and x0 are [n, 12, h, w] with h, w multiples of `align()`.
     pub fn velocity(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>, c: &Cond<B>) -> Tensor<B, 4> {
-        let emb = self.cond.forward(c);
-        let mut h = self.conv_in.forward(Tensor::cat(vec![x, x0], 1));
+        self.velocity_lora(x, x0, c, None)
+    }
+
+    /// [`Self::velocity`] with LoRA adapters (lora.rs) at `scale` on every convolution and
+    /// conditioning linear.
+    pub fn velocity_lora(
+        &self,
+        x: Tensor<B, 4>,
+        x0: Tensor<B, 4>,
+        c: &Cond<B>,
+        lora: Option<(&UNetLora<B>, f32)>,
+    ) -> Tensor<B, 4> {
+        let ad = &mut Adapt::new(lora);
+        let emb = self.cond.forward_with(c, ad);
+        let mut h = ad.conv(&self.conv_in, Tensor::cat(vec![x, x0], 1));
         let mut skips = Vec::new();
         for level in &self.down {
             for b in &level.blocks {
-                h = b.forward(h, &emb);
+                h = b.forward(h, &emb, ad);
             }
             if let Some(d) = &level.down {
                 skips.push(h.clone());
-                h = d.forward(h);
+                h = ad.conv(d, h);
             }
         }
         for (l, up) in self.up.iter().enumerate().rev() {
-            h = shuffle(up.up.forward(h), 2) + skips[l].clone();
-            h = up.block.forward(h, &emb);
+            h = shuffle(ad.conv(&up.up, h), 2) + skips[l].clone();
+            h = up.block.forward(h, &emb, ad);
         }
-        self.conv_out.forward(silu(h))
+        let out = ad.conv(&self.conv_out, silu(h));
+        ad.finish();
+        out
     }
 
-    /// The flow map X_{s,t}(x) = x + (t - s) v(x, s, t).
+    /// The layers LoRA adapts, each list in the order [`Self::velocity_lora`] uses them.
+    pub(crate) fn adapted_layers(&self) -> (Vec<&Conv2d<B>>, Vec<&Linear<B>>) {
+        let mut convs = vec![&self.conv_in];
+        let mut linears: Vec<&Linear<B>> = self.cond.linears().to_vec();
+        for level in &self.down {
+            for b in &level.blocks {
+                convs.extend([&b.conv1, &b.conv2]);
+                linears.push(&b.film);
+            }
+            if let Some(d) = &level.down {
+                convs.push(d);
+            }
+        }
+        for up in self.up.iter().rev() {
+            convs.extend([&up.up, &up.block.conv1, &up.block.conv2]);
+            linears.push(&up.block.film);
+        }
+        convs.push(&self.conv_out);
+        (convs, linears)
+    }
+
     /// Tests: replace the zero-initialised output layer with seeded noise of this std, so the
     /// network is no longer the identity.
     #[cfg(test)]

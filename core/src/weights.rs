@@ -10,6 +10,7 @@ use crate::error::Error;
 
 // Not `Result`: burn's `Config` derive expands to code that names `Result` unqualified.
 type Res<T> = crate::error::Result<T>;
+use crate::lora::{LoraConfig, UNetLora};
 use crate::unet::{UNet, UNetConfig};
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param};
@@ -23,6 +24,9 @@ const MAGIC: &[u8; 8] = b"FMSRWTS1";
 pub struct ModelConfig {
     pub unet: UNetConfig,
     pub bridge: BridgeConfig,
+    /// Largest guidance scale w the model was trained for; absent (older weights): 1, no
+    /// guidance. Read it with [`ModelConfig::w_max`].
+    pub w_max: Option<f32>,
     /// Free-form provenance: how these weights were trained.
     #[config(default = "String::new()")]
     pub notes: String,
@@ -35,6 +39,11 @@ impl ModelConfig {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Largest guidance scale w these weights know (1: no guidance).
+    pub fn w_max(&self) -> f32 {
+        self.w_max.unwrap_or(1.0)
     }
 
     /// Tile sides in full-resolution pixels must be multiples of this.
@@ -126,6 +135,19 @@ pub fn module_from_bytes<B: Backend, M: Module<B>>(
     Ok(loaded)
 }
 
+/// burn draws parameters lazily, at first use, and a clone taken before that draws its own
+/// values: draw them all now, in module order, so copies, checkpoints and replicas agree.
+pub fn materialize<B: Backend, M: Module<B>>(m: M) -> M {
+    struct Draw;
+    impl<B: Backend> burn::module::ModuleMapper<B> for Draw {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let _ = p.val();
+            p
+        }
+    }
+    m.map(&mut Draw)
+}
+
 /// A model from the two files' contents.
 pub fn load_model<B: Backend>(
     config_json: &[u8],
@@ -171,6 +193,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Res<()> {
         let _ = std::fs::remove_file(&tmp);
     })?;
     Ok(())
+}
+
+/// LoRA adapters for `net` from `lora.json` (a [`LoraConfig`]) and `lora.bin` contents.
+pub fn load_lora<B: Backend>(
+    net: &UNet<B>,
+    lora_json: &[u8],
+    lora_bin: &[u8],
+    device: &B::Device,
+) -> Res<(UNetLora<B>, LoraConfig)> {
+    let cfg: LoraConfig = serde_json::from_slice(lora_json)
+        .map_err(|e| Error::BadWeights(format!("lora.json: {e}")))?;
+    if cfg.rank == 0 || cfg.rank > 256 {
+        return Err(Error::BadWeights(format!(
+            "lora.json: rank {} is not in 1..=256",
+            cfg.rank
+        )));
+    }
+    let lora = module_from_bytes(cfg.init(net, device), lora_bin, device)?;
+    Ok((lora, cfg))
+}
+
+/// `dir/lora.json` + `dir/lora.bin` when `dir` has an adapter; `None` when it has neither file.
+pub fn load_lora_dir<B: Backend>(
+    net: &UNet<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Res<Option<(UNetLora<B>, LoraConfig)>> {
+    let (j, b) = (dir.join("lora.json"), dir.join("lora.bin"));
+    if !j.exists() && !b.exists() {
+        return Ok(None);
+    }
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| Error::BadWeights(format!("{}: {e}", p.display())));
+    load_lora(net, &read(&j)?, &read(&b)?, device).map(Some)
+}
+
+/// Save `dir/lora.json` + `dir/lora.bin` (each written atomically).
+pub fn save_lora<B: Backend>(lora: &UNetLora<B>, cfg: &LoraConfig, dir: &Path) -> Res<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomic(&dir.join("lora.json"), cfg.to_json_string().as_bytes())?;
+    write_atomic(&dir.join("lora.bin"), &module_to_bytes(lora.clone()))
 }
 
 /// Save `dir/config.json` + `dir/model.bin` (each written atomically).
@@ -232,5 +295,45 @@ mod tests {
             e.contains("architecture") || e.contains("shapes") || e.contains("record"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lora_files_round_trip_and_bad_ones_are_errors() {
+        let dev = burn::backend::flex::FlexDevice;
+        let net = cfg().unet.init::<Flex>(&dev);
+        let lcfg = LoraConfig::new().with_rank(2);
+        let mut lora = lcfg.init(&net, &dev);
+        lora.randomize(0.1, 4, &dev);
+        let tmp = std::env::temp_dir().join(format!("fmsr-lora-{}", std::process::id()));
+        assert!(load_lora_dir(&net, &tmp, &dev).unwrap().is_none());
+        save_lora(&lora, &lcfg, &tmp).unwrap();
+        let (back, c) = load_lora_dir(&net, &tmp, &dev).unwrap().unwrap();
+        assert_eq!(c, lcfg);
+        let x = Tensor::<Flex, 4>::ones([1, 12, 8, 8], &dev) * 0.3;
+        let cond = crate::cond::Cond::uniform(1, 0.0, 1.0, &dev);
+        let v = |l: &UNetLora<Flex>| {
+            net.velocity_lora(x.clone(), x.clone(), &cond, Some((l, 1.0)))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (v(&lora), v(&back));
+        assert_eq!(a, b);
+        let plain = net
+            .velocity(x.clone(), x.clone(), &cond)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_ne!(a, plain, "the randomised adapter must act");
+        // An adapter of another rank, a corrupt file, a missing half.
+        let bin = std::fs::read(tmp.join("lora.bin")).unwrap();
+        let e = load_lora(&net, br#"{"rank": 3}"#, &bin, &dev).unwrap_err();
+        assert!(matches!(e, Error::BadWeights(_)), "{e}");
+        let e = load_lora(&net, br#"{"rank": 2}"#, &bin[..bin.len() / 2], &dev).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        std::fs::remove_file(tmp.join("lora.json")).unwrap();
+        let e = load_lora_dir(&net, &tmp, &dev).unwrap_err();
+        assert!(e.to_string().contains("lora.json"), "{e}");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -167,10 +167,10 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     let mut optim = AdamConfig::new().init::<B, flowmapsr_core::unet::UNet<B>>();
     let h = args.crop / 2;
     let shape = [args.batch, 12, h, h];
-    let batch = Batch {
-        x0: Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
-        x1: Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
-    };
+    let batch = Batch::new(
+        Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
+        Tensor::<B, 4>::random(shape, Distribution::Uniform(-1.0, 1.0), device),
+    );
     let sc = shortcut::ShortcutConfig::new();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut step = |model: flowmapsr_core::unet::UNet<B>| {

@@ -14,7 +14,6 @@ use burn::tensor::backend::Backend;
 use flowmapsr_core::metrics::{score, Scores};
 use flowmapsr_core::resize::{crop_to_multiple, downscale_lr, imresize};
 use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
-use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::Image;
 use std::path::{Path, PathBuf};
@@ -36,6 +35,12 @@ pub struct EvalArgs {
     pub mode: Option<crate::upscale::ModeArg>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Guidance scale w (see `upscale --guidance`).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f32,
+    /// LoRA scale (see `upscale --lora`).
+    #[arg(long, default_value_t = 0.0)]
+    pub lora: f32,
     /// Tile side in input pixels.
     #[arg(long, default_value_t = 128)]
     pub tile: usize,
@@ -150,7 +155,7 @@ pub fn evaluate(
 
 /// The model as an LR -> SR function.
 pub fn model_fn<'a, B: Backend>(
-    net: &'a UNet<B>,
+    net: &'a impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &'a ModelConfig,
     scale: u32,
     opts: SampleOptions,
@@ -260,7 +265,8 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
     }
     let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Stochastic);
     let r = crate::with_backend!(args.device, |B, device| {
-        let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
+        let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
+        let net = model.at(args.lora)?;
         let sr = |lr: &Image, steps: usize, solver: Solver| {
             let mut opts = crate::upscale::sample_options(
                 steps,
@@ -271,6 +277,7 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
                 args.overlap,
             );
             opts.solver = solver;
+            opts.guidance = args.guidance;
             Ok(upscale(
                 &net,
                 &cfg,
@@ -336,17 +343,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             bicubic_fn(args.scale),
         )?,
         Method::Model => crate::with_backend!(args.device, |B, device| {
-            let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
-            let opts = crate::upscale::sample_options(
-                args.steps,
-                args.mode
-                    .unwrap_or(crate::upscale::ModeArg::Fidelity)
-                    .into(),
-                args.seed,
-                args.scale,
-                args.tile,
-                args.overlap,
-            );
+            let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
+            let net = model.at(args.lora)?;
+            let opts = flowmapsr_core::sampler::SampleOptions {
+                guidance: args.guidance,
+                ..crate::upscale::sample_options(
+                    args.steps,
+                    args.mode
+                        .unwrap_or(crate::upscale::ModeArg::Fidelity)
+                        .into(),
+                    args.seed,
+                    args.scale,
+                    args.tile,
+                    args.overlap,
+                )
+            };
             evaluate(
                 &images,
                 args.scale,

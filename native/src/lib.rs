@@ -1,9 +1,11 @@
 //! The `flowmapsr` command line as a library (so integration tests can drive it in-process).
 
+pub mod adversarial;
 pub mod backend;
 pub mod bench;
 pub mod eval;
 pub mod imageio;
+pub mod pipeline;
 pub mod serve;
 pub mod train;
 pub mod upscale;

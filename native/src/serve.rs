@@ -1,7 +1,8 @@
 //! `flowmapsr serve`: an HTTP upscaling service (axum/tokio) that also hosts the web demo.
 //!
 //! - POST /v1/upscale: the image as the body (or the first file of a multipart form); query
-//!   `scale`, `steps`, `tile`, `seed`, `mode`, `format`; answers the upscaled image.
+//!   `scale`, `steps`, `tile`, `seed`, `mode`, `guidance`, `lora`, `format`; answers the
+//!   upscaled image.
 //! - GET /healthz, GET /metrics (Prometheus text), GET / (the trunk-built `dist/` when present).
 //!
 //! The machine is protected by a body-size limit, a decoded-pixel limit checked from the header
@@ -19,8 +20,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
+use flowmapsr_core::lora::Adapted;
 use flowmapsr_core::sampler::{upscale, SampleOptions};
-use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ type UpscaleFn = dyn Fn(
         &flowmapsr_core::Image,
         u32,
         &SampleOptions,
+        f32,
         &AtomicBool,
     ) -> flowmapsr_core::Result<flowmapsr_core::Image>
     + Send
@@ -68,6 +70,9 @@ type UpscaleFn = dyn Fn(
 
 struct AppState {
     upscale: Box<UpscaleFn>,
+    /// The model's largest guidance scale, and whether it has a LoRA adapter.
+    w_max: f32,
+    has_lora: bool,
     max_pixels: u64,
     max_body: usize,
     timeout: Duration,
@@ -145,6 +150,8 @@ struct UpscaleQuery {
     overlap: Option<usize>,
     seed: Option<u64>,
     mode: Option<String>,
+    guidance: Option<f32>,
+    lora: Option<f32>,
     format: Option<String>,
 }
 
@@ -178,8 +185,16 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
         "webp" => image::ImageFormat::WebP,
         f => return Err(bad(format!("format must be png, jpeg or webp, got '{f}'"))),
     };
-    let opts =
-        crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap);
+    let guidance = q.guidance.unwrap_or(1.0);
+    if !(guidance.is_finite() && guidance >= 1.0) {
+        return Err(bad(format!(
+            "guidance must be a number >= 1, got {guidance}"
+        )));
+    }
+    let opts = SampleOptions {
+        guidance,
+        ..crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap)
+    };
     Ok((scale, opts, format))
 }
 
@@ -287,6 +302,31 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()))?;
     let (scale, opts, format) = parse_query(&q)?;
+    let lora = q.lora.unwrap_or(0.0);
+    if !(lora.is_finite() && (0.0..=flowmapsr_core::lora::MAX_SCALE).contains(&lora)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!("lora must be in [0, 3], got {lora}"),
+        ));
+    }
+    if lora != 0.0 && !st.has_lora {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            "lora: this model has no LoRA adapter",
+        ));
+    }
+    if opts.guidance > st.w_max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!(
+                "guidance must be in [1, {}] for this model, got {}",
+                st.w_max, opts.guidance
+            ),
+        ));
+    }
     let bytes = bytes?;
     let img = imageio::decode(&bytes, st.max_pixels).map_err(|e| {
         let m = format!("{e:#}");
@@ -328,7 +368,7 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let st2 = st.clone();
     let c2 = cancel.clone();
     let job = tokio::task::spawn_blocking(move || {
-        let rgb = (st2.upscale)(&img.rgb, scale, &opts, &c2)?;
+        let rgb = (st2.upscale)(&img.rgb, scale, &opts, lora, &c2)?;
         let alpha = img
             .alpha
             .as_ref()
@@ -437,22 +477,35 @@ fn router(st: Arc<AppState>, max_body: usize, dist: &std::path::Path) -> Router 
 }
 
 fn state_for<B: Backend>(
-    net: UNet<B>,
+    model: Adapted<B>,
     cfg: ModelConfig,
     device: B::Device,
     args: &ServeArgs,
 ) -> Arc<AppState>
 where
-    UNet<B>: Send + Sync,
+    Adapted<B>: Send + Sync,
     B::Device: Send + Sync,
 {
-    let f =
-        move |lr: &flowmapsr_core::Image, scale: u32, opts: &SampleOptions, cancel: &AtomicBool| {
-            upscale(&net, &cfg, lr, scale, opts, &device, &mut |_, _| {
-                !cancel.load(Ordering::SeqCst)
-            })
-        };
+    let w_max = cfg.w_max();
+    let has_lora = model.lora.is_some();
+    let f = move |lr: &flowmapsr_core::Image,
+                  scale: u32,
+                  opts: &SampleOptions,
+                  lora: f32,
+                  cancel: &AtomicBool| {
+        upscale(
+            &model.at(lora)?,
+            &cfg,
+            lr,
+            scale,
+            opts,
+            &device,
+            &mut |_, _| !cancel.load(Ordering::SeqCst),
+        )
+    };
     Arc::new(AppState {
+        w_max,
+        has_lora,
         upscale: Box::new(f),
         max_pixels: args.max_pixels,
         max_body: args.max_body,
@@ -484,8 +537,8 @@ async fn shutdown_signal() {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let state = crate::with_backend!(args.device, |B, device| {
-        let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), &device)?;
-        state_for::<B>(net, cfg, device, args)
+        let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
+        state_for::<B>(model, cfg, device, args)
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,13 +11,15 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use flowmapsr_core::adversarial::AdversarialConfig;
 use flowmapsr_core::degrade::{degrade, DegradeConfig};
 use flowmapsr_core::objectives::eulerian::eulerian;
 use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
+use flowmapsr_core::objectives::guidance::{negative_target, GuidanceConfig};
 use flowmapsr_core::objectives::lagrangian::lagrangian;
 use flowmapsr_core::objectives::shortcut::{shortcut, ShortcutConfig};
 use flowmapsr_core::objectives::weighting::{LossWeight, LossWeightConfig};
-use flowmapsr_core::objectives::{Batch, SelfDistillConfig};
+use flowmapsr_core::objectives::{Batch, RowGuide, SelfDistillConfig};
 use flowmapsr_core::precision::{Mixed, Precision};
 use flowmapsr_core::resize::upscale as bicubic_up;
 use flowmapsr_core::sampler::SampleOptions;
@@ -75,6 +77,9 @@ pub struct TrainArgs {
     /// weights (core precision.rs; bf16 is the one to use on GPUs).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// With a staged config (`stages`, see pipeline.rs): run only this stage.
+    #[arg(long)]
+    pub stage: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -153,6 +158,13 @@ pub struct TrainConfig {
     pub precision: Precision,
     #[serde(default)]
     pub degrade: DegradeConfig,
+    /// Positive/negative prompt guidance (core objectives/guidance.rs); shortcut objective only.
+    #[serde(default)]
+    pub guidance: Option<GuidanceConfig>,
+    /// Adversarial LoRA fine-tuning of the `--init` model (core adversarial.rs) instead of
+    /// training the flow map.
+    #[serde(default)]
+    pub adversarial: Option<AdversarialConfig>,
     /// Probabilities of x2, x4, x8.
     pub scale_mix: [f32; 3],
     /// HR crop side (a multiple of 8 and of the model's alignment).
@@ -187,7 +199,7 @@ impl TrainConfig {
         Ok(c)
     }
 
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         let align = self.model.align() * 8;
         if self.crop == 0 || self.crop % align != 0 {
             bail!("crop {} must be a positive multiple of {align} (the model's alignment x the largest scale)", self.crop);
@@ -197,6 +209,19 @@ impl TrainConfig {
         }
         if self.scale_mix.iter().any(|p| *p < 0.0) || self.scale_mix.iter().sum::<f32>() <= 0.0 {
             bail!("scale_mix must be non-negative and not all zero");
+        }
+        if let Some(g) = &self.guidance {
+            g.check()?;
+            if self.objective != Objective::Shortcut {
+                bail!("guidance trains with the shortcut objective (its guided teacher)");
+            }
+            if (self.model.w_max() - g.w_max).abs() > 1e-6 {
+                bail!(
+                    "model.w_max ({}) must equal guidance.w_max ({}): it tells inference which w the weights know",
+                    self.model.w_max(),
+                    g.w_max
+                );
+            }
         }
         Ok(())
     }
@@ -281,7 +306,7 @@ pub fn make_batch<B: AutodiffBackend>(
     let c = cfg.crop;
     let total: f32 = cfg.scale_mix.iter().sum();
     let n = rows.len();
-    let (mut x0, mut x1) = (Vec::new(), Vec::new());
+    let (mut x0, mut x1, mut guide) = (Vec::new(), Vec::new(), Vec::new());
     for row in rows {
         let mut rng = ChaCha8Rng::seed_from_u64(
             cfg.seed
@@ -305,7 +330,18 @@ pub fn make_batch<B: AutodiffBackend>(
         }
         let lr = degrade(&hr, scale, &cfg.degrade, rng.random())?;
         x0.extend(bicubic_up(&lr, scale).to_signed());
-        x1.extend(hr.to_signed());
+        // Drawn after everything else, so runs without guidance keep their batches.
+        let g = match &cfg.guidance {
+            Some(gc) => gc.draw(&mut rng),
+            None => RowGuide::FIDELITY,
+        };
+        match &cfg.guidance {
+            Some(gc) if g.negative => {
+                x1.extend(negative_target(&hr, gc, rng.random())?.to_signed())
+            }
+            _ => x1.extend(hr.to_signed()),
+        }
+        guide.push(g);
     }
     let shape = [n, 3, c, c];
     let t = |v: Vec<f32>| {
@@ -317,6 +353,7 @@ pub fn make_batch<B: AutodiffBackend>(
     Ok(Batch {
         x0: t(x0),
         x1: t(x1),
+        guide,
     })
 }
 
@@ -342,7 +379,33 @@ pub fn validate<B: burn::tensor::backend::Backend>(
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut cfg = TrainConfig::load(&args.config)?;
+    let s = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let file: serde_json::Value =
+        serde_json::from_str(&s).with_context(|| format!("parsing {}", args.config.display()))?;
+    if file.get("stages").is_some() {
+        return crate::pipeline::run(args, &file)
+            .with_context(|| format!("pipeline {}", args.config.display()));
+    }
+    if args.stage.is_some() {
+        bail!("--stage needs a config with `stages`");
+    }
+    let cfg = TrainConfig::load(&args.config)?;
+    run_config(args, cfg)
+}
+
+/// The step of the run folder's latest checkpoint (0 without one).
+pub fn latest_step(out: &Path) -> Result<usize> {
+    let Ok(name) = std::fs::read_to_string(out.join(LATEST)) else {
+        return Ok(0);
+    };
+    let state: RunState =
+        serde_json::from_slice(&std::fs::read(out.join(name.trim()).join("state.json"))?)?;
+    Ok(state.step)
+}
+
+/// One run with `cfg` (the CLI's overrides applied here).
+pub fn run_config(args: &TrainArgs, mut cfg: TrainConfig) -> Result<()> {
     if let Some(o) = args.objective {
         cfg.objective = o;
     }
@@ -433,7 +496,7 @@ struct Shared<'a> {
     topo: Topology,
 }
 
-const LATEST: &str = "latest";
+pub(crate) const LATEST: &str = "latest";
 
 fn save_checkpoint<
     B: AutodiffBackend,
@@ -505,6 +568,20 @@ fn train<B: AutodiffBackend>(
         args.out.join("train_config.json"),
         serde_json::to_vec_pretty(cfg)?,
     )?;
+    if let Some(adv) = &cfg.adversarial {
+        if devices.len() > 1 || topo.world > 1 {
+            bail!("adversarial LoRA training runs on one device");
+        }
+        let device = devices.into_iter().next().expect("one device");
+        return crate::adversarial::train_lora::<B>(
+            args,
+            cfg,
+            adv,
+            &images,
+            val.as_deref(),
+            device,
+        );
+    }
 
     // Seeded initialisation on the first device; every replica starts from a copy.
     B::seed(&devices[0], cfg.seed);
@@ -516,9 +593,10 @@ fn train<B: AutodiffBackend>(
             .with_context(|| format!("--init {}", dir.display()))?;
         tracing::info!("initialised from {}", dir.display());
     }
-    let model = model.map(&mut Materialize);
+    // Drawn now, in module order, so every replica forked from it starts identical.
+    let model = flowmapsr_core::weights::materialize(model);
     let weight = (cfg.weighting == Weighting::Learned)
-        .then(|| cfg.loss_weight.init::<B>(&devices[0]).map(&mut Materialize));
+        .then(|| flowmapsr_core::weights::materialize(cfg.loss_weight.init::<B>(&devices[0])));
     let shared = Shared {
         args,
         cfg,
@@ -608,20 +686,6 @@ fn all_reduce_mean<B: AutodiffBackend>(
         w.visit(&mut Put(g, flat, at));
     }
     Ok(loss)
-}
-
-/// burn draws parameters lazily, at first use: draw them all now, in module order, so that
-/// replicas forked from this model (and runs in other processes) start identical.
-struct Materialize;
-
-impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Materialize {
-    fn map_float<const D: usize>(
-        &mut self,
-        p: burn::module::Param<Tensor<B, D>>,
-    ) -> burn::module::Param<Tensor<B, D>> {
-        let _ = p.val();
-        p
-    }
 }
 
 /// One data-parallel replica: its share of every batch, gradients averaged over the run, the

@@ -6,7 +6,6 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::bridge::Mode;
 use flowmapsr_core::sampler::{upscale, SampleOptions};
-use flowmapsr_core::Image;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +32,15 @@ pub struct UpscaleArgs {
     pub mode: ModeArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Weights folder (config.json + model.bin); default: the shipped weights.
+    /// Guidance scale w in [1, w_max of the model]: 1 is faithful, larger is sharper
+    /// (positive/negative prompt guidance, one network call per step at any w).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f32,
+    /// LoRA scale in [0, 3] (adversarial adapters: 0 is the base model, higher is more
+    /// photographic); needs weights with lora.json + lora.bin.
+    #[arg(long, default_value_t = 0.0)]
+    pub lora: f32,
+    /// Weights folder (config.json + model.bin [+ lora.json + lora.bin]); default: the shipped weights.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -125,7 +132,8 @@ pub fn run(args: &UpscaleArgs) -> Result<()> {
 }
 
 fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
-    let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), device)?;
+    let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), device)?;
+    let net = model.at(args.lora)?;
     let inputs = collect_inputs(&args.inputs)?;
     let single = inputs.len() == 1;
     if !single && args.output.extension().is_some() && !args.output.is_dir() {
@@ -135,14 +143,17 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
             args.output.display()
         );
     }
-    let opts = sample_options(
-        args.steps,
-        args.mode.into(),
-        args.seed,
-        args.scale,
-        args.tile,
-        args.overlap,
-    );
+    let opts = SampleOptions {
+        guidance: args.guidance,
+        ..sample_options(
+            args.steps,
+            args.mode.into(),
+            args.seed,
+            args.scale,
+            args.tile,
+            args.overlap,
+        )
+    };
     let mut failures = 0;
     for input in &inputs {
         match upscale_one(&net, &cfg, args, &opts, input, single, device) {
@@ -160,7 +171,7 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
 }
 
 fn upscale_one<B: Backend>(
-    net: &flowmapsr_core::unet::UNet<B>,
+    net: &impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &flowmapsr_core::weights::ModelConfig,
     args: &UpscaleArgs,
     opts: &SampleOptions,

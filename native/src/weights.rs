@@ -3,8 +3,9 @@
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
+use flowmapsr_core::lora::Adapted;
 use flowmapsr_core::unet::UNet;
-use flowmapsr_core::weights::{load_dir, load_model, ModelConfig};
+use flowmapsr_core::weights::{load_dir, load_lora_dir, load_model, ModelConfig};
 use std::path::Path;
 
 pub const SHIPPED_CONFIG: &[u8] = include_bytes!("../../weights/config.json");
@@ -19,6 +20,22 @@ pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<
             load_model(SHIPPED_CONFIG, SHIPPED_MODEL, device).context("loading the shipped weights")
         }
     }
+}
+
+/// The base network and, when `dir` holds one (lora.json + lora.bin), its LoRA adapter. The
+/// shipped weights have no adapter yet.
+pub fn load_adapted<B: Backend>(
+    dir: Option<&Path>,
+    device: &B::Device,
+) -> Result<(Adapted<B>, ModelConfig)> {
+    let (net, cfg) = load::<B>(dir, device)?;
+    let lora = match dir {
+        Some(d) => load_lora_dir(&net, d, device)
+            .with_context(|| format!("loading the LoRA adapter in {}", d.display()))?
+            .map(|(l, _)| l),
+        None => None,
+    };
+    Ok((Adapted { net, lora }, cfg))
 }
 
 /// Write the weights as safetensors (tensor names are the module paths, e.g. `down.1.blocks.0.conv1.weight`).

@@ -175,6 +175,13 @@ fn bad_arguments_and_weights_fail_cleanly() {
     assert!(!o.status.success() && stderr(&o).contains("unsupported output extension"));
     let o = run(&["upscale", s(&dir.path().join("missing.png")), "-o", s(&out)]);
     assert!(!o.status.success() && stderr(&o).contains("no such file"));
+    // The shipped weights have no guidance yet: w > 1 is refused, not silently ignored.
+    let o = run(&["upscale", s(&input), "-o", s(&out), "--guidance", "2"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("not trained for guidance"),
+        "{}",
+        stderr(&o)
+    );
     let w = dir.path().join("w");
     std::fs::create_dir(&w).unwrap();
     std::fs::write(w.join("config.json"), "{}").unwrap();

@@ -60,6 +60,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         objective: None,
         weighting: None,
         precision: None,
+        stage: None,
     }
 }
 

@@ -211,6 +211,35 @@ fn client_mistakes_are_4xx_with_json() {
             400,
             "bad_parameter",
         ),
+        // The shipped weights know only w = 1 and have no LoRA adapter.
+        (
+            u("?guidance=2"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?guidance=0.5"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?lora=1"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?lora=9"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
         (
             u(""),
             "application/json",

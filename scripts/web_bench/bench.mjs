@@ -2,7 +2,7 @@
 // on its CPU fallback, next to UpscalerJS esrgan-slim and esrgan-thick (TF.js: WebGL beside our
 // WebGPU, wasm beside our CPU fallback) in the same headless chromium on the same image.
 // Usage: (cd scripts/web_bench && npm ci) && trunk build --release &&
-//        node scripts/web_bench/bench.mjs [--reps 3] [--json]
+//        node scripts/web_bench/bench.mjs [--reps 3] [--json] [--no-peers]
 // Prints a table of ms per tile and the ratios peer / flowmapsr (> 1: flowmapsr is faster).
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -16,6 +16,8 @@ const root = path.resolve(here, "../..");
 const argv = process.argv.slice(2);
 const reps = Number(argv[argv.indexOf("--reps") + 1] || 3) || 3;
 const json = argv.includes("--json");
+// Only this project's two paths (UpscalerJS esrgan-thick on SwiftShader takes minutes a tile).
+const peers = argv.includes("--no-peers") ? [] : ["esrgan-slim", "esrgan-thick"];
 const dist = path.join(root, "dist");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "flowmapsr-bench-"));
 const input = path.join(tmp, "input.png");
@@ -98,7 +100,7 @@ try {
   await makeInput(ctx);
   const cpu = await ours(ctx);
   rows.push({ system: "flowmapsr", path: "cpu", backend: cpu.backend, ms: cpu.ms });
-  for (const name of ["esrgan-slim", "esrgan-thick"]) {
+  for (const name of peers) {
     const r = await peer(ctx, name, "wasm");
     rows.push({ system: `UpscalerJS ${name}`, path: "cpu", backend: `tfjs-${r.backend}`, ms: r.ms });
   }
@@ -106,7 +108,7 @@ try {
   ctx = await browser(true);
   const gpu = await ours(ctx);
   rows.push({ system: "flowmapsr", path: "gpu", backend: gpu.backend, ms: gpu.ms });
-  for (const name of ["esrgan-slim", "esrgan-thick"]) {
+  for (const name of peers) {
     const r = await peer(ctx, name, "webgl");
     rows.push({ system: `UpscalerJS ${name}`, path: "gpu", backend: `tfjs-${r.backend}`, ms: r.ms });
   }

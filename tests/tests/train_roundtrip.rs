@@ -54,6 +54,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         objective: None,
         weighting: None,
         precision: None,
+        stage: None,
     }
 }
 
@@ -133,6 +134,254 @@ fn train_save_load_upscale_and_exact_resume() {
         .map(|(a, b)| (a - b.clamp(0.0, 1.0)).abs())
         .fold(0.0, f32::max);
     assert!(diff > 1e-4, "training changed nothing");
+}
+
+/// Guidance training (core objectives/guidance.rs) through `train`: the weights record the w they
+/// know, w is a live input of the trained network, w beyond it is a clear error, and guidance
+/// with another objective or a mismatched model.w_max is refused.
+#[test]
+fn guidance_trains_and_records_its_range() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    synthetic_images(&d.join("val"), 1);
+    let p = config(d, 6);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    // The raw weights (no EMA lag), with and without guidance from the same seed.
+    v["ema_decay"] = 0.0.into();
+    v["steps"] = 12.into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    run(&args(d, "plain", false, None)).unwrap();
+    v["guidance"] = serde_json::json!({ "w_max": 3.0, "p_negative": 0.3 });
+    v["model"]["w_max"] = 3.0.into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    run(&args(d, "g", false, None)).unwrap();
+
+    let dev = burn::backend::flex::FlexDevice;
+    let (net, cfg) =
+        flowmapsr_core::weights::load_dir::<burn::backend::Flex>(&d.join("g").join("final"), &dev)
+            .unwrap();
+    assert_eq!(cfg.w_max(), 3.0);
+    let lr =
+        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
+            .unwrap();
+    let at = |w: f32| {
+        let opts = flowmapsr_core::sampler::SampleOptions {
+            tile: 32,
+            overlap: 8,
+            guidance: w,
+            ..Default::default()
+        };
+        flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 2, &opts, &dev, &mut |_, _| true)
+    };
+    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let (w1, w3) = (at(1.0).unwrap(), at(3.0).unwrap());
+    // w is a live input (12 steps are too few for a large effect: the output layer starts at 0).
+    assert!(gap(&w1, &w3) > 0.0, "w must change the output");
+    // Guidance changed what was learned: negative targets and guided rows are in the batches.
+    let (pnet, pcfg) = flowmapsr_core::weights::load_dir::<burn::backend::Flex>(
+        &d.join("plain").join("final"),
+        &dev,
+    )
+    .unwrap();
+    let opts = flowmapsr_core::sampler::SampleOptions {
+        tile: 32,
+        overlap: 8,
+        ..Default::default()
+    };
+    let p1 = flowmapsr_core::sampler::upscale(&pnet, &pcfg, &lr, 2, &opts, &dev, &mut |_, _| true)
+        .unwrap();
+    assert!(
+        gap(&w1, &p1) > 1e-5,
+        "guidance training changed nothing ({})",
+        gap(&w1, &p1)
+    );
+    let e = at(3.5).unwrap_err().to_string();
+    assert!(e.contains("[1, 3]"), "{e}");
+
+    let mut bad = v.clone();
+    bad["objective"] = "lagrangian".into();
+    std::fs::write(&p, bad.to_string()).unwrap();
+    let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
+    assert!(e.contains("shortcut"), "{e}");
+    let mut bad = v;
+    bad["model"]["w_max"] = 1.0.into();
+    std::fs::write(&p, bad.to_string()).unwrap();
+    let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
+    assert!(e.contains("w_max"), "{e}");
+}
+
+/// Adversarial LoRA (core adversarial.rs) through `train`: it needs --init, keeps the base
+/// frozen, resumes exactly, and its adapter loads beside the base weights and acts by its scale.
+#[test]
+fn adversarial_lora_trains_resumes_and_loads() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    synthetic_images(&d.join("val"), 1);
+    let p = config(d, 2);
+    run(&args(d, "base", false, None)).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["steps"] = 4.into();
+    v["adversarial"] = serde_json::json!({
+        "lora": { "rank": 2 }, "discriminator": { "widths": [8, 8] }, "lr_d": 0.002
+    });
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
+    assert!(e.contains("--init"), "{e}");
+    let adv = |out: &str, resume: bool, max: Option<usize>| {
+        let mut a = args(d, out, resume, max);
+        a.init = Some(d.join("base/final"));
+        run(&a).unwrap();
+    };
+    adv("full", false, None);
+    adv("split", false, Some(2));
+    adv("split", true, None);
+    let fin = d.join("full/final");
+    for f in ["config.json", "model.bin", "lora.json", "lora.bin"] {
+        assert!(fin.join(f).exists(), "{f}");
+    }
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    // The base is untouched.
+    assert_eq!(
+        read(fin.join("model.bin")),
+        read(d.join("base/final/model.bin"))
+    );
+
+    let dev = burn::backend::flex::FlexDevice;
+    let (model, cfg) =
+        flowmapsr_cli::weights::load_adapted::<burn::backend::Flex>(Some(&fin), &dev).unwrap();
+    let (resumed, _) = flowmapsr_cli::weights::load_adapted::<burn::backend::Flex>(
+        Some(&d.join("split/final")),
+        &dev,
+    )
+    .unwrap();
+    assert!(model.lora.is_some());
+    let lr =
+        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
+            .unwrap();
+    let opts = flowmapsr_core::sampler::SampleOptions {
+        tile: 32,
+        overlap: 8,
+        ..Default::default()
+    };
+    let at = |s: f32| {
+        flowmapsr_core::sampler::upscale(
+            &model.at(s).unwrap(),
+            &cfg,
+            &lr,
+            2,
+            &opts,
+            &dev,
+            &mut |_, _| true,
+        )
+        .unwrap()
+    };
+    let plain =
+        flowmapsr_core::sampler::upscale(&model.net, &cfg, &lr, 2, &opts, &dev, &mut |_, _| true)
+            .unwrap();
+    assert_eq!(at(0.0), plain);
+    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    // The interrupted-and-resumed run ends with the same adapter (same outputs).
+    let again = flowmapsr_core::sampler::upscale(
+        &resumed.at(2.0).unwrap(),
+        &cfg,
+        &lr,
+        2,
+        &opts,
+        &dev,
+        &mut |_, _| true,
+    )
+    .unwrap();
+    let r = gap(&at(2.0), &again);
+    assert!(
+        r < 1e-6,
+        "a resumed adversarial run must end where the uninterrupted one does ({r})"
+    );
+    let (g1, g2) = (gap(&at(1.0), &plain), gap(&at(2.0), &plain));
+    assert!(g1 > 1e-6 && g2 > g1, "LoRA 1: {g1}, LoRA 2: {g2}");
+    assert!(model.at(3.5).is_err());
+    // Weights without an adapter refuse a LoRA scale.
+    let (base, _) = flowmapsr_cli::weights::load_adapted::<burn::backend::Flex>(
+        Some(&d.join("base/final")),
+        &dev,
+    )
+    .unwrap();
+    assert!(base
+        .at(1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("no LoRA adapter"));
+}
+
+/// The staged pipeline (native pipeline.rs) from one config: warm-start -> self-distillation ->
+/// guidance -> adversarial LoRA, each stage from the last one's final weights.
+#[test]
+fn staged_pipeline_runs_every_stage_from_the_last() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    synthetic_images(&d.join("val"), 1);
+    let p = config(d, 2);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["stages"] = serde_json::json!([
+        { "name": "warmup", "objective": "flow-matching" },
+        { "name": "distill" },
+        { "name": "guidance", "guidance": { "w_max": 2.0 }, "model": { "w_max": 2.0 } },
+        { "name": "adversarial", "model": { "w_max": 2.0 },
+          "adversarial": { "lora": { "rank": 2 }, "discriminator": { "widths": [8] } } }
+    ]);
+    std::fs::write(&p, v.to_string()).unwrap();
+    // One stage alone needs the ones before it.
+    let mut a = args(d, "pipe", false, None);
+    a.stage = Some("distill".into());
+    let e = format!("{:#}", run(&a).unwrap_err());
+    assert!(e.contains("does not exist yet"), "{e}");
+    run(&args(d, "pipe", false, None)).unwrap();
+    for st in ["warmup", "distill", "guidance", "adversarial"] {
+        assert!(d.join("pipe").join(st).join("DONE").exists(), "{st}");
+        assert!(
+            d.join("pipe").join(st).join("final/model.bin").exists(),
+            "{st}"
+        );
+    }
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    let fin = d.join("pipe/adversarial/final");
+    assert!(fin.join("lora.bin").exists());
+    // The adversarial stage froze the guidance stage's weights, which started from distill's.
+    assert_eq!(
+        read(fin.join("model.bin")),
+        read(d.join("pipe/guidance/final/model.bin"))
+    );
+    assert_ne!(
+        read(d.join("pipe/guidance/final/model.bin")),
+        read(d.join("pipe/distill/final/model.bin"))
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&read(fin.join("config.json"))).unwrap();
+    assert_eq!(cfg["w_max"], 2.0);
+    // --resume on a finished pipeline skips every stage; --stage reruns one.
+    run(&args(d, "pipe", true, None)).unwrap();
+    let mut a = args(d, "pipe", false, None);
+    a.stage = Some("nope".into());
+    assert!(format!("{:#}", run(&a).unwrap_err()).contains("no stage 'nope'"));
 }
 
 #[test]

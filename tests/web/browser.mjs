@@ -84,6 +84,7 @@ async function upscaleAndCompare(page, label, how = "file") {
   }
   const seconds = (Date.now() - t0) / 1000;
   const progress = await page.$eval("#progress", (e) => e.textContent);
+  const blend = (await page.$eval("#status", (e) => e.textContent)).match(/blended on the (\w+)/)?.[1];
   if (shots) await page.screenshot({ path: path.join(shots, `web-${label}-done.png`), fullPage: true });
   const cmp = await page.evaluate(async (b64) => {
     const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
@@ -103,7 +104,7 @@ async function upscaleAndCompare(page, label, how = "file") {
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
   }, fs.readFileSync(native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, input: how, backend, seconds, progress, ...cmp };
+  return { label, input: how, backend, blend, seconds, progress, ...cmp };
 }
 
 async function session(webgpu, work) {
@@ -134,6 +135,7 @@ try {
     const r = await upscaleAndCompare(page, "cpu");
     console.log(JSON.stringify(r));
     if (r.backend.name !== "CPU") fail(`expected the CPU fallback, got ${r.backend.name}`);
+    if (r.blend !== "CPU") fail(`the CPU fallback blends on the CPU, got ${r.blend}`);
     if (!/adapter|navigator\.gpu/.test(r.backend.text)) fail(`the page must say why WebGPU is not used: ${r.backend.text}`);
     if (r.max > 1) fail(`CPU fallback differs from native by ${r.max}/255`);
     // Cancel mid-run: the worker is replaced, the page is ready again, and no result appears.
@@ -167,6 +169,7 @@ try {
     const r = await upscaleAndCompare(page, "webgpu", "drop");
     console.log(JSON.stringify(r));
     if (r.backend.name !== "WebGPU") fail(`expected WebGPU with --enable-unsafe-webgpu, got ${r.backend.name}: ${r.backend.text}`);
+    if (r.blend !== "GPU") fail(`WebGPU must blend with our WGSL kernels, got ${r.blend}`);
     if (r.max > gpuTol) fail(`WebGPU differs from native by ${r.max}/255 (tolerance ${gpuTol})`);
   });
   server.close();

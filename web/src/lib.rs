@@ -7,7 +7,7 @@
 //! RGBA in, alpha upscaled on its own with bicubic, rounded 8-bit out) so both give one answer.
 
 use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::sampler::{sample_options, to_unit, SampleOptions};
+use flowmapsr_core::sampler::{sample_options, SampleOptions};
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,13 @@ pub struct Job {
     pub overlap: usize,
     pub seed: u64,
     pub stochastic: bool,
+    /// Guidance scale w (1: faithful); at most the model's `w_max`.
+    #[serde(default = "one")]
+    pub guidance: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl Job {
@@ -46,14 +53,17 @@ impl Job {
         } else {
             Mode::Fidelity
         };
-        sample_options(
-            self.steps,
-            mode,
-            self.seed,
-            self.scale,
-            self.tile,
-            self.overlap,
-        )
+        SampleOptions {
+            guidance: self.guidance,
+            ..sample_options(
+                self.steps,
+                mode,
+                self.seed,
+                self.scale,
+                self.tile,
+                self.overlap,
+            )
+        }
     }
 
     /// Size checks before any work: clear errors instead of an out-of-memory tab.
@@ -82,6 +92,9 @@ impl Job {
         if self.tile < 16 || self.tile > 512 {
             return Err(Error::BadParam("tile must be 16..=512 input pixels".into()));
         }
+        if !(self.guidance.is_finite() && self.guidance >= 1.0) {
+            return Err(Error::BadParam("guidance w must be >= 1".into()));
+        }
         Ok(())
     }
 }
@@ -96,6 +109,8 @@ pub enum FromWorker {
     Ready {
         backend: String,
         detail: String,
+        /// The model's largest guidance scale (1: the model has no guidance).
+        w_max: f32,
     },
     /// A finished tile: its RGBA pixels travel next to this message.
     Tile {
@@ -111,6 +126,8 @@ pub enum FromWorker {
         width: usize,
         height: usize,
         ms: f64,
+        /// Where the tiles were blended: "GPU" (flowmapsr-shaders) or "CPU".
+        blend: String,
     },
     Error {
         message: String,
@@ -137,30 +154,8 @@ pub fn split_rgba(rgba: &[u8], width: usize, height: usize) -> Result<(Image, Op
     Ok((rgb, alpha))
 }
 
-/// RGB in [0, 1] (+ alpha) to rounded 8-bit RGBA; opaque without alpha.
-pub fn to_rgba(rgb: &Image, alpha: Option<&Image>) -> Vec<u8> {
-    let q = |v: f32| flowmapsr_core::image::quantize(v, 255.0) as u8;
-    let n = rgb.width * rgb.height;
-    let mut out = vec![255u8; 4 * n];
-    for c in 0..3 {
-        for (i, &v) in rgb.plane(c).iter().enumerate() {
-            out[4 * i + c] = q(v);
-        }
-    }
-    if let Some(a) = alpha {
-        for (i, &v) in a.plane(0).iter().enumerate() {
-            out[4 * i + 3] = q(v);
-        }
-    }
-    out
-}
-
-/// A finished tile's preview: the top-left `w` x `h` pixels of a signed [-1, 1] tile output, as
-/// opaque RGBA.
-pub fn tile_preview(signed: &Image, w: usize, h: usize) -> Vec<u8> {
-    let unit = to_unit(&signed.crop(0, 0, w, h)).expect("to_unit keeps the image's size");
-    to_rgba(&unit, None)
-}
+pub use flowmapsr_core::image::to_rgba;
+pub use flowmapsr_core::sampler::tile_preview;
 
 /// `photo.jpg` at x4 -> `photo_x4.png` (the page always saves PNG).
 pub fn download_name(input: &str, scale: u32) -> String {
@@ -200,13 +195,21 @@ mod tests {
             overlap: 16,
             seed: 7,
             stochastic: false,
+            guidance: 2.5,
         });
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"kind\":\"upscale\""), "{s}");
         assert_eq!(serde_json::from_str::<ToWorker>(&s).unwrap(), m);
         let r: FromWorker =
-            serde_json::from_str(r#"{"kind":"ready","backend":"WebGPU","detail":"x"}"#).unwrap();
-        assert!(matches!(r, FromWorker::Ready { .. }));
+            serde_json::from_str(r#"{"kind":"ready","backend":"WebGPU","detail":"x","w_max":3}"#)
+                .unwrap();
+        assert!(matches!(r, FromWorker::Ready { w_max, .. } if w_max == 3.0));
+        // A job without guidance (an older page) is faithful, w = 1.
+        let old = r#"{"kind":"upscale","width":1,"height":1,"scale":2,"steps":1,"tile":64,"overlap":8,"seed":0,"stochastic":false}"#;
+        match serde_json::from_str::<ToWorker>(old).unwrap() {
+            ToWorker::Upscale(j) => assert_eq!(j.guidance, 1.0),
+            m => panic!("{m:?}"),
+        }
     }
 
     #[test]
@@ -220,9 +223,10 @@ mod tests {
             overlap: 16,
             seed: 0,
             stochastic: false,
+            guidance: 1.5,
         };
         let o = j.options();
-        assert_eq!((o.tile, o.overlap, o.steps), (512, 64, 1));
+        assert_eq!((o.tile, o.overlap, o.steps, o.guidance), (512, 64, 1, 1.5));
         assert!(j.check().is_ok());
         let huge = Job {
             width: 2100,
@@ -239,6 +243,12 @@ mod tests {
         .is_err());
         assert!(Job {
             width: 0,
+            ..j.clone()
+        }
+        .check()
+        .is_err());
+        assert!(Job {
+            guidance: 0.5,
             ..j.clone()
         }
         .check()

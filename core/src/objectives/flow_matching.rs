@@ -76,7 +76,7 @@ mod tests {
         let model = UNetConfig::tiny().init::<Autodiff<Flex>>(&dev);
         let x0 = Tensor::<Autodiff<Flex>, 4>::zeros([2, 12, 4, 4], &dev);
         let x1 = Tensor::<Autodiff<Flex>, 4>::ones([2, 12, 4, 4], &dev) * 0.5;
-        let batch = Batch { x0, x1 };
+        let batch = Batch::new(x0, x1);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let cfg = FlowMatchingConfig::new().with_p_source_noise(0.0);
         let l = flow_matching(&model, &batch, &cfg, &BridgeConfig::new(), &mut rng);

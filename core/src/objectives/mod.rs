@@ -3,6 +3,7 @@
 
 pub mod eulerian;
 pub mod flow_matching;
+pub mod guidance;
 pub mod lagrangian;
 pub mod shortcut;
 #[cfg(test)]
@@ -13,14 +14,46 @@ use crate::bridge::{noise, per_sample, point, BridgeConfig};
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use crate::unet::UNet;
 use burn::tensor::{backend::Backend, Tensor};
+pub use guidance::RowGuide;
 use rand::Rng;
 
 /// A training batch in the unshuffled space: clean sources x0 = unshuffle(up(LR)) and targets
-/// x1 = unshuffle(HR), both [n, 12, h, w] in [-1, 1].
+/// x1 = unshuffle(HR) (the degraded HR on negative-prompt rows), both [n, 12, h, w] in [-1, 1],
+/// and each row's prompt and guidance w (guidance.rs).
 #[derive(Clone, Debug)]
 pub struct Batch<B: Backend> {
     pub x0: Tensor<B, 4>,
     pub x1: Tensor<B, 4>,
+    pub guide: Vec<RowGuide>,
+}
+
+impl<B: Backend> Batch<B> {
+    /// A batch without guidance: every row positive at w = 1.
+    pub fn new(x0: Tensor<B, 4>, x1: Tensor<B, 4>) -> Self {
+        let n = x0.dims()[0];
+        Self {
+            x0,
+            x1,
+            guide: vec![RowGuide::FIDELITY; n],
+        }
+    }
+
+    /// Rows [a, a + len).
+    pub fn rows(&self, a: usize, len: usize) -> Self {
+        Self {
+            x0: rows(&self.x0, a, len),
+            x1: rows(&self.x1, a, len),
+            guide: self.guide[a..a + len].to_vec(),
+        }
+    }
+
+    /// Conditioning for rows [a, a + s.len()) at times (s, t), with their prompts and w.
+    pub fn cond<C: Backend>(&self, a: usize, s: &[f32], t: &[f32], device: &C::Device) -> Cond<C> {
+        let g = &self.guide[a..a + s.len()];
+        let w: Vec<f32> = g.iter().map(|r| r.w).collect();
+        let p: Vec<i64> = g.iter().map(|r| r.prompt).collect();
+        Cond::rows(s, t, &w, &p, device)
+    }
 }
 
 /// The loss to minimise and its named parts (each a mean over its own samples).
@@ -183,10 +216,7 @@ impl<B: Backend> StudentRows<B> {
         rng: &mut impl Rng,
     ) {
         let n = batch.x0.dims()[0];
-        let sub = |a: usize, len: usize| Batch {
-            x0: rows(&batch.x0, a, len),
-            x1: rows(&batch.x1, a, len),
-        };
+        let sub = |a: usize, len: usize| batch.rows(a, len);
         if n_anchor > 0 {
             let b = sub(from, n_anchor);
             self.targets.push(b.x1.clone() - b.x0.clone());
@@ -233,10 +263,7 @@ pub(crate) fn sd_points<B: Backend>(
     rng: &mut impl Rng,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let n = batch.x0.dims()[0];
-    let b = Batch {
-        x0: rows(&batch.x0, 0, n_sd),
-        x1: rows(&batch.x1, 0, n_sd),
-    };
+    let b = batch.rows(0, n_sd);
     let noisy: Vec<bool> = (0..n_sd).map(|_| rng.random::<f32>() < p_noise).collect();
     let (x, _) = bridge_points(&b, s, &noisy, bridge, rng);
     let mut x0 = vec![b.x0.clone(), b.x0];

@@ -11,7 +11,7 @@ use super::{
     bridge_points, per_sample_mse, rows, split_rows, Batch, FlowNet, LossTerms, StudentRows,
 };
 use crate::bridge::BridgeConfig;
-use crate::cond::{Cond, PROMPT_POSITIVE};
+use crate::cond::{Cond, PROMPT_NEGATIVE};
 use burn::config::Config;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -57,10 +57,7 @@ where
     let n = batch.x0.dims()[0];
     let (n_sc, n_anchor) = cfg.split(n);
     let n_diag = n - n_sc - n_anchor;
-    let sub = |a: usize, len: usize| Batch {
-        x0: rows(&batch.x0, a, len),
-        x1: rows(&batch.x1, a, len),
-    };
+    let sub = |a: usize, len: usize| batch.rows(a, len);
 
     let mut st = StudentRows::new();
 
@@ -84,17 +81,10 @@ where
         let t2d: Vec<f32> = t.iter().zip(&d).map(|(t, d)| t + 2.0 * d).collect();
         let inner_dev = x.clone().inner().device();
         let (xi, x0i) = (x.clone().inner(), b.x0.clone().inner());
-        let v1 = teacher.velocity(
-            xi.clone(),
-            x0i.clone(),
-            &Cond::per_sample(&t, &td, 1.0, PROMPT_POSITIVE, &inner_dev),
-        );
+        // The teacher at each row's own prompt and w: the guided field's flow map at that w.
+        let v1 = teacher.velocity(xi.clone(), x0i.clone(), &b.cond(0, &t, &td, &inner_dev));
         let xm = xi + v1.clone() * crate::bridge::per_sample(&d, &inner_dev);
-        let v2 = teacher.velocity(
-            xm,
-            x0i,
-            &Cond::per_sample(&td, &t2d, 1.0, PROMPT_POSITIVE, &inner_dev),
-        );
+        let v2 = teacher.velocity(xm, x0i, &b.cond(0, &td, &t2d, &inner_dev));
         st.targets.push(Tensor::from_inner((v1 + v2) * 0.5));
         st.x.push(x);
         st.s.extend_from_slice(&t);
@@ -102,10 +92,36 @@ where
     }
     st.push_anchor_and_diag(batch, n_sc, n_anchor, cfg.p_source_noise, bridge, rng);
 
-    // One student call for the whole batch.
-    let c = Cond::per_sample(&st.s, &st.t, 1.0, PROMPT_POSITIVE, &device);
-    let v = model.velocity(Tensor::cat(st.x, 0), batch.x0.clone(), &c);
-    let per = per_sample_mse(v, Tensor::cat(st.targets, 0));
+    let x = Tensor::cat(st.x, 0);
+    let mut target = Tensor::cat(st.targets, 0);
+    // Guided anchor and diagonal rows (w > 1) regress b^w: their own velocity stands in for
+    // v(pos), the teacher gives v(neg) (guidance.rs).
+    let w: Vec<f32> = batch.guide.iter().map(|g| g.w).collect();
+    let len = n - n_sc;
+    if w[n_sc..].iter().any(|&w| w != 1.0) {
+        let inner_dev = x.clone().inner().device();
+        let neg = Cond::rows(
+            &st.s[n_sc..],
+            &st.t[n_sc..],
+            &vec![1.0; len],
+            &vec![PROMPT_NEGATIVE; len],
+            &inner_dev,
+        );
+        let xi = x.clone().narrow(0, n_sc, len).inner();
+        let v_neg =
+            Tensor::from_inner(teacher.velocity(xi, rows(&batch.x0, n_sc, len).inner(), &neg));
+        let wt = crate::bridge::per_sample::<B>(&w[n_sc..], &device);
+        let guided = target.clone().narrow(0, n_sc, len) * wt.clone() + v_neg * (wt.neg() + 1.0);
+        target = match n_sc {
+            0 => guided,
+            _ => Tensor::cat(vec![target.narrow(0, 0, n_sc), guided], 0),
+        };
+    }
+
+    // One student call for the whole batch, at each row's prompt and w.
+    let c = batch.cond(0, &st.s, &st.t, &device);
+    let v = model.velocity(x, batch.x0.clone(), &c);
+    let per = per_sample_mse(v, target);
     LossTerms::from_rows(
         per,
         st.s,
@@ -138,10 +154,10 @@ mod tests {
         let dev = Default::default();
         let model = UNetConfig::tiny().init::<B>(&dev);
         let teacher = model.valid();
-        let batch = Batch {
-            x0: Tensor::<B, 4>::zeros([8, 12, 4, 4], &dev),
-            x1: Tensor::<B, 4>::ones([8, 12, 4, 4], &dev) * 0.5,
-        };
+        let batch = Batch::new(
+            Tensor::<B, 4>::zeros([8, 12, 4, 4], &dev),
+            Tensor::<B, 4>::ones([8, 12, 4, 4], &dev) * 0.5,
+        );
         let cfg = ShortcutConfig::new().with_p_source_noise(0.0);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let l = shortcut(

@@ -83,6 +83,8 @@ mod ui {
         has_input: RwSignal<bool>,
         has_output: RwSignal<bool>,
         out_size: RwSignal<(usize, usize)>,
+        /// The model's largest guidance scale (1: no guidance control).
+        w_max: RwSignal<f32>,
     }
 
     fn ctx2d(c: &HtmlCanvasElement) -> CanvasRenderingContext2d {
@@ -192,7 +194,12 @@ mod ui {
                     );
                 }
             }
-            FromWorker::Ready { backend, detail } => {
+            FromWorker::Ready {
+                backend,
+                detail,
+                w_max,
+            } => {
+                sig.w_max.set(w_max);
                 let detail = match ctl.borrow().gpu_failure.clone() {
                     Some(f) => format!("WebGPU failed in this tab ({f})"),
                     None => detail,
@@ -220,13 +227,19 @@ mod ui {
                     paint(&c, &px.to_vec(), x, y, w, h);
                 }
             }
-            FromWorker::Done { width, height, ms } => {
+            FromWorker::Done {
+                width,
+                height,
+                ms,
+                blend,
+            } => {
                 if let (Some(c), Some(px)) = (ctl.borrow().out.clone(), px) {
                     paint(&c, &px.to_vec(), 0, 0, width, height);
                 }
                 sig.has_output.set(true);
                 sig.state.set(State::Done);
-                sig.message.set(format!("done in {:.0} ms", ms));
+                sig.message
+                    .set(format!("done in {ms:.0} ms (tiles blended on the {blend})"));
             }
             FromWorker::Error { message } => {
                 sig.state.set(State::Failed);
@@ -338,11 +351,13 @@ mod ui {
             has_input: RwSignal::new(false),
             has_output: RwSignal::new(false),
             out_size: RwSignal::new((0, 0)),
+            w_max: RwSignal::new(1.0),
         };
         let scale = RwSignal::new(4u32);
         let steps = RwSignal::new(1usize);
         let tile = RwSignal::new(128usize);
         let seed = RwSignal::new(0u64);
+        let guidance = RwSignal::new(1.0f32);
         let split = RwSignal::new(50.0f64);
         let zoom = RwSignal::new("fit".to_string());
         let ctl = Rc::new(RefCell::new(Ctl::default()));
@@ -423,6 +438,7 @@ mod ui {
                     overlap: (tile.get_untracked() / 8).max(8),
                     seed: seed.get_untracked(),
                     stochastic: false,
+                    guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
                 };
                 if let Err(e) = job.check() {
                     sig.message.set(e.to_string());
@@ -544,10 +560,25 @@ mod ui {
                                 on:change=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0)) />
                         </label>
                     </div>
-                    <div class="row muted" title="Arrives with the guidance-trained model and its LoRA">
-                        <label>"Guidance w " <input id="guidance" type="range" min="1" max="3" step="0.5" value="1" disabled /></label>
-                        <label>"LoRA " <input id="lora" type="range" min="0" max="3" step="0.5" value="0" disabled /></label>
-                        <span class="note">"(not in the shipped model yet)"</span>
+                    <div class="row">
+                        <label class:muted=move || sig.w_max.get() <= 1.0
+                            title="Guidance: 1 is faithful, higher is sharper (one network call at any w)">
+                            "Guidance w "
+                            <input id="guidance" type="range" min="1" step="0.25"
+                                prop:max=move || sig.w_max.get().max(1.0).to_string()
+                                prop:value=move || guidance.get().to_string()
+                                disabled=move || sig.w_max.get() <= 1.0
+                                on:input=move |ev| guidance.set(event_target_value(&ev).parse().unwrap_or(1.0)) />
+                            <span id="guidance-value">{move || format!("{:.2}", guidance.get())}</span>
+                        </label>
+                        <label class="muted" title="Arrives with the adversarial LoRA">
+                            "LoRA " <input id="lora" type="range" min="0" max="3" step="0.5" value="0" disabled />
+                        </label>
+                        <span class="note">{move || if sig.w_max.get() <= 1.0 {
+                            "(guidance and LoRA: not in the loaded model)"
+                        } else {
+                            "(LoRA: not in the loaded model yet)"
+                        }}</span>
                     </div>
                     <div class="row">
                         <button id="upscale" on:click=on_upscale disabled=move || busy() || !sig.has_input.get()>"Upscale"</button>

@@ -1,6 +1,8 @@
 //! The upscaler, in a dedicated web worker: picks WebGPU (burn wgpu) or the CPU (burn flex),
 //! loads the shipped weights, and runs core's sampler tile by tile, posting each finished tile.
-//! Results are read back from the GPU only asynchronously (a blocking read panics in a browser).
+//! On WebGPU the tiles are blended on the GPU by our WGSL kernels (flowmapsr-shaders) and only
+//! 8-bit previews and the 8-bit result come back, asynchronously (a blocking read panics in a
+//! browser); images whose accumulator exceeds the device's storage-buffer limit blend on the CPU.
 //! Cancel is `Worker.terminate()` on the page's side: nothing here needs to poll for it.
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -17,11 +19,13 @@ fn main() {
 #[cfg(target_arch = "wasm32")]
 mod wasm {
     use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, WgpuDevice};
-    use burn::backend::{Flex, Wgpu};
-    use flowmapsr_core::sampler::{upscale_async, TileDone};
+    use burn::backend::Flex;
+    use flowmapsr_core::image::set_alpha;
+    use flowmapsr_core::sampler::{upscale_async, CpuBlender, TileDone};
     use flowmapsr_core::unet::UNet;
     use flowmapsr_core::weights::{load_model, ModelConfig};
-    use flowmapsr_web::{js_error, split_rgba, tile_preview, to_rgba, FromWorker, Job, ToWorker};
+    use flowmapsr_shaders::{Gpu, GpuBlender};
+    use flowmapsr_web::{js_error, split_rgba, FromWorker, Job, ToWorker};
     use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -31,7 +35,7 @@ mod wasm {
     use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
     enum Engine {
-        Gpu(UNet<Wgpu>, WgpuDevice),
+        Gpu(UNet<Gpu>, WgpuDevice),
         Cpu(UNet<Flex>),
     }
 
@@ -164,7 +168,7 @@ mod wasm {
             Ok(adapter) => {
                 let device = WgpuDevice::default();
                 init_setup_async::<WebGpu>(&device, Default::default()).await;
-                let (net, cfg) = load_model::<Wgpu>(&cfg_bytes, &bin, &device)
+                let (net, cfg) = load_model::<Gpu>(&cfg_bytes, &bin, &device)
                     .map_err(|e| format!("weights: {e}"))?;
                 let m = Model {
                     engine: Engine::Gpu(net, device),
@@ -182,11 +186,13 @@ mod wasm {
                 (m, "CPU", why)
             }
         };
+        let w_max = model.cfg.w_max();
         MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
         post(
             &FromWorker::Ready {
                 backend: backend.into(),
                 detail,
+                w_max,
             },
             None,
         );
@@ -220,27 +226,42 @@ mod wasm {
                     w: r.w,
                     h: r.h,
                 },
-                Some(tile_preview(t.image, r.w, r.h)),
+                Some(t.rgba.to_vec()),
             );
             true
         };
-        let out = match &model.engine {
+        let (cfg, scale) = (&model.cfg, job.scale);
+        let (width, height) = (job.width * scale as usize, job.height * scale as usize);
+        let (out, blend) = match &model.engine {
             Engine::Gpu(net, dev) => {
-                upscale_async(net, &model.cfg, &rgb, job.scale, &opts, dev, &mut on_tile).await
+                let mut gpu = GpuBlender::new(dev);
+                if gpu.fits(width, height) {
+                    let r =
+                        upscale_async(net, cfg, &rgb, scale, &opts, dev, &mut gpu, &mut on_tile);
+                    (r.await, "GPU")
+                } else {
+                    let mut cpu = CpuBlender::default();
+                    let r =
+                        upscale_async(net, cfg, &rgb, scale, &opts, dev, &mut cpu, &mut on_tile);
+                    (r.await, "CPU")
+                }
             }
             Engine::Cpu(net) => {
-                let dev = Default::default();
-                upscale_async(net, &model.cfg, &rgb, job.scale, &opts, &dev, &mut on_tile).await
+                let (dev, mut cpu) = (Default::default(), CpuBlender::default());
+                let r = upscale_async(net, cfg, &rgb, scale, &opts, &dev, &mut cpu, &mut on_tile);
+                (r.await, "CPU")
             }
+        };
+        let mut px = out.map_err(|e| e.to_string())?;
+        if let Some(a) = alpha {
+            set_alpha(&mut px, &flowmapsr_core::resize::upscale_alpha(&a, scale));
         }
-        .map_err(|e| e.to_string())?;
-        let alpha = alpha.map(|a| flowmapsr_core::resize::upscale_alpha(&a, job.scale));
-        let px = to_rgba(&out, alpha.as_ref());
         post(
             &FromWorker::Done {
-                width: out.width,
-                height: out.height,
+                width,
+                height,
                 ms: now() - t0,
+                blend: blend.into(),
             },
             Some(px),
         );

@@ -1,0 +1,241 @@
+//! Adversarial LoRA fine-tuning (ALGORITHM.md §5): the flow map is frozen, LoRA adapters
+//! (lora.rs) are trained with the relativistic pairing GAN loss (RPGAN, R3GAN 2501.05441),
+//!   L_D = E softplus(D(fake) - D(real)) + gamma/2 (R1 + R2),
+//!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2,
+//! where fake = X_{0,1}(x0) at NFE 1 with the adapters, real = x1, and D sees up(LR) too.
+//! burn has no second-order gradients, so R1 and R2 take their finite-difference form
+//! (APT 2501.08316): E ||D(x + sigma eps) - D(x)||^2 / sigma^2 ~ E ||grad_x D(x)||^2, on real
+//! (R1) and fake (R2) samples.
+
+use crate::lora::LoraConfig;
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{leaky_relu, softplus};
+use burn::tensor::{backend::Backend, Tensor};
+
+#[derive(Config, Debug)]
+pub struct DiscriminatorConfig {
+    /// Widths of the stride-2 stages (the input is the 12-channel unshuffled image and x0).
+    #[config(default = "vec![32, 64, 96]")]
+    pub widths: Vec<usize>,
+}
+
+/// D(x | x0): stride-2 3 x 3 convolutions with leaky ReLU, global average pool, linear -> score.
+#[derive(Module, Debug)]
+pub struct Discriminator<B: Backend> {
+    convs: Vec<Conv2d<B>>,
+    head: Linear<B>,
+}
+
+impl DiscriminatorConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Discriminator<B> {
+        let mut convs = Vec::new();
+        let mut cin = 24;
+        for &w in &self.widths {
+            convs.push(
+                Conv2dConfig::new([cin, w], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device),
+            );
+            cin = w;
+        }
+        crate::weights::materialize(Discriminator {
+            convs,
+            head: LinearConfig::new(cin, 1).init(device),
+        })
+    }
+}
+
+impl<B: Backend> Discriminator<B> {
+    /// Scores [n] of images x given their sources x0, both [n, 12, h, w].
+    pub fn forward(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> Tensor<B, 1> {
+        let mut h = Tensor::cat(vec![x, x0], 1);
+        for c in &self.convs {
+            h = leaky_relu(c.forward(h), 0.2);
+        }
+        let [n, ch, _, _] = h.dims();
+        let pooled = h
+            .reshape([n as i32, ch as i32, -1])
+            .mean_dim(2)
+            .reshape([n, ch]);
+        self.head.forward(pooled).reshape([n])
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdversarialConfig {
+    pub lora: LoraConfig,
+    pub discriminator: DiscriminatorConfig,
+    /// Weight of R1 + R2 (gamma / 2 each).
+    pub gamma: f32,
+    /// Finite-difference step of the R1/R2 estimate.
+    pub fd_sigma: f32,
+    /// Weight of the reconstruction term || fake - real ||^2 in L_G.
+    pub rec_weight: f32,
+    /// LoRA scale during training (inference may use 0 to 3).
+    pub train_scale: f32,
+    /// Discriminator learning rate (the adapters use the run's lr schedule).
+    pub lr_d: f64,
+}
+
+impl Default for AdversarialConfig {
+    fn default() -> Self {
+        Self {
+            lora: LoraConfig::new(),
+            discriminator: DiscriminatorConfig::new(),
+            gamma: 1.0,
+            fd_sigma: 0.01,
+            rec_weight: 1.0,
+            train_scale: 1.0,
+            lr_d: 2e-4,
+        }
+    }
+}
+
+/// Named loss terms of one adversarial step.
+pub struct AdvLoss<B: Backend> {
+    pub total: Tensor<B, 1>,
+    pub terms: Vec<(&'static str, Tensor<B, 1>)>,
+}
+
+/// E ||D(x + sigma eps) - D(x)||^2 / sigma^2 per batch (finite-difference gradient penalty).
+fn fd_penalty<B: Backend>(
+    d: &Discriminator<B>,
+    x: Tensor<B, 4>,
+    x0: Tensor<B, 4>,
+    sigma: f32,
+    rng: &mut impl rand::Rng,
+) -> Tensor<B, 1> {
+    let eps = crate::bridge::noise::<B, 4>(x.dims(), rng, &x.device()) * sigma;
+    let dx = d.forward(x.clone() + eps, x0.clone()) - d.forward(x, x0);
+    (dx.powi_scalar(2) / (sigma * sigma)).mean()
+}
+
+/// The discriminator's loss; `fake` carries no gradient to the generator (detach it). The R1/R2
+/// perturbations come from `rng` (seeded per step: resumed runs repeat exactly).
+pub fn discriminator_loss<B: Backend>(
+    d: &Discriminator<B>,
+    real: Tensor<B, 4>,
+    fake: Tensor<B, 4>,
+    x0: Tensor<B, 4>,
+    cfg: &AdversarialConfig,
+    rng: &mut impl rand::Rng,
+) -> AdvLoss<B> {
+    let rp = softplus(
+        d.forward(fake.clone(), x0.clone()) - d.forward(real.clone(), x0.clone()),
+        1.0,
+    )
+    .mean();
+    let r1 = fd_penalty(d, real, x0.clone(), cfg.fd_sigma, rng);
+    let r2 = fd_penalty(d, fake, x0, cfg.fd_sigma, rng);
+    let total = rp.clone() + (r1.clone() + r2.clone()) * (cfg.gamma / 2.0);
+    AdvLoss {
+        total,
+        terms: vec![("d_rp", rp), ("r1", r1), ("r2", r2)],
+    }
+}
+
+/// The generator's (adapters') loss.
+pub fn generator_loss<B: Backend>(
+    d: &Discriminator<B>,
+    real: Tensor<B, 4>,
+    fake: Tensor<B, 4>,
+    x0: Tensor<B, 4>,
+    cfg: &AdversarialConfig,
+) -> AdvLoss<B> {
+    let rp = softplus(
+        d.forward(real.clone(), x0.clone()) - d.forward(fake.clone(), x0),
+        1.0,
+    )
+    .mean();
+    let rec = (fake - real).powi_scalar(2).mean();
+    let total = rp.clone() + rec.clone() * cfg.rec_weight;
+    AdvLoss {
+        total,
+        terms: vec![("g_rp", rp), ("rec", rec)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Param;
+    use burn::tensor::{Distribution, TensorData};
+
+    type B = Flex;
+
+    #[test]
+    fn discriminator_scores_one_per_sample() {
+        let dev = Default::default();
+        let d = DiscriminatorConfig::new()
+            .with_widths(vec![8, 8])
+            .init::<B>(&dev);
+        let x = Tensor::<B, 4>::random([3, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        assert_eq!(d.forward(x.clone(), x).dims(), [3]);
+    }
+
+    /// For a linear D(x) = a . x + b, the finite-difference R1 is ||a||^2 in expectation
+    /// (D(x + s e) - D(x) = s a . e); 20000 samples put the estimate within 1% (std) of it.
+    #[test]
+    fn fd_penalty_estimates_the_squared_gradient_norm() {
+        let dev = Default::default();
+        // No conv stages: D(x, x0) = head(mean_hw(cat(x, x0))), linear in x.
+        let mut d = DiscriminatorConfig::new()
+            .with_widths(vec![])
+            .init::<B>(&dev);
+        // D(x, x0) = sum_c a_c mean_hw(cat(x, x0))_c + b.
+        let a: Vec<f32> = (0..24).map(|c| if c < 12 { 0.5 } else { 0.0 }).collect();
+        d.head.weight = Param::from_tensor(Tensor::from_data(TensorData::new(a, [24, 1]), &dev));
+        let (h, w) = (4, 4);
+        let x = Tensor::<B, 4>::random([20000, 12, h, w], Distribution::Normal(0.0, 1.0), &dev);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+        let r1: f32 = fd_penalty(&d, x.clone(), x, 0.01, &mut rng).into_scalar();
+        // grad_x D = 0.5 / (h w) per element of the 12 x h x w input: ||grad||^2 = 12 hw 0.25 / (hw)^2.
+        let exact = 12.0 * 0.25 / (h * w) as f32;
+        assert!((r1 / exact - 1.0).abs() < 0.05, "{r1} vs {exact}");
+    }
+
+    /// L_D prefers D(real) > D(fake); L_G the opposite; both have gradients where they should.
+    #[test]
+    fn losses_pull_the_right_way() {
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let d = DiscriminatorConfig::new()
+            .with_widths(vec![8])
+            .init::<AD>(&dev);
+        let cfg = AdversarialConfig::default();
+        let real = Tensor::<AD, 4>::random([4, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let x0 = real.clone() * 0.5;
+        let fake = Tensor::<AD, 4>::random([4, 12, 8, 8], Distribution::Normal(0.0, 0.2), &dev)
+            .require_grad();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let ld = discriminator_loss(
+            &d,
+            real.clone(),
+            fake.clone().detach(),
+            x0.clone(),
+            &cfg,
+            &mut rng,
+        );
+        let names: Vec<_> = ld.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["d_rp", "r1", "r2"]);
+        let lg = generator_loss(&d, real, fake.clone(), x0, &cfg);
+        // softplus(a) + softplus(-a) >= 2 ln 2 > 0 with equality at a = 0: the two relativistic
+        // terms are each other's mirror.
+        let (a, b): (f32, f32) = (
+            ld.terms[0].1.clone().into_scalar(),
+            lg.terms[0].1.clone().into_scalar(),
+        );
+        assert!(a > 0.0 && b > 0.0);
+        let g = lg.total.backward();
+        assert!(
+            fake.grad(&g).is_some(),
+            "the generator loss reaches the fake"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! `flowmapsr train` with an `adversarial` section: LoRA adapters on a frozen flow map, trained
+//! with RPGAN + finite-difference R1/R2 + reconstruction (core adversarial.rs, ALGORITHM.md §5).
+//! The base weights come from `--init` (the previous stage); checkpoints hold the adapters, the
+//! discriminator and both optimisers, so a killed run resumes exactly; `final/` and `best/` hold
+//! the base weights with lora.json + lora.bin beside them.
+
+use crate::imageio;
+use crate::train::{make_batch, RunState, TrainArgs, TrainConfig, ValPoint, LATEST};
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use flowmapsr_core::adversarial::{
+    discriminator_loss, generator_loss, AdversarialConfig, Discriminator,
+};
+use flowmapsr_core::cond::Cond;
+use flowmapsr_core::lora::{Adapted, UNetLora};
+use flowmapsr_core::unet::UNet;
+use flowmapsr_core::weights::{
+    module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir, save_lora,
+    write_atomic,
+};
+use flowmapsr_core::Image;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use std::time::Instant;
+
+/// Validation of the adapted model at its training scale: (PSNR-Y, HF ratio) at x4, NFE 1.
+fn validate<B: burn::tensor::backend::Backend>(
+    model: &Adapted<B>,
+    scale: f32,
+    cfg: &TrainConfig,
+    images: &[(String, imageio::Decoded)],
+    device: &B::Device,
+) -> Result<(f64, f64)> {
+    let opts = flowmapsr_core::sampler::SampleOptions {
+        tile: 512,
+        overlap: 64,
+        ..Default::default()
+    };
+    let net = model.at(scale)?;
+    let r = crate::eval::evaluate(
+        images,
+        4,
+        None,
+        crate::eval::model_fn(&net, &cfg.model, 4, opts, device),
+    )?;
+    Ok((r.psnr_y, r.hf_ratio))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<B: AutodiffBackend, OG, OD>(
+    out: &Path,
+    lora: &UNetLora<B>,
+    disc: &Discriminator<B>,
+    optim_g: &OG,
+    optim_d: &OD,
+    state: &RunState,
+) -> Result<()>
+where
+    OG: Optimizer<UNetLora<B>, B>,
+    OD: Optimizer<Discriminator<B>, B>,
+{
+    let name = format!("ckpt-{:08}", state.step);
+    let tmp = out.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("lora.bin"), module_to_bytes(lora.valid()))?;
+    std::fs::write(tmp.join("disc.bin"), module_to_bytes(disc.valid()))?;
+    std::fs::write(
+        tmp.join("optim_g.bin"),
+        record_to_bytes::<B, _>(optim_g.to_record()),
+    )?;
+    std::fs::write(
+        tmp.join("optim_d.bin"),
+        record_to_bytes::<B, _>(optim_d.to_record()),
+    )?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    let dst = out.join(&name);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::rename(&tmp, &dst)?;
+    let prev = std::fs::read_to_string(out.join(LATEST)).ok();
+    write_atomic(&out.join(LATEST), name.as_bytes())?;
+    if let Some(p) = prev.filter(|p| p.trim() != name) {
+        let _ = std::fs::remove_dir_all(out.join(p.trim()));
+    }
+    Ok(())
+}
+
+pub fn train_lora<B: AutodiffBackend>(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+    adv: &AdversarialConfig,
+    images: &[Image],
+    val: Option<&[(String, imageio::Decoded)]>,
+    device: B::Device,
+) -> Result<()> {
+    // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else.
+    let kept = args.out.join("base");
+    let init = match args.init.as_deref() {
+        Some(d) => d.to_path_buf(),
+        None if args.resume && kept.join("model.bin").exists() => kept.clone(),
+        None => bail!(
+            "adversarial LoRA training fine-tunes a trained model: pass --init DIR (config.json + model.bin)"
+        ),
+    };
+    let init = init.as_path();
+    B::seed(&device, cfg.seed);
+    let bytes = std::fs::read(init.join("model.bin"))
+        .with_context(|| format!("reading {}", init.join("model.bin").display()))?;
+    if init != kept {
+        std::fs::create_dir_all(&kept)?;
+        write_atomic(&kept.join("model.bin"), &bytes)?;
+        write_atomic(&kept.join("config.json"), cfg.model.to_json().as_bytes())?;
+    }
+    let base: UNet<B> = module_from_bytes(cfg.model.unet.init(&device), &bytes, &device)
+        .with_context(|| format!("--init {}", init.display()))?;
+    // Frozen: gradients pass through it to the adapters, none are kept for it.
+    let base = base.no_grad();
+    let mut lora: UNetLora<B> = adv.lora.init(&base, &device);
+    let mut disc: Discriminator<B> = adv.discriminator.init(&device);
+    let adam = AdamConfig::new().with_grad_clipping(
+        cfg.grad_clip
+            .map(burn::grad_clipping::GradientClippingConfig::Norm),
+    );
+    let mut optim_g = adam.clone().init::<B, UNetLora<B>>();
+    let mut optim_d = AdamConfig::new()
+        .with_beta_1(0.0)
+        .with_beta_2(0.99)
+        .init::<B, Discriminator<B>>();
+    let mut state = RunState {
+        best_psnr: f64::NEG_INFINITY,
+        ..Default::default()
+    };
+    if args.resume {
+        match std::fs::read_to_string(args.out.join(LATEST)) {
+            Ok(name) => {
+                let dir = args.out.join(name.trim());
+                let read = |f: &str| {
+                    std::fs::read(dir.join(f))
+                        .with_context(|| format!("reading {}", dir.join(f).display()))
+                };
+                lora = module_from_bytes(lora, &read("lora.bin")?, &device)?;
+                disc = module_from_bytes(disc, &read("disc.bin")?, &device)?;
+                optim_g =
+                    optim_g.load_record(record_from_bytes::<B, _>(&read("optim_g.bin")?, &device)?);
+                optim_d =
+                    optim_d.load_record(record_from_bytes::<B, _>(&read("optim_d.bin")?, &device)?);
+                state = serde_json::from_slice(&read("state.json")?)?;
+                tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+            }
+            Err(_) => tracing::warn!(
+                "--resume: no checkpoint in {}, starting fresh",
+                args.out.display()
+            ),
+        }
+    }
+    tracing::info!(
+        "adversarial LoRA on {}: rank {}, {} adapter and {} discriminator parameters",
+        init.display(),
+        adv.lora.rank,
+        lora.num_params(),
+        disc.num_params()
+    );
+    let end = args
+        .max_steps
+        .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
+    let base_eval = base.valid();
+    let mut log_acc: Vec<(&'static str, f64)> = Vec::new();
+    let mut log_n = 0usize;
+    let mut t_log = Instant::now();
+    while state.step < end {
+        let t0 = Instant::now();
+        let step = state.step;
+        let batch = make_batch::<B>(images, cfg, step, 0..cfg.batch, &device)?;
+        let n = cfg.batch;
+        // fake = X_{0,1}(x0) at NFE 1, fidelity mode, w = 1, through the adapters.
+        let c = Cond::uniform(n, 0.0, 1.0, &device);
+        let v = base.velocity_lora(
+            batch.x0.clone(),
+            batch.x0.clone(),
+            &c,
+            Some((&lora, adv.train_scale)),
+        );
+        let fake = batch.x0.clone() + v;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        let ld = discriminator_loss(
+            &disc,
+            batch.x1.clone(),
+            fake.clone().detach(),
+            batch.x0.clone(),
+            adv,
+            &mut rng,
+        );
+        let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
+        disc = optim_d.step(adv.lr_d, disc, gd);
+        let lg = generator_loss(&disc, batch.x1.clone(), fake, batch.x0.clone(), adv);
+        let total: f64 = lg.total.clone().into_scalar().elem();
+        if !total.is_finite() {
+            bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
+        }
+        let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
+        lora = optim_g.step(cfg.lr_at(step), lora, gg);
+        for (name, t) in ld.terms.iter().chain(&lg.terms) {
+            let v: f64 = t.clone().into_scalar().elem();
+            match log_acc.iter_mut().find(|(k, _)| k == name) {
+                Some(e) => e.1 += v,
+                None => log_acc.push((name, v)),
+            }
+        }
+        log_n += 1;
+        state.step += 1;
+        state.train_secs += t0.elapsed().as_secs_f64();
+        let last = state.step == end;
+        if state.step % cfg.log_every == 0 || last {
+            let terms: Vec<String> = log_acc
+                .iter()
+                .map(|(k, v)| format!("{k} {:.5}", v / log_n as f64))
+                .collect();
+            tracing::info!(
+                "step {} {} | {:.2} s/step",
+                state.step,
+                terms.join(" "),
+                t_log.elapsed().as_secs_f64() / log_n as f64
+            );
+            log_acc.clear();
+            log_n = 0;
+            t_log = Instant::now();
+        }
+        if let Some(v) = val {
+            if state.step % cfg.val_every == 0 || last {
+                let model = Adapted {
+                    net: base_eval.clone(),
+                    lora: Some(lora.valid()),
+                };
+                let (psnr, hf) = validate(&model, adv.train_scale, cfg, v, &device)?;
+                state.history.push(ValPoint {
+                    step: state.step,
+                    psnr_y: psnr,
+                    train_secs: state.train_secs,
+                });
+                tracing::info!(
+                    "step {} validation x4 at LoRA {}: PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}",
+                    state.step,
+                    adv.train_scale
+                );
+                if psnr > state.best_psnr {
+                    state.best_psnr = psnr;
+                }
+            }
+        }
+        if state.step % cfg.ckpt_every == 0 || last {
+            save_checkpoint(&args.out, &lora, &disc, &optim_g, &optim_d, &state)?;
+        }
+    }
+    let fin = args.out.join("final");
+    save_dir(&base_eval, &cfg.model, &fin)?;
+    save_lora(&lora.valid(), &adv.lora, &fin)?;
+    tracing::info!(
+        "stopped at step {} after {:.0} s; base weights + LoRA adapter in {}",
+        state.step,
+        state.train_secs,
+        fin.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The fidelity <-> realism trade-off of the guidance- and LoRA-trained weights (docs/guidance.md):
+# w in {1, 1.5, 2, 3} x LoRA scale in {0, 1, 2} x NFE in {1, 2}, x4 on Set5 and Set14
+# (`flowmapsr eval --json`: PSNR-Y, SSIM-Y, GMSD, HF ratio), bicubic for reference, and
+# side-by-side crops (HR | bicubic | fidelity w=1 LoRA 0 | realism: the sharpest setting within
+# 1.5 dB of fidelity) under docs/img/tradeoff/. Writes docs/tradeoff.md. Settings the weights do
+# not support (w above their w_max, LoRA without an adapter) are listed as such, not scored.
+# Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh   (env: SHARED=../shared)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=${SHARED:-../shared}
+W=${WEIGHTS:?set WEIGHTS to a folder with config.json + model.bin (+ lora.json + lora.bin)}
+BIN=target/release/flowmapsr
+[ -x "$BIN" ] || cargo build --release --bin flowmapsr
+OUT=${OUT:-runs/tradeoff}
+mkdir -p "$OUT" docs/img/tradeoff
+rows="$OUT/rows.jsonl"
+: >"$rows"
+for set in Set5 Set14; do
+  "$BIN" eval --data "$S/data/eval/$set" --scale 4 --method bicubic --json --save "$OUT/$set-bicubic" \
+    | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w='-',lora='-',nfe='-',method='bicubic');print(json.dumps(d))" >>"$rows"
+  for w in 1 1.5 2 3; do
+    for l in 0 1 2; do
+      for n in 1 2; do
+        tag="$set-w$w-l$l-n$n"
+        if out=$("$BIN" eval --data "$S/data/eval/$set" --scale 4 --steps "$n" --guidance "$w" --lora "$l" \
+          --weights "$W" --json --save "$OUT/$tag" 2>"$OUT/$tag.err"); then
+          echo "$out" | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w=$w,lora=$l,nfe=$n,method='model');print(json.dumps(d))" >>"$rows"
+        else
+          why=$(grep -o 'guidance w[^"]*\|LoRA scale[^"]*\|no LoRA adapter[^"]*' "$OUT/$tag.err" | head -1)
+          echo "{\"set\":\"$set\",\"w\":$w,\"lora\":$l,\"nfe\":$n,\"method\":\"model\",\"unsupported\":\"${why:-failed, see $OUT/$tag.err}\"}" >>"$rows"
+        fi
+      done
+    done
+  done
+done
+python3 - "$rows" "$OUT" "$S" "$W" <<'EOF'
+import json, sys, os
+from PIL import Image
+rows = [json.loads(l) for l in open(sys.argv[1])]
+out, shared, weights = sys.argv[2], sys.argv[3], sys.argv[4]
+md = ["# Fidelity <-> realism trade-off", "",
+      f"`WEIGHTS={weights} scripts/tradeoff.sh` (x4, `flowmapsr eval`, standard protocol; "
+      "HF ratio 1 = as sharp as the HR photos). Rows the weights cannot run are marked.", ""]
+for s in ["Set5", "Set14"]:
+    md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["set"] != s: continue
+        if "unsupported" in r:
+            md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | |"); continue
+        name = "bicubic" if r["method"] == "bicubic" else r["w"]
+        md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
+    md.append("")
+# Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
+for s in ["Set5", "Set14"]:
+    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
+    fid = next((r for r in ok if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    if not fid: continue
+    near = [r for r in ok if r["psnr_y"] >= fid["psnr_y"] - 1.5]
+    real = max(near, key=lambda r: r["hf_ratio"])
+    tag = lambda r: f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}"
+    md += [f"Realism setting on {s}: w {real['w']}, LoRA {real['lora']}, NFE {real['nfe']} "
+           f"(HF {real['hf_ratio']:.3f}, PSNR-Y {real['psnr_y']:.3f})", ""]
+    hr_dir = os.path.join(shared, "data", "eval", s)
+    for f in sorted(os.listdir(hr_dir))[:2]:
+        stem = os.path.splitext(f)[0]
+        hr = Image.open(os.path.join(hr_dir, f)).convert("RGB")
+        ims = [hr]
+        for d in [f"{s}-bicubic", tag(fid), tag(real)]:
+            p = os.path.join(out, d, stem + ".png")
+            ims.append(Image.open(p).convert("RGB") if os.path.exists(p) else hr)
+        c = 96; x, y = hr.width // 2 - c // 2, hr.height // 2 - c // 2
+        crops = [im.crop((x, y, x + c, y + c)).resize((3 * c, 3 * c), Image.NEAREST) for im in ims]
+        strip = Image.new("RGB", (4 * 3 * c + 30, 3 * c))
+        for i, cr in enumerate(crops): strip.paste(cr, (i * (3 * c + 10), 0))
+        name = f"docs/img/tradeoff/{stem}.png"
+        strip.save(name)
+        md.append(f"![{stem}: HR | bicubic | fidelity | realism](img/tradeoff/{stem}.png)")
+    md.append("")
+open("docs/tradeoff.md", "w").write("\n".join(md) + "\n")
+print("wrote docs/tradeoff.md")
+EOF
