@@ -5,7 +5,10 @@
 //! the base weights with lora.json + lora.bin beside them.
 
 use crate::imageio;
-use crate::train::{make_batch, RunState, TrainArgs, TrainConfig, ValPoint, LATEST};
+use crate::train::{
+    checkpoint_tmp, make_batch, publish_checkpoint, RunState, TrainArgs, TrainConfig, ValPoint,
+    LATEST,
+};
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -63,10 +66,7 @@ where
     OG: Optimizer<UNetLora<B>, B>,
     OD: Optimizer<Discriminator<B>, B>,
 {
-    let name = format!("ckpt-{:08}", state.step);
-    let tmp = out.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let (tmp, name) = checkpoint_tmp(out, state.step)?;
     std::fs::write(tmp.join("lora.bin"), module_to_bytes(lora.valid()))?;
     std::fs::write(tmp.join("disc.bin"), module_to_bytes(disc.valid()))?;
     std::fs::write(
@@ -78,15 +78,7 @@ where
         record_to_bytes::<B, _>(optim_d.to_record()),
     )?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    let dst = out.join(&name);
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::rename(&tmp, &dst)?;
-    let prev = std::fs::read_to_string(out.join(LATEST)).ok();
-    write_atomic(&out.join(LATEST), name.as_bytes())?;
-    if let Some(p) = prev.filter(|p| p.trim() != name) {
-        let _ = std::fs::remove_dir_all(out.join(p.trim()));
-    }
-    Ok(())
+    publish_checkpoint(out, &tmp, &name)
 }
 
 pub fn train_lora<B: AutodiffBackend>(

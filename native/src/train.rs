@@ -510,10 +510,7 @@ fn save_checkpoint<
     weight: Option<(&LossWeight<B>, &OW)>,
     state: &RunState,
 ) -> Result<()> {
-    let name = format!("ckpt-{:08}", state.step);
-    let tmp = out.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let (tmp, name) = checkpoint_tmp(out, state.step)?;
     std::fs::write(tmp.join("model.bin"), module_to_bytes(model.valid()))?;
     std::fs::write(tmp.join("ema.bin"), module_to_bytes(ema_net.clone()))?;
     std::fs::write(
@@ -528,9 +525,25 @@ fn save_checkpoint<
         )?;
     }
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    let dst = out.join(&name);
+    publish_checkpoint(out, &tmp, &name)
+}
+
+/// An empty `OUT/.ckpt-STEP.tmp` to fill, and the checkpoint's name: a checkpoint is written
+/// whole beside the last one, then published by [`publish_checkpoint`].
+pub(crate) fn checkpoint_tmp(out: &Path, step: usize) -> Result<(PathBuf, String)> {
+    let name = format!("ckpt-{step:08}");
+    let tmp = out.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    Ok((tmp, name))
+}
+
+/// Renames the filled folder into place, points `latest` at it (atomically) and only then
+/// removes the previous checkpoint, so a kill at any moment leaves one whole checkpoint.
+pub(crate) fn publish_checkpoint(out: &Path, tmp: &Path, name: &str) -> Result<()> {
+    let dst = out.join(name);
     let _ = std::fs::remove_dir_all(&dst);
-    std::fs::rename(&tmp, &dst)?;
+    std::fs::rename(tmp, &dst)?;
     let prev = std::fs::read_to_string(out.join(LATEST)).ok();
     write_atomic(&out.join(LATEST), name.as_bytes())?;
     if let Some(p) = prev.filter(|p| p.trim() != name) {
