@@ -5,7 +5,8 @@
 # side-by-side crops (HR | bicubic | fidelity w=1 LoRA 0 | realism: the sharpest setting within
 # 1.5 dB of fidelity) under docs/img/tradeoff/. Writes docs/tradeoff.md. Settings the weights do
 # not support (w above their w_max, LoRA without an adapter) are listed as such, not scored.
-# Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh   (env: SHARED=../shared)
+# Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
+#        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SHARED:-../shared}
@@ -16,7 +17,8 @@ OUT=${OUT:-runs/tradeoff}
 mkdir -p "$OUT" docs/img/tradeoff
 rows="$OUT/rows.jsonl"
 : >"$rows"
-for set in Set5 Set14; do
+SETS=${SETS:-Set5 Set14}
+for set in $SETS; do
   "$BIN" eval --data "$S/data/eval/$set" --scale 4 --method bicubic --json --save "$OUT/$set-bicubic" \
     | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w='-',lora='-',nfe='-',method='bicubic');print(json.dumps(d))" >>"$rows"
   for w in 1 1.5 2 3; do
@@ -42,7 +44,8 @@ out, shared, weights = sys.argv[2], sys.argv[3], sys.argv[4]
 md = ["# Fidelity <-> realism trade-off", "",
       f"`WEIGHTS={weights} scripts/tradeoff.sh` (x4, `flowmapsr eval`, standard protocol; "
       "HF ratio 1 = as sharp as the HR photos). Rows the weights cannot run are marked.", ""]
-for s in ["Set5", "Set14"]:
+sets = list(dict.fromkeys(r["set"] for r in rows))
+for s in sets:
     md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["set"] != s: continue
@@ -52,7 +55,7 @@ for s in ["Set5", "Set14"]:
         md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
     md.append("")
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
-for s in ["Set5", "Set14"]:
+for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
     fid = next((r for r in ok if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not fid: continue
