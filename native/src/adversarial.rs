@@ -6,8 +6,8 @@
 
 use crate::imageio;
 use crate::train::{
-    checkpoint_tmp, make_batch, publish_checkpoint, RunState, TrainArgs, TrainConfig, ValPoint,
-    LATEST,
+    checkpoint_tmp, latest_checkpoint, make_batch, publish_checkpoint, read_in, RunState,
+    TrainArgs, TrainConfig, ValPoint,
 };
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
@@ -127,13 +127,9 @@ pub fn train_lora<B: AutodiffBackend>(
         ..Default::default()
     };
     if args.resume {
-        match std::fs::read_to_string(args.out.join(LATEST)) {
-            Ok(name) => {
-                let dir = args.out.join(name.trim());
-                let read = |f: &str| {
-                    std::fs::read(dir.join(f))
-                        .with_context(|| format!("reading {}", dir.join(f).display()))
-                };
+        match latest_checkpoint(&args.out) {
+            Some(dir) => {
+                let read = |f: &str| read_in(&dir, f);
                 lora = module_from_bytes(lora, &read("lora.bin")?, &device)?;
                 disc = module_from_bytes(disc, &read("disc.bin")?, &device)?;
                 optim_g =
@@ -143,7 +139,7 @@ pub fn train_lora<B: AutodiffBackend>(
                 state = serde_json::from_slice(&read("state.json")?)?;
                 tracing::info!("resumed from {} at step {}", dir.display(), state.step);
             }
-            Err(_) => tracing::warn!(
+            None => tracing::warn!(
                 "--resume: no checkpoint in {}, starting fresh",
                 args.out.display()
             ),

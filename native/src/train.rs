@@ -396,12 +396,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
 /// The step of the run folder's latest checkpoint (0 without one).
 pub fn latest_step(out: &Path) -> Result<usize> {
-    let Ok(name) = std::fs::read_to_string(out.join(LATEST)) else {
+    let Some(dir) = latest_checkpoint(out) else {
         return Ok(0);
     };
-    let state: RunState =
-        serde_json::from_slice(&std::fs::read(out.join(name.trim()).join("state.json"))?)?;
+    let state: RunState = serde_json::from_slice(&read_in(&dir, "state.json")?)?;
     Ok(state.step)
+}
+
+/// The run folder's latest checkpoint, if it has one.
+pub(crate) fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(out.join(LATEST)).ok()?;
+    Some(out.join(name.trim()))
+}
+
+/// `dir/f`'s bytes, the path named in the error.
+pub(crate) fn read_in(dir: &Path, f: &str) -> Result<Vec<u8>> {
+    std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
 }
 
 /// One run with `cfg` (the CLI's overrides applied here).
@@ -732,13 +742,9 @@ fn worker<B: AutodiffBackend>(
         ..Default::default()
     };
     if args.resume {
-        match std::fs::read_to_string(args.out.join(LATEST)) {
-            Ok(name) => {
-                let dir = args.out.join(name.trim());
-                let read = |f: &str| {
-                    std::fs::read(dir.join(f))
-                        .with_context(|| format!("reading {}", dir.join(f).display()))
-                };
+        match latest_checkpoint(&args.out) {
+            Some(dir) => {
+                let read = |f: &str| read_in(&dir, f);
                 model = module_from_bytes(model, &read("model.bin")?, &device)?;
                 ema_net = module_from_bytes(ema_net, &read("ema.bin")?, &device)?;
                 optim = optim.load_record(record_from_bytes::<B, _>(&read("optim.bin")?, &device)?);
@@ -761,11 +767,11 @@ fn worker<B: AutodiffBackend>(
                     tracing::info!("resumed from {} at step {}", dir.display(), state.step);
                 }
             }
-            Err(_) if lead => tracing::warn!(
+            None if lead => tracing::warn!(
                 "--resume: no checkpoint in {}, starting fresh",
                 args.out.display()
             ),
-            Err(_) => {}
+            None => {}
         }
     }
     if lead {
