@@ -39,6 +39,22 @@ fn config(dir: &Path, steps: usize) -> PathBuf {
     p
 }
 
+/// A run folder with `n` training and 1 validation synthetic images and the test config (for
+/// `steps` steps), which the test edits as JSON and writes back with `save_config`.
+fn setup(n: usize, steps: usize) -> (tempfile::TempDir, PathBuf, serde_json::Value) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    synthetic_images(&d.join("data"), n);
+    synthetic_images(&d.join("val"), 1);
+    let p = config(&d, steps);
+    let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    (tmp, d, v)
+}
+
+fn save_config(d: &Path, v: &serde_json::Value) {
+    std::fs::write(d.join("train.json"), v.to_string()).unwrap();
+}
+
 fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainArgs {
     TrainArgs {
         config: dir.join("train.json"),
@@ -142,21 +158,16 @@ fn train_save_load_upscale_and_exact_resume() {
 #[test]
 fn guidance_trains_and_records_its_range() {
     let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    synthetic_images(&d.join("data"), 2);
-    synthetic_images(&d.join("val"), 1);
-    let p = config(d, 6);
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let (_tmp, d, mut v) = setup(2, 6);
+    let d = d.as_path();
     // The raw weights (no EMA lag), with and without guidance from the same seed.
     v["ema_decay"] = 0.0.into();
     v["steps"] = 12.into();
-    std::fs::write(&p, v.to_string()).unwrap();
+    save_config(d, &v);
     run(&args(d, "plain", false, None)).unwrap();
     v["guidance"] = serde_json::json!({ "w_max": 3.0, "p_negative": 0.3 });
     v["model"]["w_max"] = 3.0.into();
-    std::fs::write(&p, v.to_string()).unwrap();
+    save_config(d, &v);
     run(&args(d, "g", false, None)).unwrap();
 
     let dev = burn::backend::flex::FlexDevice;
@@ -209,12 +220,12 @@ fn guidance_trains_and_records_its_range() {
 
     let mut bad = v.clone();
     bad["objective"] = "lagrangian".into();
-    std::fs::write(&p, bad.to_string()).unwrap();
+    save_config(d, &bad);
     let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
     assert!(e.contains("shortcut"), "{e}");
     let mut bad = v;
     bad["model"]["w_max"] = 1.0.into();
-    std::fs::write(&p, bad.to_string()).unwrap();
+    save_config(d, &bad);
     let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
     assert!(e.contains("w_max"), "{e}");
 }
@@ -224,19 +235,14 @@ fn guidance_trains_and_records_its_range() {
 #[test]
 fn adversarial_lora_trains_resumes_and_loads() {
     let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    synthetic_images(&d.join("data"), 2);
-    synthetic_images(&d.join("val"), 1);
-    let p = config(d, 2);
+    let (_tmp, d, mut v) = setup(2, 2);
+    let d = d.as_path();
     run(&args(d, "base", false, None)).unwrap();
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     v["steps"] = 4.into();
     v["adversarial"] = serde_json::json!({
         "lora": { "rank": 2 }, "discriminator": { "widths": [8, 8] }, "lr_d": 0.002
     });
-    std::fs::write(&p, v.to_string()).unwrap();
+    save_config(d, &v);
     let e = format!("{:#}", run(&args(d, "x", false, None)).unwrap_err());
     assert!(e.contains("--init"), "{e}");
     let adv = |out: &str, resume: bool, max: Option<usize>| {
@@ -335,13 +341,8 @@ fn adversarial_lora_trains_resumes_and_loads() {
 #[test]
 fn staged_pipeline_runs_every_stage_from_the_last() {
     let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    synthetic_images(&d.join("data"), 2);
-    synthetic_images(&d.join("val"), 1);
-    let p = config(d, 2);
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let (_tmp, d, mut v) = setup(2, 2);
+    let d = d.as_path();
     v["stages"] = serde_json::json!([
         { "name": "warmup", "objective": "flow-matching" },
         { "name": "distill" },
@@ -349,7 +350,7 @@ fn staged_pipeline_runs_every_stage_from_the_last() {
         { "name": "adversarial", "model": { "w_max": 2.0 },
           "adversarial": { "lora": { "rank": 2 }, "discriminator": { "widths": [8] } } }
     ]);
-    std::fs::write(&p, v.to_string()).unwrap();
+    save_config(d, &v);
     // One stage alone needs the ones before it.
     let mut a = args(d, "pipe", false, None);
     a.stage = Some("distill".into());
@@ -397,7 +398,7 @@ fn bad_training_config_is_a_clear_error() {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     v["crop"] = 30.into();
-    std::fs::write(&p, v.to_string()).unwrap();
+    save_config(d, &v);
     let e = run(&args(d, "x", false, None)).unwrap_err();
     assert!(format!("{e:#}").contains("crop"), "{e:#}");
 }
