@@ -100,7 +100,7 @@ fn u32s(n: usize) -> Result<u32> {
 }
 
 /// The float tensor's contiguous wgpu buffer.
-fn cube(t: Tensor<Gpu, 4>) -> CubeTensor<WgpuRuntime> {
+fn cube<const D: usize>(t: Tensor<Gpu, D>) -> CubeTensor<WgpuRuntime> {
     match t.into_primitive() {
         TensorPrimitive::Float(t) => burn_cubecl::kernel::into_contiguous(t),
         TensorPrimitive::QFloat(_) => unreachable!("the sampler's tensors are not quantized"),
@@ -190,7 +190,7 @@ impl Blender<Gpu> for GpuBlender {
                 "a {w}x{h} image does not fit one GPU buffer: blend it on the CPU"
             )));
         }
-        let zeros = |n: usize| cube_1d(Tensor::<Gpu, 1>::zeros([n], &self.device)).handle;
+        let zeros = |n: usize| cube(Tensor::<Gpu, 1>::zeros([n], &self.device)).handle;
         self.pass = Some(Pass {
             plan: plan.clone(),
             acc: zeros(3 * w * h),
@@ -257,12 +257,5 @@ impl Blender<Gpu> for GpuBlender {
         let px = planar_to_rgba(&self.client, &pass.acc, (w, h), (w, h)).await?;
         self.pass = None;
         Ok(px)
-    }
-}
-
-fn cube_1d(t: Tensor<Gpu, 1>) -> CubeTensor<WgpuRuntime> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(t) => burn_cubecl::kernel::into_contiguous(t),
-        TensorPrimitive::QFloat(_) => unreachable!("zeros are not quantized"),
     }
 }
