@@ -54,6 +54,28 @@ for s in sets:
         name = "bicubic" if r["method"] == "bicubic" else r["w"]
         md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
     md.append("")
+# The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
+md += ["## Gate", "",
+       "Some setting with HF ratio >= 0.8, GMSD <= bicubic's and PSNR-Y at most 1.5 dB below the "
+       "fidelity setting (w 1, LoRA 0, NFE 1); HF ratio rising with w (LoRA 0) and with LoRA "
+       "(w 1), NFE 1.", "",
+       "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds | passes | HF vs w | HF vs LoRA |",
+       "|---|---|---|---|---|---|---|"]
+for s in sets:
+    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
+    bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
+    fid = next((r for r in ok if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    if not (bic and fid): continue
+    inb = [r for r in ok if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
+    best = max(inb, key=lambda r: r["hf_ratio"]) if inb else None
+    hf = lambda w, l: next((r["hf_ratio"] for r in ok if r["w"] == w and r["lora"] == l and r["nfe"] == 1), None)
+    seq_w = [h for h in (hf(w, 0) for w in (1, 1.5, 2, 3)) if h is not None]
+    seq_l = [h for h in (hf(1, l) for l in (0, 1, 2)) if h is not None]
+    mono = lambda q: ("rises" if all(b > a for a, b in zip(q, q[1:])) else "not monotone") + " (" + ", ".join(f"{h:.3f}" for h in q) + ")" if len(q) > 1 else "n/a"
+    desc = f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']})" if best else "none"
+    md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | "
+              f"{'yes' if best and best['hf_ratio'] >= 0.8 else 'no'} | {mono(seq_w)} | {mono(seq_l)} |")
+md.append("")
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]

@@ -1,19 +1,25 @@
 // Offline support: the app shell is network-first (fresh when online, cached for offline), the
 // weights cache-first (large, and versioned with the app). Bump VERSION when the weights change:
 // old caches are deleted on activation.
-const VERSION = "v1";
+const VERSION = "v2";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker.js", "worker_bg.wasm",
   "worker_loader.js", "sw.js"];
 const MODEL = ["weights/config.json", "weights/model.bin"];
+// The adversarial LoRA adapter, when one ships beside the weights (the worker runs without it).
+const OPTIONAL = ["weights/lora.json", "weights/lora.bin"];
 
 self.addEventListener("install", (ev) => {
   ev.waitUntil((async () => {
     const css = (await (await fetch("index.html", { cache: "no-store" })).text())
       .match(/href="([^"]+\.css)"/g)?.map((m) => m.slice(6, -1)) ?? [];
     await (await caches.open(APP)).addAll([...SHELL, ...css]);
-    await (await caches.open(WEIGHTS)).addAll(MODEL);
+    const weights = await caches.open(WEIGHTS);
+    await weights.addAll(MODEL);
+    for (const f of OPTIONAL) {
+      try { await weights.add(f); } catch (e) { /* not shipped: the worker does without */ }
+    }
     await self.skipWaiting();
   })());
 });

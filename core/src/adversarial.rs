@@ -11,32 +11,38 @@ use crate::lora::LoraConfig;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{leaky_relu, softplus};
 use burn::tensor::{backend::Backend, Tensor};
 
 #[derive(Config, Debug)]
 pub struct DiscriminatorConfig {
-    /// Widths of the stride-2 stages (the input is the 12-channel unshuffled image and x0).
+    /// Widths of the 3 x 3 stages: the first at stride 1, the others at stride 2 (the input is
+    /// the image and x0 in pixel space, 6 channels at full resolution).
     #[config(default = "vec![32, 64, 96]")]
     pub widths: Vec<usize>,
 }
 
-/// D(x | x0): stride-2 3 x 3 convolutions with leaky ReLU, global average pool, linear -> score.
+/// D(x | x0): a patch discriminator, 3 x 3 convolutions with leaky ReLU and a 1 x 1 head that
+/// scores every patch. The first stage keeps full (unshuffled) resolution: a D that strides at
+/// at once sees a pattern whose period matches its stride only as a flat offset, and the
+/// generator learns exactly those (a 4-pixel grid in an early run). Per-patch scores, not one pooled score, so that
+/// every region must look real.
 #[derive(Module, Debug)]
 pub struct Discriminator<B: Backend> {
     convs: Vec<Conv2d<B>>,
-    head: Linear<B>,
+    head: Conv2d<B>,
 }
 
 impl DiscriminatorConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Discriminator<B> {
         let mut convs = Vec::new();
-        let mut cin = 24;
-        for &w in &self.widths {
+        let mut cin = 6;
+        for (i, &w) in self.widths.iter().enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
             convs.push(
                 Conv2dConfig::new([cin, w], [3, 3])
-                    .with_stride([2, 2])
+                    .with_stride([stride, stride])
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                     .init(device),
             );
@@ -44,24 +50,21 @@ impl DiscriminatorConfig {
         }
         crate::weights::materialize(Discriminator {
             convs,
-            head: LinearConfig::new(cin, 1).init(device),
+            head: Conv2dConfig::new([cin, 1], [1, 1]).init(device),
         })
     }
 }
 
 impl<B: Backend> Discriminator<B> {
-    /// Scores [n] of images x given their sources x0, both [n, 12, h, w].
-    pub fn forward(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> Tensor<B, 1> {
+    /// Patch scores [n, patches] of images x given their sources x0, both [n, 12, h, w].
+    pub fn forward(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> Tensor<B, 2> {
+        let (x, x0) = (crate::space::shuffle(x, 2), crate::space::shuffle(x0, 2));
         let mut h = Tensor::cat(vec![x, x0], 1);
         for c in &self.convs {
             h = leaky_relu(c.forward(h), 0.2);
         }
-        let [n, ch, _, _] = h.dims();
-        let pooled = h
-            .reshape([n as i32, ch as i32, -1])
-            .mean_dim(2)
-            .reshape([n, ch]);
-        self.head.forward(pooled).reshape([n])
+        let n = h.dims()[0];
+        self.head.forward(h).reshape([n as i32, -1])
     }
 }
 
@@ -102,7 +105,8 @@ pub struct AdvLoss<B: Backend> {
     pub terms: Vec<(&'static str, Tensor<B, 1>)>,
 }
 
-/// E ||D(x + sigma eps) - D(x)||^2 / sigma^2 per batch (finite-difference gradient penalty).
+/// E ||D_p(x + sigma eps) - D_p(x)||^2 / sigma^2 over samples and patches p (finite-difference
+/// gradient penalty: the mean squared gradient norm of the patch scores).
 fn fd_penalty<B: Backend>(
     d: &Discriminator<B>,
     x: Tensor<B, 4>,
@@ -170,33 +174,33 @@ mod tests {
     type B = Flex;
 
     #[test]
-    fn discriminator_scores_one_per_sample() {
+    fn discriminator_scores_every_patch() {
         let dev = Default::default();
         let d = DiscriminatorConfig::new()
             .with_widths(vec![8, 8])
             .init::<B>(&dev);
         let x = Tensor::<B, 4>::random([3, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
-        assert_eq!(d.forward(x.clone(), x).dims(), [3]);
+        // Pixel space is 16 x 16; stage 1 keeps it, stage 2 halves it: 8 x 8 patch scores.
+        assert_eq!(d.forward(x.clone(), x).dims(), [3, 64]);
     }
 
-    /// For a linear D(x) = a . x + b, the finite-difference R1 is ||a||^2 in expectation
-    /// (D(x + s e) - D(x) = s a . e); 20000 samples put the estimate within 1% (std) of it.
+    /// For a linear patch score D_p(x) = a . x_p + b, the finite-difference R1 is ||a||^2 in
+    /// expectation (D_p(x + s e) - D_p(x) = s a . e_p); 32000 pixels put it within 1% (std).
     #[test]
     fn fd_penalty_estimates_the_squared_gradient_norm() {
         let dev = Default::default();
-        // No conv stages: D(x, x0) = head(mean_hw(cat(x, x0))), linear in x.
+        // No conv stages: D(x, x0) = 1 x 1 head on cat(x, x0), linear in x at every pixel.
         let mut d = DiscriminatorConfig::new()
             .with_widths(vec![])
             .init::<B>(&dev);
-        // D(x, x0) = sum_c a_c mean_hw(cat(x, x0))_c + b.
-        let a: Vec<f32> = (0..24).map(|c| if c < 12 { 0.5 } else { 0.0 }).collect();
-        d.head.weight = Param::from_tensor(Tensor::from_data(TensorData::new(a, [24, 1]), &dev));
-        let (h, w) = (4, 4);
-        let x = Tensor::<B, 4>::random([20000, 12, h, w], Distribution::Normal(0.0, 1.0), &dev);
+        let a: Vec<f32> = (0..6).map(|c| if c < 3 { 0.5 } else { 0.0 }).collect();
+        d.head.weight =
+            Param::from_tensor(Tensor::from_data(TensorData::new(a, [1, 6, 1, 1]), &dev));
+        let x = Tensor::<B, 4>::random([500, 12, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
         let r1: f32 = fd_penalty(&d, x.clone(), x, 0.01, &mut rng).into_scalar();
-        // grad_x D = 0.5 / (h w) per element of the 12 x h x w input: ||grad||^2 = 12 hw 0.25 / (hw)^2.
-        let exact = 12.0 * 0.25 / (h * w) as f32;
+        // grad of D_p with respect to pixel p: 0.5 on each of its 3 channels.
+        let exact = 3.0 * 0.25;
         assert!((r1 / exact - 1.0).abs() < 0.05, "{r1} vs {exact}");
     }
 

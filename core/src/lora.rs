@@ -194,37 +194,28 @@ impl<'a, B: Backend> Adapt<'a, B> {
         }
     }
 
+    /// Counts one use of an adapter list; the adapter's index and scale when its update applies.
+    fn next(lora: Option<(&UNetLora<B>, f32)>, counter: &mut usize) -> Option<(usize, f32)> {
+        let (_, s) = lora?;
+        *counter += 1;
+        (s != 0.0).then_some((*counter - 1, s))
+    }
+
     /// `base(x)`, plus the next conv adapter's scaled update.
     pub fn conv(&mut self, base: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = base.forward(x.clone());
-        match self.lora {
-            Some((l, s)) if s != 0.0 => {
-                let a = &l.convs[self.conv];
-                self.conv += 1;
-                y + a.forward(x) * s
-            }
-            Some(_) => {
-                self.conv += 1;
-                y
-            }
-            None => y,
+        match (self.lora, Self::next(self.lora, &mut self.conv)) {
+            (Some((l, _)), Some((i, s))) => y + l.convs[i].forward(x) * s,
+            _ => y,
         }
     }
 
     /// `base(x)`, plus the next linear adapter's scaled update.
     pub fn linear(&mut self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = base.forward(x.clone());
-        match self.lora {
-            Some((l, s)) if s != 0.0 => {
-                let a = &l.linears[self.linear];
-                self.linear += 1;
-                y + a.forward(x) * s
-            }
-            Some(_) => {
-                self.linear += 1;
-                y
-            }
-            None => y,
+        match (self.lora, Self::next(self.lora, &mut self.linear)) {
+            (Some((l, _)), Some((i, s))) => y + l.linears[i].forward(x) * s,
+            _ => y,
         }
     }
 

@@ -1,12 +1,14 @@
 //! `flowmapsr train` with an `adversarial` section: LoRA adapters on a frozen flow map, trained
 //! with RPGAN + finite-difference R1/R2 + reconstruction (core adversarial.rs, ALGORITHM.md §5).
 //! The base weights come from `--init` (the previous stage); checkpoints hold the adapters, the
-//! discriminator and both optimisers, so a killed run resumes exactly; `final/` and `best/` hold
-//! the base weights with lora.json + lora.bin beside them.
+//! discriminator and both optimisers, so a killed run resumes exactly; `final/` holds the base
+//! weights with lora.json + lora.bin beside them. No `best/`: PSNR falls as the adapters learn
+//! detail by design, so the best-PSNR adapter would be the untrained one; validation (PSNR and
+//! HF ratio) is logged to judge the run, and the trade-off is chosen with the LoRA scale.
 
 use crate::imageio;
 use crate::train::{
-    checkpoint_tmp, latest_checkpoint, make_batch, publish_checkpoint, read_in, RunState,
+    checkpoint_tmp, latest_checkpoint, make_batch, publish_checkpoint, read_in, validate, RunState,
     TrainArgs, TrainConfig, ValPoint,
 };
 use anyhow::{bail, Context, Result};
@@ -29,29 +31,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::time::Instant;
-
-/// Validation of the adapted model at its training scale: (PSNR-Y, HF ratio) at x4, NFE 1.
-fn validate<B: burn::tensor::backend::Backend>(
-    model: &Adapted<B>,
-    scale: f32,
-    cfg: &TrainConfig,
-    images: &[(String, imageio::Decoded)],
-    device: &B::Device,
-) -> Result<(f64, f64)> {
-    let opts = flowmapsr_core::sampler::SampleOptions {
-        tile: 512,
-        overlap: 64,
-        ..Default::default()
-    };
-    let net = model.at(scale)?;
-    let r = crate::eval::evaluate(
-        images,
-        4,
-        None,
-        crate::eval::model_fn(&net, &cfg.model, 4, opts, device),
-    )?;
-    Ok((r.psnr_y, r.hf_ratio))
-}
 
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint<B: AutodiffBackend, OG, OD>(
@@ -122,10 +101,8 @@ pub fn train_lora<B: AutodiffBackend>(
         .with_beta_1(0.0)
         .with_beta_2(0.99)
         .init::<B, Discriminator<B>>();
-    let mut state = RunState {
-        best_psnr: f64::NEG_INFINITY,
-        ..Default::default()
-    };
+    // best_psnr stays unused here (no best/, see above).
+    let mut state = RunState::default();
     if args.resume {
         match latest_checkpoint(&args.out) {
             Some(dir) => {
@@ -225,7 +202,8 @@ pub fn train_lora<B: AutodiffBackend>(
                     net: base_eval.clone(),
                     lora: Some(lora.valid()),
                 };
-                let (psnr, hf) = validate(&model, adv.train_scale, cfg, v, &device)?;
+                let r = validate(&model.at(adv.train_scale)?, &cfg.model, v, &device)?;
+                let (psnr, hf) = (r.psnr_y, r.hf_ratio);
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: psnr,
@@ -236,9 +214,6 @@ pub fn train_lora<B: AutodiffBackend>(
                     state.step,
                     adv.train_scale
                 );
-                if psnr > state.best_psnr {
-                    state.best_psnr = psnr;
-                }
             }
         }
         if state.step % cfg.ckpt_every == 0 || last {

@@ -357,25 +357,25 @@ pub fn make_batch<B: AutodiffBackend>(
     })
 }
 
-/// Validation: mean PSNR-Y at x4, NFE 1, fidelity mode.
+/// Validation of any flow map (a plain model, or one with its LoRA at some scale): the eval
+/// report (mean PSNR-Y, HF ratio, ...) at x4, NFE 1, fidelity mode.
 pub fn validate<B: burn::tensor::backend::Backend>(
-    net: &UNet<B>,
+    net: &impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &ModelConfig,
     images: &[(String, imageio::Decoded)],
     device: &B::Device,
-) -> Result<f64> {
+) -> Result<crate::eval::EvalReport> {
     let opts = SampleOptions {
         tile: 512,
         overlap: 64,
         ..Default::default()
     };
-    let r = crate::eval::evaluate(
+    crate::eval::evaluate(
         images,
         4,
         None,
         crate::eval::model_fn(net, cfg, 4, opts, device),
-    )?;
-    Ok(r.psnr_y)
+    )
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -905,7 +905,7 @@ fn worker<B: AutodiffBackend>(
         let last = state.step == end;
         if let (true, Some(v)) = (lead, &sh.val) {
             if state.step % cfg.val_every == 0 || last {
-                let psnr = validate(&ema_net, &cfg.model, v, &device)?;
+                let psnr = validate(&ema_net, &cfg.model, v, &device)?.psnr_y;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: psnr,

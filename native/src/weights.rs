@@ -5,11 +5,14 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
 use flowmapsr_core::unet::UNet;
-use flowmapsr_core::weights::{load_dir, load_lora_dir, load_model, ModelConfig};
+use flowmapsr_core::weights::{load_dir, load_lora, load_lora_dir, load_model, ModelConfig};
 use std::path::Path;
 
 pub const SHIPPED_CONFIG: &[u8] = include_bytes!("../../weights/config.json");
 pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../weights/model.bin");
+/// The shipped adversarial LoRA adapter (`--lora S`), trained on the shipped model.
+pub const SHIPPED_LORA_JSON: &[u8] = include_bytes!("../../weights/lora.json");
+pub const SHIPPED_LORA_BIN: &[u8] = include_bytes!("../../weights/lora.bin");
 
 pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<B>, ModelConfig)> {
     match dir {
@@ -22,8 +25,8 @@ pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<
     }
 }
 
-/// The base network and, when `dir` holds one (lora.json + lora.bin), its LoRA adapter. The
-/// shipped weights have no adapter yet.
+/// The base network and its LoRA adapter: the shipped pair, or the one in `dir` when it holds
+/// lora.json + lora.bin (none otherwise).
 pub fn load_adapted<B: Backend>(
     dir: Option<&Path>,
     device: &B::Device,
@@ -33,7 +36,11 @@ pub fn load_adapted<B: Backend>(
         Some(d) => load_lora_dir(&net, d, device)
             .with_context(|| format!("loading the LoRA adapter in {}", d.display()))?
             .map(|(l, _)| l),
-        None => None,
+        None => Some(
+            load_lora(&net, SHIPPED_LORA_JSON, SHIPPED_LORA_BIN, device)
+                .context("loading the shipped LoRA adapter")?
+                .0,
+        ),
     };
     Ok((Adapted { net, lora }, cfg))
 }

@@ -43,6 +43,36 @@ fn upscales_png_jpeg_webp_with_the_shipped_weights() {
     }
 }
 
+/// The shipped weights carry the dial: guidance and the LoRA adapter each change the output,
+/// and LoRA 0 at w = 1 is exactly the default.
+#[test]
+fn the_shipped_dial_moves_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    picture(24, 16).save(&input).unwrap();
+    let up = |name: &str, knobs: &[&str]| {
+        let out = dir.path().join(name);
+        let mut argv = vec!["upscale", s(&input), "-o", s(&out), "--scale", "4"];
+        argv.extend_from_slice(knobs);
+        let o = run(&argv);
+        assert!(o.status.success(), "{knobs:?}: {}", stderr(&o));
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    let base = up("base.png", &[]);
+    assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
+    for knobs in [["--guidance", "3"], ["--lora", "2"]] {
+        let moved = base
+            .iter()
+            .zip(up("k.png", &knobs))
+            .filter(|(a, b)| *a != b)
+            .count();
+        assert!(
+            moved * 10 > base.len(),
+            "{knobs:?}: only {moved} bytes moved"
+        );
+    }
+}
+
 #[test]
 fn keeps_alpha_and_16_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,13 +205,20 @@ fn bad_arguments_and_weights_fail_cleanly() {
     assert!(!o.status.success() && stderr(&o).contains("unsupported output extension"));
     let o = run(&["upscale", s(&dir.path().join("missing.png")), "-o", s(&out)]);
     assert!(!o.status.success() && stderr(&o).contains("no such file"));
-    // The shipped weights have no guidance yet: w > 1 is refused, not silently ignored.
-    let o = run(&["upscale", s(&input), "-o", s(&out), "--guidance", "2"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("not trained for guidance"),
-        "{}",
-        stderr(&o)
-    );
+    // Knobs beyond what the weights were trained for are refused, not clamped: the shipped
+    // weights were trained for w in [1, 3] and LoRA scales in [0, 3].
+    for knob in [
+        ["--guidance", "4"],
+        ["--guidance", "0.5"],
+        ["--lora", "3.5"],
+    ] {
+        let o = run(&["upscale", s(&input), "-o", s(&out), knob[0], knob[1]]);
+        assert!(
+            !o.status.success() && stderr(&o).to_lowercase().contains(&knob[0][2..]),
+            "{knob:?}: {}",
+            stderr(&o)
+        );
+    }
     let w = dir.path().join("w");
     std::fs::create_dir(&w).unwrap();
     std::fs::write(w.join("config.json"), "{}").unwrap();

@@ -142,11 +142,22 @@ fn good_requests_health_metrics_and_landing_page() {
     );
     assert_eq!((st, ct.as_str()), (200, "image/webp"));
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 32);
+    // The dial: the shipped guidance range and LoRA adapter, one request each way.
+    let dial = |q: &str| {
+        let (st, _, body) = post(
+            &format!("{}/v1/upscale?scale=2{q}", s.base),
+            "image/png",
+            &png(20, 12),
+        );
+        assert_eq!(st, 200, "{q}: {}", String::from_utf8_lossy(&body));
+        image::load_from_memory(&body).unwrap().to_rgb8().into_raw()
+    };
+    assert_ne!(dial(""), dial("&guidance=2&lora=1"));
     let h = get(&s.base, "/healthz");
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 2"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 4"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
@@ -211,9 +222,9 @@ fn client_mistakes_are_4xx_with_json() {
             400,
             "bad_parameter",
         ),
-        // The shipped weights know only w = 1 and have no LoRA adapter.
+        // The shipped weights know w in [1, 3] and LoRA scales in [0, 3].
         (
-            u("?guidance=2"),
+            u("?guidance=9"),
             "image/png",
             good.clone(),
             400,
@@ -227,7 +238,7 @@ fn client_mistakes_are_4xx_with_json() {
             "bad_parameter",
         ),
         (
-            u("?lora=1"),
+            u("?lora=-1"),
             "image/png",
             good.clone(),
             400,

@@ -34,21 +34,39 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .to_rgb8();
     let lr_path = tmp.path().join("lr.png");
     lr.save(&lr_path).unwrap();
+    // The native references: default knobs (CPU and offline runs) and guidance 2 + LoRA 1 (the
+    // WebGPU run sets the page's sliders to those).
+    let upscale = |out: &Path, knobs: &[&str]| {
+        let mut argv = vec![
+            "flowmapsr",
+            "upscale",
+            lr_path.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--scale",
+            "4",
+            "--tile",
+            "64",
+            "--overlap",
+            "8",
+        ];
+        argv.extend_from_slice(knobs);
+        flowmapsr_cli::run(<flowmapsr_cli::Cli as clap::Parser>::parse_from(argv)).unwrap();
+    };
     let native = tmp.path().join("native_x4.png");
-    let cli = <flowmapsr_cli::Cli as clap::Parser>::parse_from([
-        "flowmapsr",
-        "upscale",
-        lr_path.to_str().unwrap(),
-        "-o",
-        native.to_str().unwrap(),
-        "--scale",
-        "4",
-        "--tile",
-        "64",
-        "--overlap",
-        "8",
-    ]);
-    flowmapsr_cli::run(cli).unwrap();
+    upscale(&native, &[]);
+    let native_dial = tmp.path().join("native_x4_w2_lora1.png");
+    upscale(&native_dial, &["--guidance", "2", "--lora", "1"]);
+    let (a, b) = (
+        image::open(&native).unwrap().to_rgb8(),
+        image::open(&native_dial).unwrap().to_rgb8(),
+    );
+    let moved = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+    assert!(
+        moved * 10 > a.len(),
+        "guidance 2 + LoRA 1 must change the output: {moved} of {} bytes differ",
+        a.len()
+    );
 
     let status = Command::new("trunk")
         .args(["build", "--release"])
@@ -65,6 +83,9 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .arg(&lr_path)
         .arg("--native")
         .arg(&native)
+        .arg("--native-dial")
+        .arg(&native_dial)
+        .args(["--guidance", "2", "--lora", "1"])
         .args(["--tile", "64", "--scale", "4"]);
     if let Some(dir) = std::env::var_os("FLOWMAPSR_SCREENSHOTS") {
         cmd.arg("--screenshots").arg(dir);

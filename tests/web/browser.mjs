@@ -1,12 +1,15 @@
 // The web app in a real browser: Debian's chromium, headless, driven by playwright-core.
 // Usage: node tests/web/browser.mjs --dist DIR --image LR.png --native NATIVE.png [--tile 64]
 //        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
+//        [--native-dial NATIVE_W_L.png --guidance W --lora L]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
 // within 1/255 per pixel; then, with the server stopped, a reload must still load the app, its
 // wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
 // (--enable-unsafe-webgpu: SwiftShader on a CPU-only machine): WebGPU must be chosen and match
-// within --gpu-tol levels. Prints one JSON line per run; exits non-zero on any failure.
+// within --gpu-tol levels, at guidance W and LoRA scale L when --native-dial is given (the
+// sliders must be enabled: the shipped weights have guidance and an adapter). Prints one JSON
+// line per run; exits non-zero on any failure.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -24,6 +27,8 @@ const scale = args.scale ?? "4";
 const gpuTol = Number(args["gpu-tol"] ?? 2);
 const shots = args.screenshots ? path.resolve(args.screenshots) : null;
 const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const dial = args["native-dial"]
+  ? { native: path.resolve(args["native-dial"]), guidance: args.guidance ?? "1", lora: args.lora ?? "0" } : null;
 
 const MIME = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
   ".css": "text/css", ".json": "application/json", ".png": "image/png", ".bin": "application/octet-stream" };
@@ -59,13 +64,21 @@ async function feed(page, how) {
   }, [b64, how]);
 }
 
-async function upscaleAndCompare(page, label, how = "file") {
+async function upscaleAndCompare(page, label, how = "file", knobs = null) {
   await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend, null, { timeout: 180_000 });
   const backend = await page.$eval("#backend", (e) => ({ name: e.dataset.backend, text: e.textContent }));
   await feed(page, how);
   await page.waitForSelector("#upscale:not([disabled])", { timeout: 60_000 });
   await page.selectOption("#scale", scale);
   await page.selectOption("#tile", tile);
+  if (knobs) {
+    for (const [id, v] of [["guidance", knobs.guidance], ["lora", knobs.lora]]) {
+      if (await page.$eval(`#${id}`, (e) => e.disabled)) fail(`${label}: the #${id} slider is disabled (the shipped weights have it)`);
+      await page.$eval(`#${id}`, (e, v) => { e.value = v; e.dispatchEvent(new Event("input", { bubbles: true })); }, v);
+      const shown = await page.$eval(`#${id}-value`, (e) => e.textContent);
+      if (Number(shown) !== Number(v)) fail(`${label}: #${id} shows ${shown}, set ${v}`);
+    }
+  }
   const t0 = Date.now();
   await page.click("#upscale");
   let midShot = false;
@@ -102,9 +115,9 @@ async function upscaleAndCompare(page, label, how = "file") {
       const d = Math.abs(a[i] - b[i]); sum += d; if (d > max) max = d; if (d > 1) over1++;
     }
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
-  }, fs.readFileSync(native).toString("base64"));
+  }, fs.readFileSync(knobs ? knobs.native : native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, input: how, backend, blend, seconds, progress, ...cmp };
+  return { label, input: how, backend, blend, seconds, progress, knobs: knobs && { guidance: knobs.guidance, lora: knobs.lora }, ...cmp };
 }
 
 async function session(webgpu, work) {
@@ -166,7 +179,7 @@ try {
   // 2. WebGPU (SwiftShader here).
   await session(true, async (page) => {
     await page.goto(base2);
-    const r = await upscaleAndCompare(page, "webgpu", "drop");
+    const r = await upscaleAndCompare(page, "webgpu", "drop", dial);
     console.log(JSON.stringify(r));
     if (r.backend.name !== "WebGPU") fail(`expected WebGPU with --enable-unsafe-webgpu, got ${r.backend.name}: ${r.backend.text}`);
     if (r.blend !== "GPU") fail(`WebGPU must blend with our WGSL kernels, got ${r.blend}`);

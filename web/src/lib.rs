@@ -39,6 +39,9 @@ pub struct Job {
     /// Guidance scale w (1: faithful); at most the model's `w_max`.
     #[serde(default = "one")]
     pub guidance: f32,
+    /// LoRA scale (0: the base model; up to 3, sharper and less faithful); needs an adapter.
+    #[serde(default)]
+    pub lora: f32,
 }
 
 fn one() -> f32 {
@@ -95,6 +98,13 @@ impl Job {
         if !(self.guidance.is_finite() && self.guidance >= 1.0) {
             return Err(Error::BadParam("guidance w must be >= 1".into()));
         }
+        if !(self.lora.is_finite() && (0.0..=flowmapsr_core::lora::MAX_SCALE).contains(&self.lora))
+        {
+            return Err(Error::BadParam(format!(
+                "LoRA scale must be in [0, {}]",
+                flowmapsr_core::lora::MAX_SCALE
+            )));
+        }
         Ok(())
     }
 }
@@ -111,6 +121,9 @@ pub enum FromWorker {
         detail: String,
         /// The model's largest guidance scale (1: the model has no guidance).
         w_max: f32,
+        /// Whether an adversarial LoRA adapter was loaded beside the weights.
+        #[serde(default)]
+        lora: bool,
     },
     /// A finished tile: its RGBA pixels travel next to this message.
     Tile {
@@ -196,6 +209,7 @@ mod tests {
             seed: 7,
             stochastic: false,
             guidance: 2.5,
+            lora: 1.5,
         });
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"kind\":\"upscale\""), "{s}");
@@ -203,11 +217,12 @@ mod tests {
         let r: FromWorker =
             serde_json::from_str(r#"{"kind":"ready","backend":"WebGPU","detail":"x","w_max":3}"#)
                 .unwrap();
-        assert!(matches!(r, FromWorker::Ready { w_max, .. } if w_max == 3.0));
-        // A job without guidance (an older page) is faithful, w = 1.
+        // A worker that does not say is one without an adapter.
+        assert!(matches!(r, FromWorker::Ready { w_max, lora: false, .. } if w_max == 3.0));
+        // A job without guidance or LoRA (an older page) is faithful: w = 1, LoRA 0.
         let old = r#"{"kind":"upscale","width":1,"height":1,"scale":2,"steps":1,"tile":64,"overlap":8,"seed":0,"stochastic":false}"#;
         match serde_json::from_str::<ToWorker>(old).unwrap() {
-            ToWorker::Upscale(j) => assert_eq!(j.guidance, 1.0),
+            ToWorker::Upscale(j) => assert_eq!((j.guidance, j.lora), (1.0, 0.0)),
             m => panic!("{m:?}"),
         }
     }
@@ -224,6 +239,7 @@ mod tests {
             seed: 0,
             stochastic: false,
             guidance: 1.5,
+            lora: 0.0,
         };
         let o = j.options();
         assert_eq!((o.tile, o.overlap, o.steps, o.guidance), (512, 64, 1, 1.5));
@@ -253,6 +269,15 @@ mod tests {
         }
         .check()
         .is_err());
+        for lora in [-0.5, 3.5, f32::NAN] {
+            assert!(Job { lora, ..j.clone() }.check().is_err(), "{lora}");
+        }
+        assert!(Job {
+            lora: 3.0,
+            ..j.clone()
+        }
+        .check()
+        .is_ok());
         assert!(Job { steps: 0, ..j }.check().is_err());
     }
 

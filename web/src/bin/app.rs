@@ -85,6 +85,8 @@ mod ui {
         out_size: RwSignal<(usize, usize)>,
         /// The model's largest guidance scale (1: no guidance control).
         w_max: RwSignal<f32>,
+        /// Whether the worker loaded an adversarial LoRA adapter.
+        has_lora: RwSignal<bool>,
     }
 
     fn ctx2d(c: &HtmlCanvasElement) -> CanvasRenderingContext2d {
@@ -198,8 +200,10 @@ mod ui {
                 backend,
                 detail,
                 w_max,
+                lora,
             } => {
                 sig.w_max.set(w_max);
+                sig.has_lora.set(lora);
                 let detail = match ctl.borrow().gpu_failure.clone() {
                     Some(f) => format!("WebGPU failed in this tab ({f})"),
                     None => detail,
@@ -352,12 +356,14 @@ mod ui {
             has_output: RwSignal::new(false),
             out_size: RwSignal::new((0, 0)),
             w_max: RwSignal::new(1.0),
+            has_lora: RwSignal::new(false),
         };
         let scale = RwSignal::new(4u32);
         let steps = RwSignal::new(1usize);
         let tile = RwSignal::new(128usize);
         let seed = RwSignal::new(0u64);
         let guidance = RwSignal::new(1.0f32);
+        let lora = RwSignal::new(0.0f32);
         let split = RwSignal::new(50.0f64);
         let zoom = RwSignal::new("fit".to_string());
         let ctl = Rc::new(RefCell::new(Ctl::default()));
@@ -439,6 +445,11 @@ mod ui {
                     seed: seed.get_untracked(),
                     stochastic: false,
                     guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
+                    lora: if sig.has_lora.get_untracked() {
+                        lora.get_untracked()
+                    } else {
+                        0.0
+                    },
                 };
                 if let Err(e) = job.check() {
                     sig.message.set(e.to_string());
@@ -571,13 +582,20 @@ mod ui {
                                 on:input=move |ev| guidance.set(event_target_value(&ev).parse().unwrap_or(1.0)) />
                             <span id="guidance-value">{move || format!("{:.2}", guidance.get())}</span>
                         </label>
-                        <label class="muted" title="Arrives with the adversarial LoRA">
-                            "LoRA " <input id="lora" type="range" min="0" max="3" step="0.5" value="0" disabled />
+                        <label class:muted=move || !sig.has_lora.get()
+                            title="LoRA: 0 is the faithful base model, higher adds the adversarially trained detail">
+                            "LoRA "
+                            <input id="lora" type="range" min="0" max="3" step="0.25"
+                                prop:value=move || lora.get().to_string()
+                                disabled=move || !sig.has_lora.get()
+                                on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
+                            <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
                         </label>
-                        <span class="note">{move || if sig.w_max.get() <= 1.0 {
-                            "(guidance and LoRA: not in the loaded model)"
-                        } else {
-                            "(LoRA: not in the loaded model yet)"
+                        <span class="note">{move || match (sig.w_max.get() > 1.0, sig.has_lora.get()) {
+                            (false, false) => "(guidance and LoRA: not in the loaded model)",
+                            (true, false) => "(LoRA: no adapter beside the loaded model)",
+                            (false, true) => "(guidance: not in the loaded model)",
+                            (true, true) => "",
                         }}</span>
                     </div>
                     <div class="row">

@@ -1,5 +1,6 @@
 //! The upscaler, in a dedicated web worker: picks WebGPU (burn wgpu) or the CPU (burn flex),
-//! loads the shipped weights, and runs core's sampler tile by tile, posting each finished tile.
+//! loads the shipped weights (and the adversarial LoRA adapter when one is shipped beside them),
+//! and runs core's sampler tile by tile, posting each finished tile.
 //! On WebGPU the tiles are blended on the GPU by our WGSL kernels (flowmapsr-shaders) and only
 //! 8-bit previews and the 8-bit result come back, asynchronously (a blocking read panics in a
 //! browser); images whose accumulator exceeds the device's storage-buffer limit blend on the CPU.
@@ -20,10 +21,11 @@ fn main() {
 mod wasm {
     use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, WgpuDevice};
     use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
     use flowmapsr_core::image::set_alpha;
+    use flowmapsr_core::lora::Adapted;
     use flowmapsr_core::sampler::{upscale_async, CpuBlender, TileDone};
-    use flowmapsr_core::unet::UNet;
-    use flowmapsr_core::weights::{load_model, ModelConfig};
+    use flowmapsr_core::weights::{load_lora, load_model, ModelConfig};
     use flowmapsr_shaders::{Gpu, GpuBlender};
     use flowmapsr_web::{js_error, split_rgba, FromWorker, Job, ToWorker};
     use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
@@ -35,8 +37,8 @@ mod wasm {
     use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
     enum Engine {
-        Gpu(UNet<Gpu>, WgpuDevice),
-        Cpu(UNet<Flex>),
+        Gpu(Adapted<Gpu>, WgpuDevice),
+        Cpu(Adapted<Flex>),
     }
 
     struct Model {
@@ -113,6 +115,43 @@ mod wasm {
         Ok(Uint8Array::new(&buf).to_vec())
     }
 
+    /// An optional file: None when the server has none (404) or the network is gone (offline
+    /// without it in the cache); other failures are errors.
+    async fn fetch_optional(url: &str) -> Result<Option<Vec<u8>>, String> {
+        let Ok(resp) = JsFuture::from(scope().fetch_with_str(url)).await else {
+            return Ok(None);
+        };
+        let resp: web_sys::Response = resp.unchecked_into();
+        if resp.status() == 404 {
+            return Ok(None);
+        }
+        if !resp.ok() {
+            return Err(format!("fetching {url}: HTTP {}", resp.status()));
+        }
+        let buf = JsFuture::from(resp.array_buffer().map_err(js_error)?)
+            .await
+            .map_err(|e| format!("reading {url}: {}", js_error(e)))?;
+        Ok(Some(Uint8Array::new(&buf).to_vec()))
+    }
+
+    /// The base model, with its LoRA adapter when both adapter files came. A broken adapter
+    /// leaves the base model usable; why it was left out is returned for the page to show.
+    fn load<B: Backend>(
+        cfg_bytes: &[u8],
+        bin: &[u8],
+        lora: Option<&(Vec<u8>, Vec<u8>)>,
+        device: &B::Device,
+    ) -> Result<(Adapted<B>, ModelConfig, Option<String>), String> {
+        let (net, cfg) =
+            load_model::<B>(cfg_bytes, bin, device).map_err(|e| format!("weights: {e}"))?;
+        let (lora, why) = match lora.map(|(j, b)| load_lora(&net, j, b, device)) {
+            Some(Ok((l, _))) => (Some(l), None),
+            Some(Err(e)) => (None, Some(format!("LoRA adapter left out: {e}"))),
+            None => (None, None),
+        };
+        Ok((Adapted { net, lora }, cfg, why))
+    }
+
     /// Ok(adapter description) when WebGPU can give us an adapter; Err(why not) otherwise.
     /// Probed here first because burn's own init panics (aborting the worker) without one.
     async fn probe_webgpu() -> Result<String, String> {
@@ -159,6 +198,13 @@ mod wasm {
         let base = "weights/";
         let cfg_bytes = fetch_bytes(&format!("{base}config.json")).await?;
         let bin = fetch_bytes(&format!("{base}model.bin")).await?;
+        let lora = match (
+            fetch_optional(&format!("{base}lora.json")).await?,
+            fetch_optional(&format!("{base}lora.bin")).await?,
+        ) {
+            (Some(j), Some(b)) => Some((j, b)),
+            _ => None,
+        };
         let gpu = if force_cpu {
             Err("the CPU was chosen (WebGPU failed earlier in this tab)".to_string())
         } else {
@@ -168,35 +214,46 @@ mod wasm {
             Ok(adapter) => {
                 let device = WgpuDevice::default();
                 init_setup_async::<WebGpu>(&device, Default::default()).await;
-                let (net, cfg) = load_model::<Gpu>(&cfg_bytes, &bin, &device)
-                    .map_err(|e| format!("weights: {e}"))?;
+                let (net, cfg, why) = load::<Gpu>(&cfg_bytes, &bin, lora.as_ref(), &device)?;
                 let m = Model {
                     engine: Engine::Gpu(net, device),
                     cfg,
                 };
-                (m, "WebGPU", adapter)
+                (m, "WebGPU", with_note(adapter, why))
             }
             Err(why) => {
-                let (net, cfg) = load_model::<Flex>(&cfg_bytes, &bin, &Default::default())
-                    .map_err(|e| format!("weights: {e}"))?;
+                let (net, cfg, note) =
+                    load::<Flex>(&cfg_bytes, &bin, lora.as_ref(), &Default::default())?;
                 let m = Model {
                     engine: Engine::Cpu(net),
                     cfg,
                 };
-                (m, "CPU", why)
+                (m, "CPU", with_note(why, note))
             }
         };
         let w_max = model.cfg.w_max();
+        let has_lora = match &model.engine {
+            Engine::Gpu(a, _) => a.lora.is_some(),
+            Engine::Cpu(a) => a.lora.is_some(),
+        };
         MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
         post(
             &FromWorker::Ready {
                 backend: backend.into(),
                 detail,
                 w_max,
+                lora: has_lora,
             },
             None,
         );
         Ok(())
+    }
+
+    fn with_note(detail: String, note: Option<String>) -> String {
+        match note {
+            Some(n) => format!("{detail}; {n}"),
+            None => detail,
+        }
     }
 
     fn now() -> f64 {
@@ -233,7 +290,8 @@ mod wasm {
         let (cfg, scale) = (&model.cfg, job.scale);
         let (width, height) = (job.width * scale as usize, job.height * scale as usize);
         let (out, blend) = match &model.engine {
-            Engine::Gpu(net, dev) => {
+            Engine::Gpu(adapted, dev) => {
+                let net = &adapted.at(job.lora).map_err(|e| e.to_string())?;
                 let mut gpu = GpuBlender::new(dev);
                 if gpu.fits(width, height) {
                     let r =
@@ -246,7 +304,8 @@ mod wasm {
                     (r.await, "CPU")
                 }
             }
-            Engine::Cpu(net) => {
+            Engine::Cpu(adapted) => {
+                let net = &adapted.at(job.lora).map_err(|e| e.to_string())?;
                 let (dev, mut cpu) = (Default::default(), CpuBlender::default());
                 let r = upscale_async(net, cfg, &rgb, scale, &opts, &dev, &mut cpu, &mut on_tile);
                 (r.await, "CPU")
