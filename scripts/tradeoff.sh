@@ -98,9 +98,11 @@ for s in sets:
         crops = [im.crop((x, y, x + c, y + c)).resize((3 * c, 3 * c), Image.NEAREST) for im in ims]
         strip = Image.new("RGB", (4 * 3 * c + 30, 3 * c))
         for i, cr in enumerate(crops): strip.paste(cr, (i * (3 * c + 10), 0))
-        name = f"docs/img/tradeoff/{stem}.png"
+        # Named after the set and the image, never an image's own file name: these are crops
+        # of our outputs, not data.
+        name = f"docs/img/tradeoff/{s}-{stem}-crops.png"
         strip.save(name)
-        md.append(f"![{stem}: HR | bicubic | fidelity | realism](img/tradeoff/{stem}.png)")
+        md.append(f"![{stem}: HR | bicubic | fidelity | realism](img/tradeoff/{s}-{stem}-crops.png)")
     md.append("")
 open("docs/tradeoff.md", "w").write("\n".join(md) + "\n")
 print("wrote docs/tradeoff.md")

@@ -31,6 +31,17 @@ impl LoraConfig {
 /// Largest LoRA scale accepted at inference.
 pub const MAX_SCALE: f32 = 3.0;
 
+/// A LoRA scale is a finite number in [0, MAX_SCALE] (the one check for every front end).
+pub fn check_scale(scale: f32) -> crate::Result<()> {
+    if scale.is_finite() && (0.0..=MAX_SCALE).contains(&scale) {
+        Ok(())
+    } else {
+        Err(crate::Error::BadParam(format!(
+            "LoRA scale must be in [0, {MAX_SCALE}], got {scale}"
+        )))
+    }
+}
+
 /// A base network and its adapters, if it has any: what `upscale`, `eval`, the server and the
 /// browser load; [`Adapted::at`] picks the LoRA scale of one run.
 #[derive(Debug)]
@@ -46,11 +57,7 @@ impl<B: Backend> Adapted<B> {
 
     /// The network at LoRA scale `scale` (0: the base network).
     pub fn at(&self, scale: f32) -> crate::Result<WithLora<'_, B>> {
-        if !(scale.is_finite() && (0.0..=MAX_SCALE).contains(&scale)) {
-            return Err(crate::Error::BadParam(format!(
-                "LoRA scale must be in [0, {MAX_SCALE}], got {scale}"
-            )));
-        }
+        check_scale(scale)?;
         if scale != 0.0 && self.lora.is_none() {
             return Err(crate::Error::BadParam(format!(
                 "LoRA scale {scale}: these weights have no LoRA adapter (lora.json + lora.bin)"
@@ -194,28 +201,32 @@ impl<'a, B: Backend> Adapt<'a, B> {
         }
     }
 
-    /// Counts one use of an adapter list; the adapter's index and scale when its update applies.
-    fn next(lora: Option<(&UNetLora<B>, f32)>, counter: &mut usize) -> Option<(usize, f32)> {
-        let (_, s) = lora?;
+    /// Counts one use of an adapter list: the adapters and the index of this one, with the
+    /// scale, when its update applies (an adapter set at a non-zero scale).
+    fn next(
+        lora: Option<(&'a UNetLora<B>, f32)>,
+        counter: &mut usize,
+    ) -> Option<(&'a UNetLora<B>, usize, f32)> {
+        let (l, s) = lora?;
         *counter += 1;
-        (s != 0.0).then_some((*counter - 1, s))
+        (s != 0.0).then_some((l, *counter - 1, s))
     }
 
     /// `base(x)`, plus the next conv adapter's scaled update.
     pub fn conv(&mut self, base: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = base.forward(x.clone());
-        match (self.lora, Self::next(self.lora, &mut self.conv)) {
-            (Some((l, _)), Some((i, s))) => y + l.convs[i].forward(x) * s,
-            _ => y,
+        match Self::next(self.lora, &mut self.conv) {
+            Some((l, i, s)) => y + l.convs[i].forward(x) * s,
+            None => y,
         }
     }
 
     /// `base(x)`, plus the next linear adapter's scaled update.
     pub fn linear(&mut self, base: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = base.forward(x.clone());
-        match (self.lora, Self::next(self.lora, &mut self.linear)) {
-            (Some((l, _)), Some((i, s))) => y + l.linears[i].forward(x) * s,
-            _ => y,
+        match Self::next(self.lora, &mut self.linear) {
+            Some((l, i, s)) => y + l.linears[i].forward(x) * s,
+            None => y,
         }
     }
 

@@ -303,13 +303,8 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()))?;
     let (scale, opts, format) = parse_query(&q)?;
     let lora = q.lora.unwrap_or(0.0);
-    if !(lora.is_finite() && (0.0..=flowmapsr_core::lora::MAX_SCALE).contains(&lora)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_parameter",
-            format!("lora must be in [0, 3], got {lora}"),
-        ));
-    }
+    flowmapsr_core::lora::check_scale(lora)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.to_string()))?;
     if lora != 0.0 && !st.has_lora {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -98,13 +98,7 @@ impl Job {
         if !(self.guidance.is_finite() && self.guidance >= 1.0) {
             return Err(Error::BadParam("guidance w must be >= 1".into()));
         }
-        if !(self.lora.is_finite() && (0.0..=flowmapsr_core::lora::MAX_SCALE).contains(&self.lora))
-        {
-            return Err(Error::BadParam(format!(
-                "LoRA scale must be in [0, {}]",
-                flowmapsr_core::lora::MAX_SCALE
-            )));
-        }
+        flowmapsr_core::lora::check_scale(self.lora)?;
         Ok(())
     }
 }

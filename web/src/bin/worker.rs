@@ -101,11 +101,8 @@ mod wasm {
         }
     }
 
-    async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
-        let resp = JsFuture::from(scope().fetch_with_str(url))
-            .await
-            .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
-        let resp: web_sys::Response = resp.unchecked_into();
+    /// The body of a successful response; any other status is an error naming `url`.
+    async fn body(resp: web_sys::Response, url: &str) -> Result<Vec<u8>, String> {
         if !resp.ok() {
             return Err(format!("fetching {url}: HTTP {}", resp.status()));
         }
@@ -113,6 +110,13 @@ mod wasm {
             .await
             .map_err(|e| format!("reading {url}: {}", js_error(e)))?;
         Ok(Uint8Array::new(&buf).to_vec())
+    }
+
+    async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+        let resp = JsFuture::from(scope().fetch_with_str(url))
+            .await
+            .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
+        body(resp.unchecked_into(), url).await
     }
 
     /// An optional file: None when the server has none (404) or the network is gone (offline
@@ -125,13 +129,7 @@ mod wasm {
         if resp.status() == 404 {
             return Ok(None);
         }
-        if !resp.ok() {
-            return Err(format!("fetching {url}: HTTP {}", resp.status()));
-        }
-        let buf = JsFuture::from(resp.array_buffer().map_err(js_error)?)
-            .await
-            .map_err(|e| format!("reading {url}: {}", js_error(e)))?;
-        Ok(Some(Uint8Array::new(&buf).to_vec()))
+        body(resp, url).await.map(Some)
     }
 
     /// The base model, with its LoRA adapter when both adapter files came. A broken adapter
