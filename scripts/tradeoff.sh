@@ -3,8 +3,10 @@
 # w in {1, 1.5, 2, 3} x LoRA scale in {0, 1, 2} x NFE in {1, 2}, x4 on Set5 and Set14
 # (`flowmapsr eval --json`: PSNR-Y, SSIM-Y, GMSD, HF ratio), bicubic for reference, and
 # side-by-side crops (HR | bicubic | fidelity w=1 LoRA 0 | realism: the sharpest setting within
-# 1.5 dB of fidelity) under docs/img/tradeoff/. Writes docs/tradeoff.md. Settings the weights do
-# not support (w above their w_max, LoRA without an adapter) are listed as such, not scored.
+# 1.5 dB of fidelity | grain: the stochastic mode at a source-noise temperature) under
+# docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
+# NFE 1, seed 0). Writes docs/tradeoff.md. Settings the weights do not support (w above their
+# w_max, LoRA without an adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
 #        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff)
 set -euo pipefail
@@ -35,6 +37,18 @@ for set in $SETS; do
       done
     done
   done
+  for w in 1 3; do
+    for t in 0.25 0.5 0.75; do
+      tag="$set-w$w-t$t"
+      if out=$("$BIN" eval --data "$S/data/eval/$set" --scale 4 --guidance "$w" --mode stochastic \
+        --temperature "$t" --seed 0 --weights "$W" --json --save "$OUT/$tag" 2>"$OUT/$tag.err"); then
+        echo "$out" | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w=$w,lora=0,nfe=1,temperature=$t,method='model');print(json.dumps(d))" >>"$rows"
+      else
+        why=$(grep -o 'guidance w[^"]*' "$OUT/$tag.err" | head -1)
+        echo "{\"set\":\"$set\",\"w\":$w,\"lora\":0,\"nfe\":1,\"temperature\":$t,\"method\":\"model\",\"unsupported\":\"${why:-failed, see $OUT/$tag.err}\"}" >>"$rows"
+      fi
+    done
+  done
 done
 python3 - "$rows" "$OUT" "$S" "$W" <<'EOF'
 import json, sys, os
@@ -48,61 +62,80 @@ sets = list(dict.fromkeys(r["set"] for r in rows))
 for s in sets:
     md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["set"] != s: continue
+        if r["set"] != s or r.get("temperature") is not None: continue
         if "unsupported" in r:
             md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | |"); continue
         name = "bicubic" if r["method"] == "bicubic" else r["w"]
         md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
+    md += ["", f"Stochastic mode on {s} (LoRA 0, NFE 1, seed 0): the source x0 + temperature x sigma_0 x noise.", "",
+           "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["set"] != s or r.get("temperature") is None: continue
+        if "unsupported" in r:
+            md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | |"); continue
+        md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
     md.append("")
 # The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
 md += ["## Gate", "",
        "Some setting with HF ratio >= 0.8, GMSD <= bicubic's and PSNR-Y at most 1.5 dB below the "
        "fidelity setting (w 1, LoRA 0, NFE 1); HF ratio rising with w (LoRA 0) and with LoRA "
-       "(w 1), NFE 1.", "",
-       "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds | passes | HF vs w | HF vs LoRA |",
-       "|---|---|---|---|---|---|---|"]
+       "(w 1), NFE 1. The deterministic settings (w, LoRA, NFE) and the stochastic ones (grain: "
+       "temperature) are judged apart: the HF ratio of the grain rows is source noise the model "
+       "passes through, not detail it restores.", "",
+       "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds, deterministic | passes | with grain (stochastic) | passes | HF vs w | HF vs LoRA |",
+       "|---|---|---|---|---|---|---|---|---|"]
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
+    det = [r for r in ok if r.get("temperature") is None]
     bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
-    fid = next((r for r in ok if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not (bic and fid): continue
-    inb = [r for r in ok if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
-    best = max(inb, key=lambda r: r["hf_ratio"]) if inb else None
-    hf = lambda w, l: next((r["hf_ratio"] for r in ok if r["w"] == w and r["lora"] == l and r["nfe"] == 1), None)
+    inb = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
+    best = max(inb(det), key=lambda r: r["hf_ratio"], default=None)
+    grain = max(inb([r for r in ok if r.get("temperature") is not None]), key=lambda r: r["hf_ratio"], default=None)
+    hf = lambda w, l: next((r["hf_ratio"] for r in det if r["w"] == w and r["lora"] == l and r["nfe"] == 1), None)
     seq_w = [h for h in (hf(w, 0) for w in (1, 1.5, 2, 3)) if h is not None]
     seq_l = [h for h in (hf(1, l) for l in (0, 1, 2)) if h is not None]
     mono = lambda q: ("rises" if all(b > a for a, b in zip(q, q[1:])) else "not monotone") + " (" + ", ".join(f"{h:.3f}" for h in q) + ")" if len(q) > 1 else "n/a"
     desc = f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']})" if best else "none"
-    md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | "
-              f"{'yes' if best and best['hf_ratio'] >= 0.8 else 'no'} | {mono(seq_w)} | {mono(seq_l)} |")
+    gdesc = f"{grain['hf_ratio']:.3f} (w {grain['w']}, temperature {grain['temperature']}, PSNR-Y {grain['psnr_y']:.3f}, GMSD {grain['gmsd']:.4f})" if grain else "none"
+    yes = lambda r: "yes" if r and r["hf_ratio"] >= 0.8 else "no"
+    md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | {yes(best)} | {gdesc} | {yes(grain)} | "
+              f"{mono(seq_w)} | {mono(seq_l)} |")
 md.append("")
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    fid = next((r for r in ok if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    det = [r for r in ok if r.get("temperature") is None]
+    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not fid: continue
-    near = [r for r in ok if r["psnr_y"] >= fid["psnr_y"] - 1.5]
-    real = max(near, key=lambda r: r["hf_ratio"])
-    tag = lambda r: f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}"
+    near = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5]
+    real = max(near(det), key=lambda r: r["hf_ratio"])
+    grainy = max(near([r for r in ok if r.get("temperature") is not None]), key=lambda r: r["hf_ratio"], default=None)
+    tag = lambda r: (f"{s}-w{r['w']:g}-t{r['temperature']:g}" if r.get("temperature") is not None
+                     else f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}")
     md += [f"Realism setting on {s}: w {real['w']}, LoRA {real['lora']}, NFE {real['nfe']} "
-           f"(HF {real['hf_ratio']:.3f}, PSNR-Y {real['psnr_y']:.3f})", ""]
+           f"(HF {real['hf_ratio']:.3f}, PSNR-Y {real['psnr_y']:.3f})"
+           + (f"; grain setting: w {grainy['w']}, temperature {grainy['temperature']} "
+              f"(HF {grainy['hf_ratio']:.3f}, PSNR-Y {grainy['psnr_y']:.3f})" if grainy else ""), ""]
     hr_dir = os.path.join(shared, "data", "eval", s)
     for f in sorted(os.listdir(hr_dir))[:2]:
         stem = os.path.splitext(f)[0]
         hr = Image.open(os.path.join(hr_dir, f)).convert("RGB")
         ims = [hr]
-        for d in [f"{s}-bicubic", tag(fid), tag(real)]:
+        for d in [f"{s}-bicubic", tag(fid), tag(real)] + ([tag(grainy)] if grainy else []):
             p = os.path.join(out, d, stem + ".png")
             ims.append(Image.open(p).convert("RGB") if os.path.exists(p) else hr)
         c = 96; x, y = hr.width // 2 - c // 2, hr.height // 2 - c // 2
         crops = [im.crop((x, y, x + c, y + c)).resize((3 * c, 3 * c), Image.NEAREST) for im in ims]
-        strip = Image.new("RGB", (4 * 3 * c + 30, 3 * c))
+        strip = Image.new("RGB", (len(crops) * (3 * c + 10) - 10, 3 * c))
         for i, cr in enumerate(crops): strip.paste(cr, (i * (3 * c + 10), 0))
         # Named after the set and the image, never an image's own file name: these are crops
         # of our outputs, not data.
         name = f"docs/img/tradeoff/{s}-{stem}-crops.png"
         strip.save(name)
-        md.append(f"![{stem}: HR | bicubic | fidelity | realism](img/tradeoff/{s}-{stem}-crops.png)")
+        md.append(f"![{stem}: HR | bicubic | fidelity | realism" + (" | grain" if grainy else "")
+                  + f"](img/tradeoff/{s}-{stem}-crops.png)")
     md.append("")
 open("docs/tradeoff.md", "w").write("\n".join(md) + "\n")
 print("wrote docs/tradeoff.md")

@@ -1,11 +1,14 @@
 //! Adversarial LoRA fine-tuning (ALGORITHM.md §5): the flow map is frozen, LoRA adapters
 //! (lora.rs) are trained with the relativistic pairing GAN loss (RPGAN, R3GAN 2501.05441),
 //!   L_D = E softplus(D(fake) - D(real)) + gamma/2 (R1 + R2),
-//!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2,
+//!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2
+//!         + lambda_low || pool_k(fake - real) ||^2,
 //! where fake = X_{0,1}(x0) at NFE 1 with the adapters, real = x1, and D sees up(LR) too.
 //! burn has no second-order gradients, so R1 and R2 take their finite-difference form
 //! (APT 2501.08316): E ||D(x + sigma eps) - D(x)||^2 / sigma^2 ~ E ||grad_x D(x)||^2, on real
-//! (R1) and fake (R2) samples.
+//! (R1) and fake (R2) samples. The low-pass term (k x k box means in pixel space) holds colour and
+//! tone to the target while leaving the detail above 1/k of the sampling rate to the discriminator:
+//! a full-resolution term strong enough to stop drift also holds the detail back.
 
 use crate::lora::LoraConfig;
 use burn::config::Config;
@@ -79,6 +82,15 @@ pub struct AdversarialConfig {
     pub fd_sigma: f32,
     /// Weight of the reconstruction term || fake - real ||^2 in L_G.
     pub rec_weight: f32,
+    /// Weight of the low-pass reconstruction term || pool(fake - real) ||^2 in L_G (0: off).
+    pub rec_low_weight: f32,
+    /// Box size in pixels of that term's pooling (4: the LR grid at x4).
+    pub rec_low_pool: usize,
+    /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
+    /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
+    pub mode: crate::bridge::Mode,
+    /// Stochastic mode: the source noise is temperature x sigma_0 (as the sampler's).
+    pub temperature: f32,
     /// LoRA scale during training (inference may use 0 to 3).
     pub train_scale: f32,
     /// Discriminator learning rate (the adapters use the run's lr schedule).
@@ -93,6 +105,10 @@ impl Default for AdversarialConfig {
             gamma: 1.0,
             fd_sigma: 0.01,
             rec_weight: 1.0,
+            rec_low_weight: 0.0,
+            rec_low_pool: 4,
+            mode: crate::bridge::Mode::Fidelity,
+            temperature: 1.0,
             train_scale: 1.0,
             lr_d: 2e-4,
         }
@@ -156,12 +172,22 @@ pub fn generator_loss<B: Backend>(
         1.0,
     )
     .mean();
-    let rec = (fake - real).powi_scalar(2).mean();
-    let total = rp.clone() + rec.clone() * cfg.rec_weight;
-    AdvLoss {
-        total,
-        terms: vec![("g_rp", rp), ("rec", rec)],
+    let diff = fake - real;
+    let rec = diff.clone().powi_scalar(2).mean();
+    let mut total = rp.clone() + rec.clone() * cfg.rec_weight;
+    let mut terms = vec![("g_rp", rp), ("rec", rec)];
+    if cfg.rec_low_weight > 0.0 {
+        let low = low_pass(diff, cfg.rec_low_pool).powi_scalar(2).mean();
+        total = total + low.clone() * cfg.rec_low_weight;
+        terms.push(("rec_low", low));
     }
+    AdvLoss { total, terms }
+}
+
+/// k x k box means in pixel space of an unshuffled [n, 12, h, w] image: [n, 3, 2h / k, 2w / k].
+fn low_pass<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+    let x = crate::space::shuffle(x, 2);
+    burn::tensor::module::avg_pool2d(x, [k, k], [k, k], [0, 0], true, false)
 }
 
 #[cfg(test)]
@@ -204,6 +230,36 @@ mod tests {
         assert!((r1 / exact - 1.0).abs() < 0.05, "{r1} vs {exact}");
     }
 
+    /// The low-pass term sees tone, not detail: a checkerboard (zero mean over every 2 x 2) costs
+    /// nothing, a flat offset of 0.1 costs 0.01.
+    #[test]
+    fn low_pass_term_by_hand() {
+        let dev = Default::default();
+        let px: Vec<f32> = (0..3 * 8 * 8)
+            .map(|i| {
+                if (i % 8 + (i / 8) % 8) % 2 == 0 {
+                    0.3
+                } else {
+                    -0.3
+                }
+            })
+            .collect();
+        let checker = crate::space::unshuffle(
+            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 8, 8]), &dev),
+            2,
+        );
+        let low =
+            |x: Tensor<B, 4>, k| -> f32 { low_pass(x, k).powi_scalar(2).mean().into_scalar() };
+        assert!(low(checker.clone(), 2) < 1e-12);
+        assert!(low(checker.clone(), 4) < 1e-12);
+        assert!(
+            (low(checker.clone(), 1) - 0.09).abs() < 1e-6,
+            "k = 1 is the full term"
+        );
+        let flat = Tensor::<B, 4>::full([1, 12, 4, 4], 0.1, &dev);
+        assert!((low(flat, 4) - 0.01).abs() < 1e-6);
+    }
+
     /// L_D prefers D(real) > D(fake); L_G the opposite; both have gradients where they should.
     #[test]
     fn losses_pull_the_right_way() {
@@ -212,7 +268,10 @@ mod tests {
         let d = DiscriminatorConfig::new()
             .with_widths(vec![8])
             .init::<AD>(&dev);
-        let cfg = AdversarialConfig::default();
+        let cfg = AdversarialConfig {
+            rec_low_weight: 1.0,
+            ..Default::default()
+        };
         let real = Tensor::<AD, 4>::random([4, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let x0 = real.clone() * 0.5;
         let fake = Tensor::<AD, 4>::random([4, 12, 8, 8], Distribution::Normal(0.0, 0.2), &dev)
@@ -229,6 +288,8 @@ mod tests {
         let names: Vec<_> = ld.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["d_rp", "r1", "r2"]);
         let lg = generator_loss(&d, real, fake.clone(), x0, &cfg);
+        let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["g_rp", "rec", "rec_low"]);
         // softplus(a) + softplus(-a) >= 2 ln 2 > 0 with equality at a = 0: the two relativistic
         // terms are each other's mirror.
         let (a, b): (f32, f32) = (

@@ -19,6 +19,7 @@ use burn::tensor::ElementConversion;
 use flowmapsr_core::adversarial::{
     discriminator_loss, generator_loss, AdversarialConfig, Discriminator,
 };
+use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
 use flowmapsr_core::unet::UNet;
@@ -141,18 +142,27 @@ pub fn train_lora<B: AutodiffBackend>(
         let step = state.step;
         let batch = make_batch::<B>(images, cfg, step, 0..cfg.batch, &device)?;
         let n = cfg.batch;
-        // fake = X_{0,1}(x0) at NFE 1, fidelity mode, w = 1, through the adapters.
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        // fake = X_{0,1}(src) at NFE 1, w = 1, through the adapters; src = x0 (fidelity) or
+        // x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0 either way.
+        let src = match adv.mode {
+            Mode::Fidelity => batch.x0.clone(),
+            Mode::Stochastic => {
+                batch.x0.clone()
+                    + noise::<B, 4>(batch.x0.dims(), &mut rng, &device)
+                        * (adv.temperature * cfg.model.bridge.sigma_0)
+            }
+        };
         let c = Cond::uniform(n, 0.0, 1.0, &device);
         let v = base.velocity_lora(
-            batch.x0.clone(),
+            src.clone(),
             batch.x0.clone(),
             &c,
             Some((&lora, adv.train_scale)),
         );
-        let fake = batch.x0.clone() + v;
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
+        let fake = src + v;
         let ld = discriminator_loss(
             &disc,
             batch.x1.clone(),
@@ -202,7 +212,14 @@ pub fn train_lora<B: AutodiffBackend>(
                     net: base_eval.clone(),
                     lora: Some(lora.valid()),
                 };
-                let r = validate(&model.at(adv.train_scale)?, &cfg.model, v, &device)?;
+                let r = validate(
+                    &model.at(adv.train_scale)?,
+                    &cfg.model,
+                    v,
+                    adv.mode,
+                    adv.temperature,
+                    &device,
+                )?;
                 let (psnr, hf) = (r.psnr_y, r.hf_ratio);
                 state.history.push(ValPoint {
                     step: state.step,
@@ -210,9 +227,12 @@ pub fn train_lora<B: AutodiffBackend>(
                     train_secs: state.train_secs,
                 });
                 tracing::info!(
-                    "step {} validation x4 at LoRA {}: PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}",
+                    "step {} validation x4 at LoRA {} ({:?}, temperature {}): PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}, GMSD {:.4}",
                     state.step,
-                    adv.train_scale
+                    adv.train_scale,
+                    adv.mode,
+                    adv.temperature,
+                    r.gmsd
                 );
             }
         }

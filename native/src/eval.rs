@@ -38,6 +38,9 @@ pub struct EvalArgs {
     /// Guidance scale w (see `upscale --guidance`).
     #[arg(long, default_value_t = 1.0)]
     pub guidance: f32,
+    /// Source-noise temperature of the stochastic mode (see `upscale --temperature`).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
     /// LoRA scale (see `upscale --lora`).
     #[arg(long, default_value_t = 0.0)]
     pub lora: f32,
@@ -264,6 +267,7 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
         anyhow::bail!("--ode-steps must be positive");
     }
     let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Stochastic);
+    crate::upscale::check_temperature(args.temperature, mode)?;
     let r = crate::with_backend!(args.device, |B, device| {
         let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
         let net = model.at(args.lora)?;
@@ -278,6 +282,7 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
             );
             opts.solver = solver;
             opts.guidance = args.guidance;
+            opts.temperature = args.temperature;
             Ok(upscale(
                 &net,
                 &cfg,
@@ -345,13 +350,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Method::Model => crate::with_backend!(args.device, |B, device| {
             let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
             let net = model.at(args.lora)?;
+            let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Fidelity);
+            crate::upscale::check_temperature(args.temperature, mode)?;
             let opts = flowmapsr_core::sampler::SampleOptions {
                 guidance: args.guidance,
+                temperature: args.temperature,
                 ..crate::upscale::sample_options(
                     args.steps,
-                    args.mode
-                        .unwrap_or(crate::upscale::ModeArg::Fidelity)
-                        .into(),
+                    mode.into(),
                     args.seed,
                     args.scale,
                     args.tile,

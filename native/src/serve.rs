@@ -1,7 +1,7 @@
 //! `flowmapsr serve`: an HTTP upscaling service (axum/tokio) that also hosts the web demo.
 //!
 //! - POST /v1/upscale: the image as the body (or the first file of a multipart form); query
-//!   `scale`, `steps`, `tile`, `seed`, `mode`, `guidance`, `lora`, `format`; answers the
+//!   `scale`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`, `format`; answers the
 //!   upscaled image.
 //! - GET /healthz, GET /metrics (Prometheus text), GET / (the trunk-built `dist/` when present).
 //!
@@ -152,6 +152,7 @@ struct UpscaleQuery {
     mode: Option<String>,
     guidance: Option<f32>,
     lora: Option<f32>,
+    temperature: Option<f32>,
     format: Option<String>,
 }
 
@@ -191,8 +192,20 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
             "guidance must be a number >= 1, got {guidance}"
         )));
     }
+    let temperature = q.temperature.unwrap_or(1.0);
+    if !(temperature.is_finite() && (0.0..=1.0).contains(&temperature)) {
+        return Err(bad(format!(
+            "temperature must be in [0, 1], got {temperature}"
+        )));
+    }
+    if temperature != 1.0 && mode == flowmapsr_core::bridge::Mode::Fidelity {
+        return Err(bad(format!(
+            "temperature {temperature} applies to mode=stochastic (fidelity has no source noise)"
+        )));
+    }
     let opts = SampleOptions {
         guidance,
+        temperature,
         ..crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap)
     };
     Ok((scale, opts, format))

@@ -12,6 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use flowmapsr_core::adversarial::AdversarialConfig;
+use flowmapsr_core::bridge::Mode;
 use flowmapsr_core::degrade::{degrade, DegradeConfig};
 use flowmapsr_core::objectives::eulerian::eulerian;
 use flowmapsr_core::objectives::flow_matching::{flow_matching, FlowMatchingConfig};
@@ -363,11 +364,15 @@ pub fn validate<B: burn::tensor::backend::Backend>(
     net: &impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &ModelConfig,
     images: &[(String, imageio::Decoded)],
+    mode: Mode,
+    temperature: f32,
     device: &B::Device,
 ) -> Result<crate::eval::EvalReport> {
     let opts = SampleOptions {
         tile: 512,
         overlap: 64,
+        mode,
+        temperature,
         ..Default::default()
     };
     crate::eval::evaluate(
@@ -905,7 +910,7 @@ fn worker<B: AutodiffBackend>(
         let last = state.step == end;
         if let (true, Some(v)) = (lead, &sh.val) {
             if state.step % cfg.val_every == 0 || last {
-                let psnr = validate(&ema_net, &cfg.model, v, &device)?.psnr_y;
+                let psnr = validate(&ema_net, &cfg.model, v, Mode::Fidelity, 1.0, &device)?.psnr_y;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: psnr,

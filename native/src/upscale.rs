@@ -32,6 +32,10 @@ pub struct UpscaleArgs {
     pub mode: ModeArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stochastic mode: source noise = temperature x the trained sigma_0, in [0, 1]; lower keeps
+    /// less grain and more fidelity (SRFlow's temperature).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
     /// Guidance scale w in [1, w_max of the model]: 1 is faithful, larger is sharper
     /// (positive/negative prompt guidance, one network call per step at any w).
     #[arg(long, default_value_t = 1.0)]
@@ -127,6 +131,15 @@ fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf
     Ok(out.join(format!("{stem}_x{}.{ext}", args.scale)))
 }
 
+/// A temperature other than 1 only means something in the stochastic mode: say so rather than
+/// ignore it.
+pub fn check_temperature(t: f32, mode: ModeArg) -> Result<()> {
+    if t != 1.0 && matches!(mode, ModeArg::Fidelity) {
+        bail!("--temperature {t} applies to --mode stochastic (the fidelity mode has no source noise)");
+    }
+    Ok(())
+}
+
 pub fn run(args: &UpscaleArgs) -> Result<()> {
     crate::with_backend!(args.device, |B, device| run_on::<B>(args, &device))
 }
@@ -143,8 +156,10 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
             args.output.display()
         );
     }
+    check_temperature(args.temperature, args.mode)?;
     let opts = SampleOptions {
         guidance: args.guidance,
+        temperature: args.temperature,
         ..sample_options(
             args.steps,
             args.mode.into(),

@@ -60,6 +60,11 @@ fn the_shipped_dial_moves_the_output() {
     };
     let base = up("base.png", &[]);
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
+    // Temperature 0 removes the source noise: the stochastic mode becomes the fidelity map.
+    assert_eq!(
+        base,
+        up("t0.png", &["--mode", "stochastic", "--temperature", "0"])
+    );
     for knobs in [["--guidance", "3"], ["--lora", "2"]] {
         let moved = base
             .iter()
@@ -207,12 +212,29 @@ fn bad_arguments_and_weights_fail_cleanly() {
     assert!(!o.status.success() && stderr(&o).contains("no such file"));
     // Knobs beyond what the weights were trained for are refused, not clamped: the shipped
     // weights were trained for w in [1, 3] and LoRA scales in [0, 3].
+    // Temperature is in [0, 1] and belongs to the stochastic mode.
     for knob in [
         ["--guidance", "4"],
         ["--guidance", "0.5"],
         ["--lora", "3.5"],
+        ["--temperature", "0.5"],
+        ["--temperature", "1.5"],
     ] {
-        let o = run(&["upscale", s(&input), "-o", s(&out), knob[0], knob[1]]);
+        let mode = if knob[1] == "1.5" {
+            "stochastic"
+        } else {
+            "fidelity"
+        };
+        let o = run(&[
+            "upscale",
+            s(&input),
+            "-o",
+            s(&out),
+            "--mode",
+            mode,
+            knob[0],
+            knob[1],
+        ]);
         assert!(
             !o.status.success() && stderr(&o).to_lowercase().contains(&knob[0][2..]),
             "{knob:?}: {}",

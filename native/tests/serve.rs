@@ -152,12 +152,19 @@ fn good_requests_health_metrics_and_landing_page() {
         assert_eq!(st, 200, "{q}: {}", String::from_utf8_lossy(&body));
         image::load_from_memory(&body).unwrap().to_rgb8().into_raw()
     };
-    assert_ne!(dial(""), dial("&guidance=2&lora=1"));
+    let fidelity = dial("");
+    assert_ne!(fidelity, dial("&guidance=2&lora=1"));
+    // Temperature scales the source noise: 0 is the fidelity map, lower than 1 changes the grain.
+    assert_eq!(fidelity, dial("&mode=stochastic&temperature=0"));
+    assert_ne!(
+        dial("&mode=stochastic"),
+        dial("&mode=stochastic&temperature=0.3")
+    );
     let h = get(&s.base, "/healthz");
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 4"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 7"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
@@ -246,6 +253,21 @@ fn client_mistakes_are_4xx_with_json() {
         ),
         (
             u("?lora=9"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        // Temperature is in [0, 1] and only for the stochastic mode.
+        (
+            u("?mode=stochastic&temperature=2"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?temperature=0.5"),
             "image/png",
             good.clone(),
             400,

@@ -34,8 +34,9 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .to_rgb8();
     let lr_path = tmp.path().join("lr.png");
     lr.save(&lr_path).unwrap();
-    // The native references: default knobs (CPU and offline runs) and guidance 2 + LoRA 1 (the
-    // WebGPU run sets the page's sliders to those).
+    // The native references: default knobs (CPU and offline runs) and guidance 2 + LoRA 1 +
+    // grain 0.3 = the stochastic mode at temperature 0.3, seed 0 (the WebGPU run sets the page's
+    // sliders to those).
     let upscale = |out: &Path, knobs: &[&str]| {
         let mut argv = vec![
             "flowmapsr",
@@ -55,8 +56,10 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     };
     let native = tmp.path().join("native_x4.png");
     upscale(&native, &[]);
-    let native_dial = tmp.path().join("native_x4_w2_lora1.png");
-    upscale(&native_dial, &["--guidance", "2", "--lora", "1"]);
+    let native_dial = tmp.path().join("native_x4_w2_lora1_grain0.3.png");
+    let dial = ["--guidance", "2", "--lora", "1"];
+    let grain = ["--mode", "stochastic", "--temperature", "0.3"];
+    upscale(&native_dial, &[&dial[..], &grain[..]].concat());
     let (a, b) = (
         image::open(&native).unwrap().to_rgb8(),
         image::open(&native_dial).unwrap().to_rgb8(),
@@ -64,7 +67,7 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     let moved = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
     assert!(
         moved * 10 > a.len(),
-        "guidance 2 + LoRA 1 must change the output: {moved} of {} bytes differ",
+        "guidance 2 + LoRA 1 + grain 0.3 must change the output: {moved} of {} bytes differ",
         a.len()
     );
 
@@ -85,7 +88,8 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .arg(&native)
         .arg("--native-dial")
         .arg(&native_dial)
-        .args(["--guidance", "2", "--lora", "1"])
+        .args(dial)
+        .args(["--grain", "0.3"])
         .args(["--tile", "64", "--scale", "4"]);
     if let Some(dir) = std::env::var_os("FLOWMAPSR_SCREENSHOTS") {
         cmd.arg("--screenshots").arg(dir);

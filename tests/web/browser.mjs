@@ -1,14 +1,15 @@
 // The web app in a real browser: Debian's chromium, headless, driven by playwright-core.
 // Usage: node tests/web/browser.mjs --dist DIR --image LR.png --native NATIVE.png [--tile 64]
 //        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
-//        [--native-dial NATIVE_W_L.png --guidance W --lora L]
+//        [--native-dial NATIVE_W_L_G.png --guidance W --lora L --grain G]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
 // within 1/255 per pixel; then, with the server stopped, a reload must still load the app, its
 // wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
 // (--enable-unsafe-webgpu: SwiftShader on a CPU-only machine): WebGPU must be chosen and match
-// within --gpu-tol levels, at guidance W and LoRA scale L when --native-dial is given (the
-// sliders must be enabled: the shipped weights have guidance and an adapter). Prints one JSON
+// within --gpu-tol levels, at guidance W, LoRA scale L and grain G (the stochastic mode at
+// temperature G, seed 0) when --native-dial is given (the guidance and LoRA sliders must be
+// enabled: the shipped weights have guidance and an adapter). Prints one JSON
 // line per run; exits non-zero on any failure.
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -28,7 +29,8 @@ const gpuTol = Number(args["gpu-tol"] ?? 2);
 const shots = args.screenshots ? path.resolve(args.screenshots) : null;
 const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const dial = args["native-dial"]
-  ? { native: path.resolve(args["native-dial"]), guidance: args.guidance ?? "1", lora: args.lora ?? "0" } : null;
+  ? { native: path.resolve(args["native-dial"]), guidance: args.guidance ?? "1", lora: args.lora ?? "0",
+      grain: args.grain ?? "0" } : null;
 
 const MIME = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
   ".css": "text/css", ".json": "application/json", ".png": "image/png", ".bin": "application/octet-stream" };
@@ -72,7 +74,7 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
   await page.selectOption("#scale", scale);
   await page.selectOption("#tile", tile);
   if (knobs) {
-    for (const [id, v] of [["guidance", knobs.guidance], ["lora", knobs.lora]]) {
+    for (const [id, v] of [["guidance", knobs.guidance], ["lora", knobs.lora], ["grain", knobs.grain]]) {
       if (await page.$eval(`#${id}`, (e) => e.disabled)) fail(`${label}: the #${id} slider is disabled (the shipped weights have it)`);
       await page.$eval(`#${id}`, (e, v) => { e.value = v; e.dispatchEvent(new Event("input", { bubbles: true })); }, v);
       const shown = await page.$eval(`#${id}-value`, (e) => e.textContent);
@@ -117,7 +119,7 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
   }, fs.readFileSync(knobs ? knobs.native : native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, input: how, backend, blend, seconds, progress, knobs: knobs && { guidance: knobs.guidance, lora: knobs.lora }, ...cmp };
+  return { label, input: how, backend, blend, seconds, progress, knobs: knobs && { guidance: knobs.guidance, lora: knobs.lora, grain: knobs.grain }, ...cmp };
 }
 
 async function session(webgpu, work) {

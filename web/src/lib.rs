@@ -42,6 +42,9 @@ pub struct Job {
     /// LoRA scale (0: the base model; up to 3, sharper and less faithful); needs an adapter.
     #[serde(default)]
     pub lora: f32,
+    /// Stochastic mode: source noise x temperature, in [0, 1] (the page's "grain").
+    #[serde(default = "one")]
+    pub temperature: f32,
 }
 
 fn one() -> f32 {
@@ -58,6 +61,7 @@ impl Job {
         };
         SampleOptions {
             guidance: self.guidance,
+            temperature: self.temperature,
             ..sample_options(
                 self.steps,
                 mode,
@@ -99,6 +103,12 @@ impl Job {
             return Err(Error::BadParam("guidance w must be >= 1".into()));
         }
         flowmapsr_core::lora::check_scale(self.lora)?;
+        if !(self.temperature.is_finite() && (0.0..=1.0).contains(&self.temperature)) {
+            return Err(Error::BadParam(format!(
+                "temperature must be in [0, 1], got {}",
+                self.temperature
+            )));
+        }
         Ok(())
     }
 }
@@ -204,6 +214,7 @@ mod tests {
             stochastic: false,
             guidance: 2.5,
             lora: 1.5,
+            temperature: 0.4,
         });
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"kind\":\"upscale\""), "{s}");
@@ -213,10 +224,12 @@ mod tests {
                 .unwrap();
         // A worker that does not say is one without an adapter.
         assert!(matches!(r, FromWorker::Ready { w_max, lora: false, .. } if w_max == 3.0));
-        // A job without guidance or LoRA (an older page) is faithful: w = 1, LoRA 0.
+        // A job without guidance, LoRA or temperature (an older page): w = 1, LoRA 0, temperature 1.
         let old = r#"{"kind":"upscale","width":1,"height":1,"scale":2,"steps":1,"tile":64,"overlap":8,"seed":0,"stochastic":false}"#;
         match serde_json::from_str::<ToWorker>(old).unwrap() {
-            ToWorker::Upscale(j) => assert_eq!((j.guidance, j.lora), (1.0, 0.0)),
+            ToWorker::Upscale(j) => {
+                assert_eq!((j.guidance, j.lora, j.temperature), (1.0, 0.0, 1.0))
+            }
             m => panic!("{m:?}"),
         }
     }
@@ -234,9 +247,13 @@ mod tests {
             stochastic: false,
             guidance: 1.5,
             lora: 0.0,
+            temperature: 0.3,
         };
         let o = j.options();
-        assert_eq!((o.tile, o.overlap, o.steps, o.guidance), (512, 64, 1, 1.5));
+        assert_eq!(
+            (o.tile, o.overlap, o.steps, o.guidance, o.temperature),
+            (512, 64, 1, 1.5, 0.3)
+        );
         assert!(j.check().is_ok());
         let huge = Job {
             width: 2100,
@@ -272,6 +289,13 @@ mod tests {
         }
         .check()
         .is_ok());
+        for temperature in [-0.1, 1.5, f32::NAN] {
+            let bad = Job {
+                temperature,
+                ..j.clone()
+            };
+            assert!(bad.check().is_err(), "{temperature}");
+        }
         assert!(Job { steps: 0, ..j }.check().is_err());
     }
 

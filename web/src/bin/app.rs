@@ -364,6 +364,8 @@ mod ui {
         let seed = RwSignal::new(0u64);
         let guidance = RwSignal::new(1.0f32);
         let lora = RwSignal::new(0.0f32);
+        // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
+        let grain = RwSignal::new(0.0f32);
         let split = RwSignal::new(50.0f64);
         let zoom = RwSignal::new("fit".to_string());
         let ctl = Rc::new(RefCell::new(Ctl::default()));
@@ -443,7 +445,12 @@ mod ui {
                     tile: tile.get_untracked(),
                     overlap: (tile.get_untracked() / 8).max(8),
                     seed: seed.get_untracked(),
-                    stochastic: false,
+                    stochastic: grain.get_untracked() > 0.0,
+                    temperature: if grain.get_untracked() > 0.0 {
+                        grain.get_untracked()
+                    } else {
+                        1.0
+                    },
                     guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
                     lora: if sig.has_lora.get_untracked() {
                         lora.get_untracked()
@@ -590,6 +597,13 @@ mod ui {
                                 disabled=move || !sig.has_lora.get()
                                 on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
                             <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
+                        </label>
+                        <label title="Grain: 0 is the deterministic (faithful) result; above 0 the source carries seeded noise of that temperature (see Seed), for photographic grain">
+                            "Grain "
+                            <input id="grain" type="range" min="0" max="1" step="0.05"
+                                prop:value=move || grain.get().to_string()
+                                on:input=move |ev| grain.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
+                            <span id="grain-value">{move || format!("{:.2}", grain.get())}</span>
                         </label>
                         <span class="note">{move || match (sig.w_max.get() > 1.0, sig.has_lora.get()) {
                             (false, false) => "(guidance and LoRA: not in the loaded model)",
