@@ -91,6 +91,9 @@ pub struct AdversarialConfig {
     pub mode: crate::bridge::Mode,
     /// Stochastic mode: the source noise is temperature x sigma_0 (as the sampler's).
     pub temperature: f32,
+    /// Keep the convolutions that feed a pixel shuffle unadapted (their adapters stay zero):
+    /// they write 2 x 2 phase patterns, a suspect for the grid of earlier adapters.
+    pub skip_shuffle: bool,
     /// LoRA scale during training (inference may use 0 to 3).
     pub train_scale: f32,
     /// Discriminator learning rate (the adapters use the run's lr schedule).
@@ -109,6 +112,7 @@ impl Default for AdversarialConfig {
             rec_low_pool: 4,
             mode: crate::bridge::Mode::Fidelity,
             temperature: 1.0,
+            skip_shuffle: false,
             train_scale: 1.0,
             lr_d: 2e-4,
         }

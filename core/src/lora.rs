@@ -168,6 +168,19 @@ impl LoraConfig {
 }
 
 impl<B: Backend> UNetLora<B> {
+    /// Takes the gradient away from the conv adapters at `idx` (e.g. [`UNet::shuffle_fed`]):
+    /// fresh, their zero up-projection keeps them exactly zero through training, and the file
+    /// format stays one adapter per convolution.
+    pub fn freeze_convs(mut self, idx: &[usize]) -> Self {
+        self.convs = self
+            .convs
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| if idx.contains(&i) { a.no_grad() } else { a })
+            .collect();
+        self
+    }
+
     /// Tests: every up-projection set to seeded noise, so the adapters act.
     #[cfg(test)]
     pub(crate) fn randomize(&mut self, std: f32, seed: u64, device: &B::Device) {
@@ -299,6 +312,33 @@ mod tests {
         );
         assert!(d1 > 1e-4, "{d1}");
         assert!(d2 > d1, "{d2} vs {d1}");
+    }
+
+    /// Frozen at `shuffle_fed`, the up-sampling conv (index 6 in tiny) and the output conv (9)
+    /// get no gradient, every other adapter does; the by-hand indices match `shuffle_fed`.
+    #[test]
+    fn frozen_shuffle_convs_get_no_gradient() {
+        type AD = burn::backend::Autodiff<B>;
+        let dev = Default::default();
+        let mut net = UNetConfig::tiny().init::<AD>(&dev);
+        net.perturb_output(0.1, 1, &dev);
+        assert_eq!(net.shuffle_fed(), vec![6, 9]);
+        let lora = LoraConfig::new()
+            .with_rank(2)
+            .init(&net, &dev)
+            .freeze_convs(&net.shuffle_fed());
+        let x = Tensor::<AD, 4>::random([1, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let v = net.velocity_lora(
+            x.clone(),
+            x,
+            &Cond::uniform(1, 0.0, 1.0, &dev),
+            Some((&lora, 1.0)),
+        );
+        let g = burn::optim::GradientsParams::from_grads(v.powi_scalar(2).mean().backward(), &lora);
+        for (i, a) in lora.convs.iter().enumerate() {
+            let has = g.get::<B, 4>(a.up.weight.id).is_some();
+            assert_eq!(has, ![6, 9].contains(&i), "conv adapter {i}");
+        }
     }
 
     /// y = W x + s up(down(x)) by hand on a 1 x 1 convolution, 2 -> 1 channels, rank 1.

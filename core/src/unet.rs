@@ -218,6 +218,23 @@ impl<B: Backend> UNet<B> {
         (convs, linears)
     }
 
+    /// Indices, in [`Self::adapted_layers`] order, of the convolutions whose output is
+    /// pixel-shuffled (each up-sampling conv and the output conv): each writes the 2 x 2 phases of
+    /// a finer grid on its own.
+    pub fn shuffle_fed(&self) -> Vec<usize> {
+        let mut i = 1; // conv_in
+        for level in &self.down {
+            i += 2 * level.blocks.len() + usize::from(level.down.is_some());
+        }
+        let mut out = Vec::new();
+        for _ in &self.up {
+            out.push(i);
+            i += 3;
+        }
+        out.push(i);
+        out
+    }
+
     /// Tests: replace the zero-initialised output layer with seeded noise of this std, so the
     /// network is no longer the identity.
     #[cfg(test)]

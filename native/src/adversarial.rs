@@ -92,6 +92,9 @@ pub fn train_lora<B: AutodiffBackend>(
     // Frozen: gradients pass through it to the adapters, none are kept for it.
     let base = base.no_grad();
     let mut lora: UNetLora<B> = adv.lora.init(&base, &device);
+    if adv.skip_shuffle {
+        lora = lora.freeze_convs(&base.shuffle_fed());
+    }
     let mut disc: Discriminator<B> = adv.discriminator.init(&device);
     let adam = AdamConfig::new().with_grad_clipping(
         cfg.grad_clip
