@@ -20,33 +20,34 @@ mkdir -p "$OUT" docs/img/tradeoff
 rows="$OUT/rows.jsonl"
 : >"$rows"
 SETS=${SETS:-Set5 Set14}
+# score TAG FIELDS EVAL_ARGS...: one `flowmapsr eval` row of set $set tagged with FIELDS (JSON
+# members naming the setting), or an "unsupported" row with the reason when the weights refuse it.
+score() {
+  local tag=$1 fields=$2 out why
+  shift 2
+  if out=$("$BIN" eval --data "$S/data/eval/$set" --scale 4 --weights "$W" --json --save "$OUT/$tag" \
+    "$@" 2>"$OUT/$tag.err"); then
+    echo "$out" | python3 -c 'import sys,json;d=json.load(sys.stdin);d.update(json.loads("{"+sys.argv[1]+"}"),set=sys.argv[2],method="model");print(json.dumps(d))' \
+      "$fields" "$set" >>"$rows"
+  else
+    why=$(grep -o 'guidance w[^"]*\|LoRA scale[^"]*\|no LoRA adapter[^"]*' "$OUT/$tag.err" | head -1)
+    echo "{\"set\":\"$set\",$fields,\"method\":\"model\",\"unsupported\":\"${why:-failed, see $OUT/$tag.err}\"}" >>"$rows"
+  fi
+}
 for set in $SETS; do
   "$BIN" eval --data "$S/data/eval/$set" --scale 4 --method bicubic --json --save "$OUT/$set-bicubic" \
     | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w='-',lora='-',nfe='-',method='bicubic');print(json.dumps(d))" >>"$rows"
   for w in 1 1.5 2 3; do
     for l in 0 1 2; do
       for n in 1 2; do
-        tag="$set-w$w-l$l-n$n"
-        if out=$("$BIN" eval --data "$S/data/eval/$set" --scale 4 --steps "$n" --guidance "$w" --lora "$l" \
-          --weights "$W" --json --save "$OUT/$tag" 2>"$OUT/$tag.err"); then
-          echo "$out" | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w=$w,lora=$l,nfe=$n,method='model');print(json.dumps(d))" >>"$rows"
-        else
-          why=$(grep -o 'guidance w[^"]*\|LoRA scale[^"]*\|no LoRA adapter[^"]*' "$OUT/$tag.err" | head -1)
-          echo "{\"set\":\"$set\",\"w\":$w,\"lora\":$l,\"nfe\":$n,\"method\":\"model\",\"unsupported\":\"${why:-failed, see $OUT/$tag.err}\"}" >>"$rows"
-        fi
+        score "$set-w$w-l$l-n$n" "\"w\":$w,\"lora\":$l,\"nfe\":$n" --steps "$n" --guidance "$w" --lora "$l"
       done
     done
   done
   for w in 1 3; do
     for t in 0.25 0.5 0.75; do
-      tag="$set-w$w-t$t"
-      if out=$("$BIN" eval --data "$S/data/eval/$set" --scale 4 --guidance "$w" --mode stochastic \
-        --temperature "$t" --seed 0 --weights "$W" --json --save "$OUT/$tag" 2>"$OUT/$tag.err"); then
-        echo "$out" | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w=$w,lora=0,nfe=1,temperature=$t,method='model');print(json.dumps(d))" >>"$rows"
-      else
-        why=$(grep -o 'guidance w[^"]*' "$OUT/$tag.err" | head -1)
-        echo "{\"set\":\"$set\",\"w\":$w,\"lora\":0,\"nfe\":1,\"temperature\":$t,\"method\":\"model\",\"unsupported\":\"${why:-failed, see $OUT/$tag.err}\"}" >>"$rows"
-      fi
+      score "$set-w$w-t$t" "\"w\":$w,\"lora\":0,\"nfe\":1,\"temperature\":$t" \
+        --guidance "$w" --mode stochastic --temperature "$t" --seed 0
     done
   done
 done
