@@ -142,11 +142,7 @@ fn prepare(cfg: &ModelConfig, x0: &Image, opts: &SampleOptions) -> Result<(TileP
         }));
     }
     let tau = opts.temperature;
-    if !(tau.is_finite() && (0.0..=1.0).contains(&tau)) {
-        return Err(Error::BadParam(format!(
-            "temperature must be in [0, 1], got {tau}"
-        )));
-    }
+    check_temperature(tau, opts.mode)?;
     let align = cfg.align();
     let tile = (opts.tile / align).max(1) * align;
     let overlap = opts.overlap.min(tile / 2) / 2 * 2;
@@ -157,6 +153,24 @@ fn prepare(cfg: &ModelConfig, x0: &Image, opts: &SampleOptions) -> Result<(TileP
         x.data.iter_mut().zip(&n.data).for_each(|(a, b)| *a += b);
     }
     Ok((plan, x))
+}
+
+/// The temperature rule of every front end (CLI, server, web): in [0, 1], and only the stochastic
+/// mode has source noise to scale, so the fidelity mode takes only the neutral 1 (a temperature
+/// there is refused, not silently ignored).
+pub fn check_temperature(temperature: f32, mode: Mode) -> Result<()> {
+    if !(temperature.is_finite() && (0.0..=1.0).contains(&temperature)) {
+        return Err(Error::BadParam(format!(
+            "temperature must be in [0, 1], got {temperature}"
+        )));
+    }
+    if temperature != 1.0 && mode == Mode::Fidelity {
+        return Err(Error::BadParam(format!(
+            "temperature {temperature} applies to the stochastic mode (the fidelity mode has no \
+             source noise)"
+        )));
+    }
+    Ok(())
 }
 
 /// Step k of N on one tile: the network call, in image layout [1, 3, h, w] (not read back).
@@ -581,6 +595,16 @@ mod tests {
             };
             let e = upscale(&net, &cfg, &img, 2, &o, &dev, &mut |_, _| true).unwrap_err();
             assert!(e.to_string().contains("temperature"), "{e}");
+        }
+        // The fidelity mode has no source noise: only the neutral temperature 1 is accepted.
+        for (temperature, ok) in [(1.0, true), (0.0, false), (0.5, false)] {
+            let o = SampleOptions {
+                temperature,
+                ..Default::default()
+            };
+            let r = upscale(&net, &cfg, &img, 2, &o, &dev, &mut |_, _| true);
+            assert_eq!(r.is_ok(), ok, "fidelity, temperature {temperature}");
+            assert!(check_temperature(temperature, Mode::Stochastic).is_ok());
         }
         assert!(matches!(
             upscale(

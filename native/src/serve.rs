@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
-use flowmapsr_core::sampler::{upscale, SampleOptions};
+use flowmapsr_core::sampler::{check_temperature, upscale, SampleOptions};
 use flowmapsr_core::weights::ModelConfig;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -193,16 +193,7 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
         )));
     }
     let temperature = q.temperature.unwrap_or(1.0);
-    if !(temperature.is_finite() && (0.0..=1.0).contains(&temperature)) {
-        return Err(bad(format!(
-            "temperature must be in [0, 1], got {temperature}"
-        )));
-    }
-    if temperature != 1.0 && mode == flowmapsr_core::bridge::Mode::Fidelity {
-        return Err(bad(format!(
-            "temperature {temperature} applies to mode=stochastic (fidelity has no source noise)"
-        )));
-    }
+    check_temperature(temperature, mode).map_err(|e| bad(e.to_string()))?;
     let opts = SampleOptions {
         guidance,
         temperature,

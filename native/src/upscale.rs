@@ -131,13 +131,10 @@ fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf
     Ok(out.join(format!("{stem}_x{}.{ext}", args.scale)))
 }
 
-/// A temperature other than 1 only means something in the stochastic mode: say so rather than
-/// ignore it.
+/// Before any work, the core's temperature rule (in [0, 1]; stochastic mode only) in the CLI's words.
 pub fn check_temperature(t: f32, mode: ModeArg) -> Result<()> {
-    if t != 1.0 && matches!(mode, ModeArg::Fidelity) {
-        bail!("--temperature {t} applies to --mode stochastic (the fidelity mode has no source noise)");
-    }
-    Ok(())
+    flowmapsr_core::sampler::check_temperature(t, mode.into())
+        .map_err(|e| anyhow::anyhow!("--temperature: {e} (see --mode)"))
 }
 
 pub fn run(args: &UpscaleArgs) -> Result<()> {

@@ -7,7 +7,7 @@
 //! RGBA in, alpha upscaled on its own with bicubic, rounded 8-bit out) so both give one answer.
 
 use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::sampler::{sample_options, SampleOptions};
+use flowmapsr_core::sampler::{check_temperature, sample_options, SampleOptions};
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
@@ -103,12 +103,7 @@ impl Job {
             return Err(Error::BadParam("guidance w must be >= 1".into()));
         }
         flowmapsr_core::lora::check_scale(self.lora)?;
-        if !(self.temperature.is_finite() && (0.0..=1.0).contains(&self.temperature)) {
-            return Err(Error::BadParam(format!(
-                "temperature must be in [0, 1], got {}",
-                self.temperature
-            )));
-        }
+        check_temperature(self.temperature, self.options().mode)?;
         Ok(())
     }
 }
@@ -244,7 +239,7 @@ mod tests {
             tile: 128,
             overlap: 16,
             seed: 0,
-            stochastic: false,
+            stochastic: true,
             guidance: 1.5,
             lora: 0.0,
             temperature: 0.3,
@@ -296,6 +291,14 @@ mod tests {
             };
             assert!(bad.check().is_err(), "{temperature}");
         }
+        // The fidelity mode has no source noise: only the neutral temperature 1 goes with it.
+        let fidelity = |temperature| Job {
+            stochastic: false,
+            temperature,
+            ..j.clone()
+        };
+        assert!(fidelity(0.3).check().is_err());
+        assert!(fidelity(1.0).check().is_ok());
         assert!(Job { steps: 0, ..j }.check().is_err());
     }
 
