@@ -54,11 +54,7 @@ fn one() -> f32 {
 impl Job {
     /// The sampler options `flowmapsr upscale` uses for the same knobs.
     pub fn options(&self) -> SampleOptions {
-        let mode = if self.stochastic {
-            Mode::Stochastic
-        } else {
-            Mode::Fidelity
-        };
+        let mode = self.mode();
         SampleOptions {
             guidance: self.guidance,
             temperature: self.temperature,
@@ -70,6 +66,14 @@ impl Job {
                 self.tile,
                 self.overlap,
             )
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.stochastic {
+            Mode::Stochastic
+        } else {
+            Mode::Fidelity
         }
     }
 
@@ -103,7 +107,7 @@ impl Job {
             return Err(Error::BadParam("guidance w must be >= 1".into()));
         }
         flowmapsr_core::lora::check_scale(self.lora)?;
-        check_temperature(self.temperature, self.options().mode)?;
+        check_temperature(self.temperature, self.mode())?;
         Ok(())
     }
 }
