@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SHARED:-../shared}
 W=${WEIGHTS:?set WEIGHTS to a folder with config.json + model.bin (+ lora.json + lora.bin)}
-BIN=target/release/flowmapsr
+BIN=${BIN:-target/release/flowmapsr}
 # The crops at the end need Pillow: fail now, not after the scoring.
 python3 -c "import PIL" 2>/dev/null || { echo "tradeoff.sh: python3 needs Pillow for the crops (pip install pillow)" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release --bin flowmapsr

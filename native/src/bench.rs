@@ -69,16 +69,31 @@ pub struct BenchReport {
 }
 
 fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
-    let n = 1024;
-    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let _ = a.clone().matmul(b.clone()).into_data();
-    let reps = 5;
-    let t0 = Instant::now();
-    for _ in 0..reps {
-        let _ = a.clone().matmul(b.clone()).sum().into_data();
+    // The timed expression is warmed up whole (a GPU compiles and autotunes the matmul and the
+    // sum on first use), and n grows until one product takes 10 ms, so a GPU's launch and
+    // read-back latency do not dominate.
+    let mut n = 512;
+    loop {
+        let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+        let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+        let once = || {
+            let _ = a.clone().matmul(b.clone()).sum().into_data();
+        };
+        once();
+        let t = Instant::now();
+        once();
+        let one = t.elapsed().as_secs_f64();
+        if one < 0.01 && n < 8192 {
+            n *= 2;
+            continue;
+        }
+        let reps = ((0.3 / one).ceil() as usize).clamp(1, 50);
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            once();
+        }
+        return 2.0 * (n as f64).powi(3) * reps as f64 / t0.elapsed().as_secs_f64() / 1e9;
     }
-    2.0 * (n as f64).powi(3) * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One lent-GPU session (docs/training.md, "GPU"): a CUDA smoke run, a probe of the training step,
+# a fidelity fine-tune of the shipped weights sized to the time left, and the kernel caches saved
+# for the next session. Run on the device machine from the repo root with `.gpu/` carried:
+#   .gpu/flowmapsr.gz   `CUDARC_CUDA_VERSION=13000 cargo build --release -p flowmapsr --features cuda`,
+#                       stripped and gzipped (the device has CUDA 13.0; with no nvcc here cudarc
+#                       would otherwise assume the newest CUDA it knows)
+#   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
+#   .gpu/cubecl-cache.tgz (optional)  the caches an earlier session brought back (see below)
+# LIMIT must be the call's timeout_s: everything here ends 30 s before it, and whatever the run
+# has by then is already under $OUT (the latest checkpoint's EMA weights are copied as they come).
+# $OUT gets: log.txt, train_config.json, model.bin + config.json (final EMA weights, when the
+# schedule finished), ema.bin (latest checkpoint's EMA weights), cubecl-cache.tgz.
+#
+# Session 9 (H200) learnt: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
+# use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
+# then 0.11-0.16 s/step at batch 32 x 128 px. Hence: autotune level "minimal", the PTX and autotune
+# caches kept in target/ and brought back, no validation on the device (eval runs on the CPU here).
+set -uo pipefail
+T0=$(date +%s)
+LIMIT=${LIMIT:?set LIMIT to the call\'s timeout_s}
+HARD=$((T0 + LIMIT - 30))
+CONFIG=${CONFIG:-configs/gpu_fidelity.json}
+OUT=${OUT:-/tmp/gpu_out}
+# Overridable only to dry-run the script's plumbing on a CPU machine.
+DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-60}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+el() { echo $(($(date +%s) - T0)); }
+left() { echo $((HARD - $(date +%s))); }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+NVRTC=$(ls /usr/local/cuda/lib64/libnvrtc.so* /usr/local/cuda/targets/*/lib/libnvrtc.so* \
+  /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib/libnvrtc.so* 2>/dev/null | head -1)
+[ -n "$NVRTC" ] || NVRTC=$(find / -xdev -name 'libnvrtc.so*' 2>/dev/null | grep -v stub | head -1)
+echo "nvrtc: ${NVRTC:-none found}"
+[ -n "$NVRTC" ] && export LD_LIBRARY_PATH="$(dirname "$NVRTC"):${LD_LIBRARY_PATH:-}"
+BIN=/tmp/flowmapsr
+gzip -dc .gpu/flowmapsr.gz >"$BIN" && chmod +x "$BIN" || exit 1
+export RUST_LOG=info,cubecl_runtime=warn
+# cubecl reads ./cubecl.toml; "target" puts its caches under ./target (the repo root has Cargo.toml).
+cat >cubecl.toml <<'EOF'
+[autotune]
+level = "minimal"
+cache = "target"
+
+[compilation]
+cache = "target"
+EOF
+mkdir -p target
+[ -f .gpu/cubecl-cache.tgz ] && tar -xzf .gpu/cubecl-cache.tgz -C target && echo "caches restored"
+save_caches() { tar -czf "$OUT/cubecl-cache.tgz" -C target . && echo "caches saved"; }
+
+echo "== [$(el) s] smoke: bench, one 128 px tile x4, NFE 1, $DEVICE"
+if ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
+  echo "$DEVICE smoke run failed"
+  save_caches
+  exit 1
+fi
+
+echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
+python3 - "$CONFIG" /tmp/probe.json $PROBE <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["steps"] = int(sys.argv[3]); c["log_every"] = c["steps"] // 2; c["ckpt_every"] = 10**6
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+EOF
+DATA=".gpu/data/train/T91 .gpu/data/train/SunHays80"
+timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init weights --data $DATA \
+  --out /tmp/probe --device $DEVICE 2>&1 | tee /tmp/probe.log
+save_caches
+SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
+[ -n "$SPS" ] || { echo "no s/step in the probe"; exit 1; }
+# 45 s for the start, the final save and the copies; 15% for checkpoints and slower steps.
+BUDGET=$(($(left) - 45))
+STEPS=$(python3 -c "print(max(100, int($BUDGET / ($SPS * 1.15)) // 100 * 100))")
+echo "== [$(el) s] ${SPS} s/step, ${BUDGET} s to train: ${STEPS} steps"
+python3 - "$CONFIG" "$OUT/train_config.json" "$STEPS" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["steps"] = int(sys.argv[3]); c["ckpt_every"] = max(100, c["steps"] // 10)
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+EOF
+# The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one).
+(while sleep 5; do
+  d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
+    mv "$OUT/.ema.tmp" "$OUT/ema.bin" && cp "$d/state.json" "$OUT/state.json" 2>/dev/null
+done) &
+WATCH=$!
+timeout $(($(left) - 10)) "$BIN" train --config "$OUT/train_config.json" \
+  --init weights --data $DATA --out /tmp/run --device $DEVICE
+echo "train exit $?"
+kill $WATCH
+cp /tmp/run/final/model.bin /tmp/run/final/config.json "$OUT/" 2>/dev/null
+d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$d/state.json" "$OUT/" 2>/dev/null
+save_caches
+ls -la "$OUT"
+echo "== [$(el) s] done"
