@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# One lent-GPU session (docs/training.md, "GPU"): a CUDA smoke run, a probe of the training step,
+# One lent-GPU session (docs/training.md, "Stage 5 attempt on a lent GPU"): a CUDA smoke run, a probe of the training step,
 # a fidelity fine-tune of the shipped weights sized to the time left, and the kernel caches saved
 # for the next session. Run on the device machine from the repo root with `.gpu/` carried:
-#   .gpu/flowmapsr.gz   `CUDARC_CUDA_VERSION=13000 cargo build --release -p flowmapsr --features cuda`,
-#                       stripped and gzipped (the device has CUDA 13.0; with no nvcc here cudarc
-#                       would otherwise assume the newest CUDA it knows)
+#   .gpu/flowmapsr.gz   `cargo build --release -p flowmapsr --features cuda`, stripped and gzipped
+#                       (.cargo/config.toml builds it for the device's CUDA 13.0)
 #   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
 #   .gpu/cubecl-cache.tgz (optional)  the caches an earlier session brought back (see below)
 # LIMIT must be the call's timeout_s: everything here ends 30 s before it, and whatever the run
@@ -28,6 +27,13 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 el() { echo $(($(date +%s) - T0)); }
 left() { echo $((HARD - $(date +%s))); }
+# cfg DST key=int...: $CONFIG with those top-level fields replaced, written to DST.
+cfg() {
+  python3 -c 'import json, sys
+c = json.load(open(sys.argv[1]))
+c.update((k, int(v)) for k, v in (a.split("=") for a in sys.argv[3:]))
+json.dump(c, open(sys.argv[2], "w"), indent=2)' "$CONFIG" "$@"
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 NVRTC=$(ls /usr/local/cuda/lib64/libnvrtc.so* /usr/local/cuda/targets/*/lib/libnvrtc.so* \
@@ -59,12 +65,7 @@ if ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
 fi
 
 echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
-python3 - "$CONFIG" /tmp/probe.json $PROBE <<'EOF'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["steps"] = int(sys.argv[3]); c["log_every"] = c["steps"] // 2; c["ckpt_every"] = 10**6
-json.dump(c, open(sys.argv[2], "w"), indent=2)
-EOF
+cfg /tmp/probe.json steps=$PROBE log_every=$((PROBE / 2)) ckpt_every=1000000
 DATA=".gpu/data/train/T91 .gpu/data/train/SunHays80"
 timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init weights --data $DATA \
   --out /tmp/probe --device $DEVICE 2>&1 | tee /tmp/probe.log
@@ -75,12 +76,7 @@ SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
 BUDGET=$(($(left) - 45))
 STEPS=$(python3 -c "print(max(100, int($BUDGET / ($SPS * 1.15)) // 100 * 100))")
 echo "== [$(el) s] ${SPS} s/step, ${BUDGET} s to train: ${STEPS} steps"
-python3 - "$CONFIG" "$OUT/train_config.json" "$STEPS" <<'EOF'
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["steps"] = int(sys.argv[3]); c["ckpt_every"] = max(100, c["steps"] // 10)
-json.dump(c, open(sys.argv[2], "w"), indent=2)
-EOF
+cfg "$OUT/train_config.json" steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS / 10 : 100))
 # The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one).
 (while sleep 5; do
   d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
