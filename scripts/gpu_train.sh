@@ -21,6 +21,9 @@ LIMIT=${LIMIT:?set LIMIT to the call\'s timeout_s}
 HARD=$((T0 + LIMIT - 30))
 CONFIG=${CONFIG:-configs/gpu_fidelity.json}
 OUT=${OUT:-/tmp/gpu_out}
+# SET: extra "key=int" overrides of $CONFIG (e.g. SET="batch=64"); SMOKE=0 skips the inference
+# smoke run (its JIT costs ~80 s of a cold device; the probe is a smoke run of training too).
+SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights}
 # Overridable only to dry-run the script's plumbing on a CPU machine.
 DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-60}
 mkdir -p "$OUT"
@@ -57,17 +60,17 @@ mkdir -p target
 [ -f .gpu/cubecl-cache.tgz ] && tar -xzf .gpu/cubecl-cache.tgz -C target && echo "caches restored"
 save_caches() { tar -czf "$OUT/cubecl-cache.tgz" -C target . && echo "caches saved"; }
 
-echo "== [$(el) s] smoke: bench, one 128 px tile x4, NFE 1, $DEVICE"
-if ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
+[ "$SMOKE" = 1 ] && echo "== [$(el) s] smoke: bench, one 128 px tile x4, NFE 1, $DEVICE"
+if [ "$SMOKE" = 1 ] && ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
   echo "$DEVICE smoke run failed"
   save_caches
   exit 1
 fi
 
 echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
-cfg /tmp/probe.json steps=$PROBE log_every=$((PROBE / 2)) ckpt_every=1000000
+cfg /tmp/probe.json $SET steps=$PROBE log_every=$((PROBE / 2)) ckpt_every=1000000
 DATA=".gpu/data/train/T91 .gpu/data/train/SunHays80"
-timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init weights --data $DATA \
+timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init "$INIT" --data $DATA \
   --out /tmp/probe --device $DEVICE 2>&1 | tee /tmp/probe.log
 save_caches
 SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
@@ -76,7 +79,7 @@ SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
 BUDGET=$(($(left) - 45))
 STEPS=$(python3 -c "print(max(100, int($BUDGET / ($SPS * 1.15)) // 100 * 100))")
 echo "== [$(el) s] ${SPS} s/step, ${BUDGET} s to train: ${STEPS} steps"
-cfg "$OUT/train_config.json" steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS / 10 : 100))
+cfg "$OUT/train_config.json" $SET steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS / 10 : 100))
 # The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one).
 (while sleep 5; do
   d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
@@ -84,7 +87,7 @@ cfg "$OUT/train_config.json" steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS
 done) &
 WATCH=$!
 timeout $(($(left) - 10)) "$BIN" train --config "$OUT/train_config.json" \
-  --init weights --data $DATA --out /tmp/run --device $DEVICE
+  --init "$INIT" --data $DATA --out /tmp/run --device $DEVICE
 echo "train exit $?"
 kill $WATCH
 cp /tmp/run/final/model.bin /tmp/run/final/config.json "$OUT/" 2>/dev/null
