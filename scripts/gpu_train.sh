@@ -15,6 +15,8 @@
 # use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
 # then 0.11-0.16 s/step at batch 32 x 128 px. Hence: autotune level "minimal", the PTX and autotune
 # caches kept in target/ and brought back, no validation on the device (eval runs on the CPU here).
+# Session 10 (H200): cold, the first 30 steps at batch 64 still took 374 s; with the caches restored
+# the first steps cost nothing extra, then 0.24-0.28 s/step. Keep .gpu/cubecl-cache.tgz.
 set -uo pipefail
 T0=$(date +%s)
 LIMIT=${LIMIT:?set LIMIT to the call\'s timeout_s}

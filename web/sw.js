@@ -1,7 +1,8 @@
 // Offline support: the app shell is network-first (fresh when online, cached for offline), the
-// weights cache-first (large, and versioned with the app). Bump VERSION when the weights change:
-// old caches are deleted on activation.
-const VERSION = "v2";
+// weights cache-first (large, and versioned with the app). VERSION is a hash of the shipped weights
+// (web/src/lib.rs test `sw_cache_version_follows_the_weights` computes it and fails when it is
+// stale), so new weights get a new cache: old caches are deleted on activation.
+const VERSION = "w-d44983d4aa29f294";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker.js", "worker_bg.wasm",

@@ -341,4 +341,24 @@ mod tests {
         assert_eq!(download_name(".png", 8), ".png_x8.png");
         assert_eq!(download_name("", 8), "image_x8.png");
     }
+
+    /// The service worker serves the weights cache-first, so a returning user keeps the old weights
+    /// until its cache name changes: sw.js's VERSION must follow the shipped files' contents.
+    #[test]
+    fn sw_cache_version_follows_the_weights() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // FNV-1a 64 over the four files, in this order.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in ["config.json", "model.bin", "lora.json", "lora.bin"] {
+            for b in std::fs::read(root.join("weights").join(f)).unwrap() {
+                h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        let want = format!("const VERSION = \"w-{h:016x}\";");
+        let sw = std::fs::read_to_string(root.join("web/sw.js")).unwrap();
+        assert!(
+            sw.contains(&want),
+            "the weights changed: set `{want}` in web/sw.js"
+        );
+    }
 }
