@@ -50,6 +50,7 @@ BIN=/tmp/flowmapsr
 gzip -dc .gpu/flowmapsr.gz >"$BIN" && chmod +x "$BIN" || exit 1
 export RUST_LOG=info,cubecl_runtime=warn
 # cubecl reads ./cubecl.toml; "target" puts its caches under ./target (the repo root has Cargo.toml).
+trap 'rm -f cubecl.toml' EXIT
 cat >cubecl.toml <<'EOF'
 [autotune]
 level = "minimal"
@@ -60,13 +61,20 @@ cache = "target"
 EOF
 mkdir -p target
 [ -f .gpu/cubecl-cache.tgz ] && tar -xzf .gpu/cubecl-cache.tgz -C target && echo "caches restored"
-save_caches() { tar -czf "$OUT/cubecl-cache.tgz" -C target . && echo "caches saved"; }
+# Only cubecl's folders (autotune/, cuda/ PTX): a dry run in a checkout must not tar the build.
+save_caches() {
+  local d
+  d=$(cd target && ls -d autotune cuda 2>/dev/null)
+  [ -n "$d" ] && tar -czf "$OUT/cubecl-cache.tgz" -C target $d && echo "caches saved: $d"
+}
 
-[ "$SMOKE" = 1 ] && echo "== [$(el) s] smoke: bench, one 128 px tile x4, NFE 1, $DEVICE"
-if [ "$SMOKE" = 1 ] && ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
-  echo "$DEVICE smoke run failed"
-  save_caches
-  exit 1
+if [ "$SMOKE" = 1 ]; then
+  echo "== [$(el) s] smoke: bench, one 128 px tile x4, NFE 1, $DEVICE"
+  if ! timeout 150 "$BIN" bench --device $DEVICE --tile 128 --reps 10; then
+    echo "$DEVICE smoke run failed"
+    save_caches
+    exit 1
+  fi
 fi
 
 echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
