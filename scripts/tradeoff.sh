@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The fidelity <-> realism trade-off of the guidance- and LoRA-trained weights (docs/guidance.md):
-# w in {1, 1.5, 2, 3} x LoRA scale in {0, 1, 2} x NFE in {1, 2}, x4 on Set5 and Set14
+# w in {1, 1.5, 2, 3} x LoRA scale in {0, 1, 2, 3} x NFE in {1, 2}, x4 on Set5 and Set14
 # (`flowmapsr eval --json`: PSNR-Y, SSIM-Y, GMSD, HF ratio), bicubic for reference, and
 # side-by-side crops (HR | bicubic | fidelity w=1 LoRA 0 | realism: the sharpest setting within
 # 1.5 dB of fidelity | grain: the stochastic mode at a source-noise temperature) under
 # docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
-# NFE 1, seed 0). Writes docs/tradeoff.md. Settings the weights do not support (w above their
+# NFE 1, seed 0), and the fidelity setting without the LR projection (`--no-projection`; every
+# other row has it, as `flowmapsr` does by default). Writes docs/tradeoff.md. Settings the weights do not support (w above their
 # w_max, LoRA without an adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
 #        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff)
@@ -40,12 +41,13 @@ for set in $SETS; do
   "$BIN" eval --data "$S/data/eval/$set" --scale 4 --method bicubic --json --save "$OUT/$set-bicubic" \
     | python3 -c "import sys,json;d=json.load(sys.stdin);d.update(set='$set',w='-',lora='-',nfe='-',method='bicubic');print(json.dumps(d))" >>"$rows"
   for w in 1 1.5 2 3; do
-    for l in 0 1 2; do
+    for l in 0 1 2 3; do
       for n in 1 2; do
         score "$set-w$w-l$l-n$n" "\"w\":$w,\"lora\":$l,\"nfe\":$n" --steps "$n" --guidance "$w" --lora "$l"
       done
     done
   done
+  score "$set-raw" '"w":1,"lora":0,"nfe":1,"projection":false' --no-projection
   for w in 1 3; do
     for t in 0.25 0.5 0.75; do
       score "$set-w$w-t$t" "\"w\":$w,\"lora\":0,\"nfe\":1,\"temperature\":$t" \
@@ -60,7 +62,9 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 out, shared, weights = sys.argv[2], sys.argv[3], sys.argv[4]
 md = ["# Fidelity <-> realism trade-off", "",
       f"`WEIGHTS={weights} scripts/tradeoff.sh` (x4, `flowmapsr eval`, standard protocol; "
-      "HF ratio 1 = as sharp as the HR photos). Rows the weights cannot run are marked.", ""]
+      "HF ratio 1 = as sharp as the HR photos). Every row has the LR projection (the result made "
+      "consistent with the input, `flowmapsr`'s default, no network call) except the one marked "
+      "\"no projection\". Rows the weights cannot run are marked.", ""]
 sets = list(dict.fromkeys(r["set"] for r in rows))
 for s in sets:
     md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|---|"]
@@ -68,7 +72,7 @@ for s in sets:
         if r["set"] != s or r.get("temperature") is not None: continue
         if "unsupported" in r:
             md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | |"); continue
-        name = "bicubic" if r["method"] == "bicubic" else r["w"]
+        name = "bicubic" if r["method"] == "bicubic" else f"{r['w']} (no projection)" if r.get("projection") is False else r["w"]
         md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
     md += ["", f"Stochastic mode on {s} (LoRA 0, NFE 1, seed 0): the source x0 + temperature x sigma_0 x noise.", "",
            "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|"]
@@ -89,7 +93,7 @@ md += ["## Gate", "",
        "|---|---|---|---|---|---|---|---|---|"]
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    det = [r for r in ok if r.get("temperature") is None]
+    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
     bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
     fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not (bic and fid): continue
@@ -98,7 +102,7 @@ for s in sets:
     grain = max(inb([r for r in ok if r.get("temperature") is not None]), key=lambda r: r["hf_ratio"], default=None)
     hf = lambda w, l: next((r["hf_ratio"] for r in det if r["w"] == w and r["lora"] == l and r["nfe"] == 1), None)
     seq_w = [h for h in (hf(w, 0) for w in (1, 1.5, 2, 3)) if h is not None]
-    seq_l = [h for h in (hf(1, l) for l in (0, 1, 2)) if h is not None]
+    seq_l = [h for h in (hf(1, l) for l in (0, 1, 2, 3)) if h is not None]
     mono = lambda q: ("rises" if all(b > a for a, b in zip(q, q[1:])) else "not monotone") + " (" + ", ".join(f"{h:.3f}" for h in q) + ")" if len(q) > 1 else "n/a"
     desc = f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']})" if best else "none"
     gdesc = f"{grain['hf_ratio']:.3f} (w {grain['w']}, temperature {grain['temperature']}, PSNR-Y {grain['psnr_y']:.3f}, GMSD {grain['gmsd']:.4f})" if grain else "none"
@@ -109,7 +113,7 @@ md.append("")
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    det = [r for r in ok if r.get("temperature") is None]
+    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
     fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not fid: continue
     near = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5]

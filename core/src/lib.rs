@@ -15,6 +15,7 @@ pub mod lora;
 pub mod metrics;
 pub mod objectives;
 pub mod precision;
+pub mod projection;
 pub mod resize;
 pub mod sampler;
 pub mod space;

@@ -23,13 +23,13 @@ fn cubic(x: f64) -> f64 {
 }
 
 /// Per output index: `taps` (input index, weight) pairs, weights normalised to sum 1.
-struct Contributions {
-    taps: usize,
-    index: Vec<usize>,
-    weight: Vec<f64>,
+pub(crate) struct Contributions {
+    pub(crate) taps: usize,
+    pub(crate) index: Vec<usize>,
+    pub(crate) weight: Vec<f64>,
 }
 
-fn contributions(in_len: usize, out_len: usize, scale: f64) -> Contributions {
+pub(crate) fn contributions(in_len: usize, out_len: usize, scale: f64) -> Contributions {
     let antialias = scale < 1.0;
     let kw = if antialias { 4.0 / scale } else { 4.0 };
     let taps = kw.ceil() as usize + 2;
@@ -65,7 +65,7 @@ fn contributions(in_len: usize, out_len: usize, scale: f64) -> Contributions {
 }
 
 /// Resize one plane along both axes (rows pass then columns pass).
-fn resize_plane(
+pub(crate) fn resize_plane(
     src: &[f32],
     w: usize,
     rows: &Contributions,

@@ -38,6 +38,9 @@ pub struct SampleOptions {
     /// Tile side and overlap in pixels of the full-resolution image.
     pub tile: usize,
     pub overlap: usize,
+    /// Project the result onto the images whose bicubic downscale is the input
+    /// ([`crate::projection`]): no network call; on by default, off for the raw flow map.
+    pub lr_projection: bool,
 }
 
 impl Default for SampleOptions {
@@ -51,6 +54,7 @@ impl Default for SampleOptions {
             temperature: 1.0,
             tile: 512,
             overlap: 64,
+            lr_projection: true,
         }
     }
 }
@@ -73,6 +77,7 @@ pub fn sample_options(
         temperature: 1.0,
         tile: tile * scale as usize,
         overlap: overlap * scale as usize,
+        lr_projection: true,
     }
 }
 
@@ -321,6 +326,29 @@ pub async fn sample_async<B: Backend>(
     blender: &mut impl Blender<B>,
     on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
 ) -> Result<Vec<u8>> {
+    match sample_async_as(net, cfg, x0, opts, device, blender, on_tile, false).await? {
+        Sampled::Rgba(px) => Ok(px),
+        Sampled::Signed(y) => Ok(crate::image::to_rgba(&to_unit(&y)?, None)),
+    }
+}
+
+/// The last pass of [`sample_async`] read back as 8-bit RGBA or as the signed float image.
+enum Sampled {
+    Rgba(Vec<u8>),
+    Signed(Image),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sample_async_as<B: Backend>(
+    net: &impl FlowNet<B>,
+    cfg: &ModelConfig,
+    x0: &Image,
+    opts: &SampleOptions,
+    device: &B::Device,
+    blender: &mut impl Blender<B>,
+    on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
+    signed: bool,
+) -> Result<Sampled> {
     let (plan, mut x) = prepare(cfg, x0, opts)?;
     let total = opts.steps * plan.tiles.len();
     let mut done = 0;
@@ -349,12 +377,12 @@ pub async fn sample_async<B: Backend>(
                 return Err(Error::Cancelled);
             }
         }
-        if k + 1 == opts.steps {
-            return blender.finish_rgba().await;
+        if k + 1 == opts.steps && !signed {
+            return Ok(Sampled::Rgba(blender.finish_rgba().await?));
         }
         x = blender.finish().await?;
     }
-    unreachable!("steps >= 1 is checked by prepare")
+    Ok(Sampled::Signed(x))
 }
 
 /// Upscale an RGB image in [0, 1] by `scale`: x0 = bicubic up, then the sampler; RGB in [0, 1].
@@ -368,12 +396,16 @@ pub fn upscale<B: Backend>(
     progress: &mut ProgressFn,
 ) -> Result<Image> {
     let x0 = bridge_source(lr, scale)?;
-    let y = sample(net, cfg, &x0, opts, device, progress)?;
-    to_unit(&y)
+    let y = to_unit(&sample(net, cfg, &x0, opts, device, progress)?)?;
+    if opts.lr_projection {
+        return crate::projection::project(&y, lr, scale);
+    }
+    Ok(y)
 }
 
 /// [`upscale`] with asynchronous readback (see [`sample_async`]): the result as opaque RGBA8,
-/// `scale` times the size of `lr`.
+/// `scale` times the size of `lr`. With the LR projection the last pass is read back as floats
+/// (the projection runs on the CPU), otherwise as 8-bit RGBA only.
 #[allow(clippy::too_many_arguments)]
 pub async fn upscale_async<B: Backend>(
     net: &impl FlowNet<B>,
@@ -386,7 +418,16 @@ pub async fn upscale_async<B: Backend>(
     on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
 ) -> Result<Vec<u8>> {
     let x0 = bridge_source(lr, scale)?;
-    sample_async(net, cfg, &x0, opts, device, blender, on_tile).await
+    if !opts.lr_projection {
+        return sample_async(net, cfg, &x0, opts, device, blender, on_tile).await;
+    }
+    match sample_async_as(net, cfg, &x0, opts, device, blender, on_tile, true).await? {
+        Sampled::Signed(y) => {
+            let y = crate::projection::project(&to_unit(&y)?, lr, scale)?;
+            Ok(crate::image::to_rgba(&y, None))
+        }
+        Sampled::Rgba(_) => unreachable!("asked for the signed result"),
+    }
 }
 
 /// x0 = up(LR), signed: the start of the bridge.
@@ -435,19 +476,41 @@ mod tests {
         let opts = SampleOptions {
             tile: 16,
             overlap: 4,
+            lr_projection: false,
             ..Default::default()
         };
         let out = upscale(&net, &cfg, &img, 2, &opts, &dev, &mut |_, _| true).unwrap();
         let bic = crate::resize::upscale(&img, 2);
         assert_eq!((out.width, out.height), (26, 14));
         // Zero-initialised output: the flow map is the identity, so the result is bicubic.
-        let err = out
-            .data
-            .iter()
-            .zip(&bic.data)
-            .map(|(a, b)| (a - b.clamp(0.0, 1.0)).abs())
-            .fold(0.0, f32::max);
+        let max_err = |a: &Image, b: &Image| {
+            a.data
+                .iter()
+                .zip(&b.data)
+                .map(|(a, b)| (a - b.clamp(0.0, 1.0)).abs())
+                .fold(0.0, f32::max)
+        };
+        let err = max_err(&out, &bic);
         assert!(err < 1e-6, "{err}");
+        // With the LR projection (the default) it is bicubic made consistent with the input:
+        // exactly the projection of bicubic, and its downscale is the input again (bicubic's is
+        // not). Mid-grey input, so that the final clamp to [0, 1] does not bite.
+        let mid = Image::new(13, 7, 3, img.data.iter().map(|v| 0.3 + 0.4 * v).collect()).unwrap();
+        let projected = SampleOptions {
+            lr_projection: true,
+            ..opts.clone()
+        };
+        let p = upscale(&net, &cfg, &mid, 2, &projected, &dev, &mut |_, _| true).unwrap();
+        let bic_mid = crate::resize::upscale(&mid, 2);
+        let want = crate::projection::project_unclamped(&bic_mid, &mid, 2).unwrap();
+        assert!(max_err(&p, &want) < 1e-5, "{}", max_err(&p, &want));
+        let down = |x: &Image| crate::resize::imresize(x, 0.5, false);
+        assert!(max_err(&down(&bic_mid), &mid) > 1e-2);
+        assert!(
+            max_err(&down(&p), &mid) < 1e-5,
+            "{}",
+            max_err(&down(&p), &mid)
+        );
         // Seeded stochastic runs repeat; different seeds differ.
         let st = |seed| {
             let o = SampleOptions {

@@ -44,6 +44,9 @@ pub struct EvalArgs {
     /// LoRA scale (see `upscale --lora`).
     #[arg(long, default_value_t = 0.0)]
     pub lora: f32,
+    /// Skip the LR projection (see `upscale --no-projection`): score the flow map's raw output.
+    #[arg(long)]
+    pub no_projection: bool,
     /// Tile side in input pixels.
     #[arg(long, default_value_t = 128)]
     pub tile: usize,
@@ -355,6 +358,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let opts = flowmapsr_core::sampler::SampleOptions {
                 guidance: args.guidance,
                 temperature: args.temperature,
+                lr_projection: !args.no_projection,
                 ..crate::upscale::sample_options(
                     args.steps,
                     mode.into(),

@@ -1,7 +1,8 @@
 //! `flowmapsr serve`: an HTTP upscaling service (axum/tokio) that also hosts the web demo.
 //!
 //! - POST /v1/upscale: the image as the body (or the first file of a multipart form); query
-//!   `scale`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`, `format`; answers the
+//!   `scale`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`, `projection`
+//!   (true: the default, see `upscale --no-projection`), `format`; answers the
 //!   upscaled image.
 //! - GET /healthz, GET /metrics (Prometheus text), GET / (the trunk-built `dist/` when present).
 //!
@@ -153,6 +154,7 @@ struct UpscaleQuery {
     guidance: Option<f32>,
     lora: Option<f32>,
     temperature: Option<f32>,
+    projection: Option<bool>,
     format: Option<String>,
 }
 
@@ -197,6 +199,7 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
     let opts = SampleOptions {
         guidance,
         temperature,
+        lr_projection: q.projection.unwrap_or(true),
         ..crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap)
     };
     Ok((scale, opts, format))

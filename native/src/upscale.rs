@@ -44,6 +44,10 @@ pub struct UpscaleArgs {
     /// photographic); needs weights with lora.json + lora.bin.
     #[arg(long, default_value_t = 0.0)]
     pub lora: f32,
+    /// Skip the LR projection: by default the result is made exactly consistent with the input
+    /// (its bicubic downscale is the input; no network call); this keeps the flow map's raw output.
+    #[arg(long)]
+    pub no_projection: bool,
     /// Weights folder (config.json + model.bin [+ lora.json + lora.bin]); default: the shipped weights.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -157,6 +161,7 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
     let opts = SampleOptions {
         guidance: args.guidance,
         temperature: args.temperature,
+        lr_projection: !args.no_projection,
         ..sample_options(
             args.steps,
             args.mode.into(),

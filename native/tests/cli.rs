@@ -60,6 +60,28 @@ fn the_shipped_dial_moves_the_output() {
     };
     let base = up("base.png", &[]);
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
+    // The LR projection (the default): the result shrinks back to the input, up to the 8-bit
+    // rounding and the clamp; the raw flow map (`--no-projection`) does not.
+    let lr =
+        flowmapsr_core::Image::from_interleaved_u8(24, 16, 3, &picture(24, 16).into_raw()).unwrap();
+    let mismatch = |px: &[u8]| {
+        let sr = flowmapsr_core::Image::from_interleaved_u8(96, 64, 3, px).unwrap();
+        let down = flowmapsr_core::resize::imresize(&sr, 0.25, false);
+        let sum: f32 = down
+            .data
+            .iter()
+            .zip(&lr.data)
+            .map(|(a, b)| (a - b).abs())
+            .sum();
+        sum / lr.data.len() as f32 * 255.0
+    };
+    let raw = up("raw.png", &["--no-projection"]);
+    assert_ne!(base, raw);
+    let (projected, unprojected) = (mismatch(&base), mismatch(&raw));
+    assert!(
+        projected < 1.0 && projected * 4.0 < unprojected,
+        "mean |down(out) - in| in 8-bit levels: {projected} with the projection, {unprojected} without"
+    );
     // Temperature 0 removes the source noise: the stochastic mode becomes the fidelity map.
     assert_eq!(
         base,

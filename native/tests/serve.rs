@@ -154,6 +154,8 @@ fn good_requests_health_metrics_and_landing_page() {
     };
     let fidelity = dial("");
     assert_ne!(fidelity, dial("&guidance=2&lora=1"));
+    assert_eq!(fidelity, dial("&projection=true"));
+    assert_ne!(fidelity, dial("&projection=false"));
     // Temperature scales the source noise: 0 is the fidelity map, lower than 1 changes the grain.
     assert_eq!(fidelity, dial("&mode=stochastic&temperature=0"));
     assert_ne!(
@@ -164,7 +166,7 @@ fn good_requests_health_metrics_and_landing_page() {
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 7"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 9"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
@@ -253,6 +255,13 @@ fn client_mistakes_are_4xx_with_json() {
         ),
         (
             u("?lora=9"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?projection=maybe"),
             "image/png",
             good.clone(),
             400,

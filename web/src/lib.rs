@@ -45,6 +45,14 @@ pub struct Job {
     /// Stochastic mode: source noise x temperature, in [0, 1] (the page's "grain").
     #[serde(default = "one")]
     pub temperature: f32,
+    /// Make the result consistent with the input (its bicubic downscale is the input); no
+    /// network call. Off shows the flow map's raw output.
+    #[serde(default = "yes")]
+    pub projection: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> f32 {
@@ -58,6 +66,7 @@ impl Job {
         SampleOptions {
             guidance: self.guidance,
             temperature: self.temperature,
+            lr_projection: self.projection,
             ..sample_options(
                 self.steps,
                 mode,
@@ -214,6 +223,7 @@ mod tests {
             guidance: 2.5,
             lora: 1.5,
             temperature: 0.4,
+            projection: false,
         });
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"kind\":\"upscale\""), "{s}");
@@ -227,7 +237,8 @@ mod tests {
         let old = r#"{"kind":"upscale","width":1,"height":1,"scale":2,"steps":1,"tile":64,"overlap":8,"seed":0,"stochastic":false}"#;
         match serde_json::from_str::<ToWorker>(old).unwrap() {
             ToWorker::Upscale(j) => {
-                assert_eq!((j.guidance, j.lora, j.temperature), (1.0, 0.0, 1.0))
+                assert_eq!((j.guidance, j.lora, j.temperature), (1.0, 0.0, 1.0));
+                assert!(j.projection);
             }
             m => panic!("{m:?}"),
         }
@@ -247,11 +258,21 @@ mod tests {
             guidance: 1.5,
             lora: 0.0,
             temperature: 0.3,
+            projection: true,
         };
         let o = j.options();
         assert_eq!(
             (o.tile, o.overlap, o.steps, o.guidance, o.temperature),
             (512, 64, 1, 1.5, 0.3)
+        );
+        assert!(o.lr_projection);
+        assert!(
+            !Job {
+                projection: false,
+                ..j.clone()
+            }
+            .options()
+            .lr_projection
         );
         assert!(j.check().is_ok());
         let huge = Job {

@@ -366,6 +366,8 @@ mod ui {
         let lora = RwSignal::new(0.0f32);
         // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
         let grain = RwSignal::new(0.0f32);
+        // The LR projection (on by default, as `flowmapsr upscale`).
+        let projection = RwSignal::new(true);
         let split = RwSignal::new(50.0f64);
         let zoom = RwSignal::new("fit".to_string());
         let ctl = Rc::new(RefCell::new(Ctl::default()));
@@ -457,6 +459,7 @@ mod ui {
                     } else {
                         0.0
                     },
+                    projection: projection.get_untracked(),
                 };
                 if let Err(e) = job.check() {
                     sig.message.set(e.to_string());
@@ -604,6 +607,11 @@ mod ui {
                                 prop:value=move || grain.get().to_string()
                                 on:input=move |ev| grain.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
                             <span id="grain-value">{move || format!("{:.2}", grain.get())}</span>
+                        </label>
+                        <label title="Consistent with the input: the result is corrected so that shrinking it gives back your image exactly (no extra network call); off shows the network's raw output">
+                            <input id="projection" type="checkbox" prop:checked=move || projection.get()
+                                on:change=move |ev| projection.set(event_target_checked(&ev)) />
+                            " Consistent"
                         </label>
                         <span class="note">{move || match (sig.w_max.get() > 1.0, sig.has_lora.get()) {
                             (false, false) => "(guidance and LoRA: not in the loaded model)",
