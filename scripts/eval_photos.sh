@@ -11,7 +11,7 @@ from PIL import Image
 for name in ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]:
     Image.fromarray(getattr(d, name)()).save(f"{sys.argv[1]}/{name}.png")
 PY
-bin=target/release/flowmapsr
+bin=${BIN:-target/release/flowmapsr}
 [ -x "$bin" ] || cargo build --release --bin flowmapsr
 echo "== bicubic"; "$bin" eval --data "$dir" --scale 4 --method bicubic "$@"
 echo "== flowmapsr (shipped weights, NFE 1)"; "$bin" eval --data "$dir" --scale 4 "$@"

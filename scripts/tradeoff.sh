@@ -5,7 +5,7 @@
 # side-by-side crops (HR | bicubic | fidelity w=1 LoRA 0 | realism: the sharpest setting within
 # 1.5 dB of fidelity | grain: the stochastic mode at a source-noise temperature) under
 # docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
-# NFE 1, seed 0), and the fidelity setting without the LR projection (`--no-projection`; every
+# NFE 1, seed 0), and the fidelity setting without the LR projection (`--projection off`; every
 # other row has it, as `flowmapsr` does by default). Writes docs/tradeoff.md. Settings the weights do not support (w above their
 # w_max, LoRA without an adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
@@ -47,7 +47,7 @@ for set in $SETS; do
       done
     done
   done
-  score "$set-raw" '"w":1,"lora":0,"nfe":1,"projection":false' --no-projection
+  score "$set-raw" '"w":1,"lora":0,"nfe":1,"projection":false' --projection off
   for w in 1 3; do
     for t in 0.25 0.5 0.75; do
       score "$set-w$w-t$t" "\"w\":$w,\"lora\":0,\"nfe\":1,\"temperature\":$t" \

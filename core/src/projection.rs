@@ -13,6 +13,56 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::resize::{check_scale, contributions, resize_plane, Contributions};
 
+/// When the front ends (CLI, server, web page) apply the projection. It assumes the input is a
+/// clean bicubic downscale; a lossily coded input (JPEG, lossy WebP) is not, and projecting onto
+/// it restores its coding noise at the input's resolution (Set5 with JPEG-coded LR, x4: -0.18 dB
+/// at quality 40, -0.05 dB at 92; docs/training.md). `Auto` therefore applies it to losslessly
+/// stored inputs only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Policy {
+    /// Whether to project an input whose file was (`lossy_input`) lossily coded.
+    pub fn applies(self, lossy_input: bool) -> bool {
+        match self {
+            Policy::Auto => !lossy_input,
+            Policy::On => true,
+            Policy::Off => false,
+        }
+    }
+}
+
+/// Whether encoded image bytes are lossily coded: JPEG, or WebP with a lossy ("VP8 ") bitstream.
+/// PNG, lossless WebP ("VP8L") and anything unrecognised count as lossless.
+pub fn lossy_encoding(bytes: &[u8]) -> bool {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return true;
+    }
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
+        return false;
+    }
+    // RIFF chunks after the header: fourcc, little-endian size, data padded to an even length.
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let tag = &bytes[at..at + 4];
+        if tag == b"VP8 " {
+            return true;
+        }
+        if tag == b"VP8L" {
+            return false;
+        }
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        at = at.saturating_add(8).saturating_add(size.saturating_add(size & 1));
+    }
+    false
+}
+
 /// One axis of D (out = the LR length, in = the HR length) and the Cholesky factor of D Dᵀ.
 struct Axis {
     d: Contributions,
@@ -282,6 +332,33 @@ mod tests {
         assert!(dot.abs() < 1e-4 * norm, "{dot} vs |n| {norm}");
         // And it really moved: sr was not consistent.
         assert!(max_diff(&p, &sr) > 1e-2);
+    }
+
+    #[test]
+    fn lossy_inputs_are_recognised() {
+        assert!(lossy_encoding(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16]));
+        assert!(!lossy_encoding(b"\x89PNG\r\n\x1a\n...."));
+        assert!(!lossy_encoding(b""));
+        let webp = |chunks: &[(&[u8; 4], usize)]| {
+            let mut v = b"RIFF\0\0\0\0WEBP".to_vec();
+            for (tag, n) in chunks {
+                v.extend_from_slice(*tag);
+                v.extend_from_slice(&(*n as u32).to_le_bytes());
+                v.extend(std::iter::repeat_n(0u8, n + (n & 1)));
+            }
+            v
+        };
+        assert!(lossy_encoding(&webp(&[(b"VP8 ", 10)])));
+        assert!(!lossy_encoding(&webp(&[(b"VP8L", 10)])));
+        // Extended WebP: a header chunk (odd size: padded), then the bitstream.
+        assert!(lossy_encoding(&webp(&[(b"VP8X", 10), (b"ICCP", 3), (b"VP8 ", 4)])));
+        assert!(!lossy_encoding(&webp(&[(b"VP8X", 10), (b"ALPH", 5), (b"VP8L", 4)])));
+        // A truncated or absurd chunk size ends the scan instead of overflowing.
+        let mut bad = webp(&[(b"VP8X", 10)]);
+        bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!lossy_encoding(&bad));
+        assert!(Policy::Auto.applies(false) && !Policy::Auto.applies(true));
+        assert!(Policy::On.applies(true) && !Policy::Off.applies(false));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct BenchReport {
     pub model_gflops_per_s: f64,
     pub matmul_gflops_per_s: f64,
     pub fraction_of_matmul_peak: f64,
+    /// The LR projection of one output of this size (on the CPU, whatever the device): timed
+    /// apart, so ms_per_tile stays the network's.
+    pub lr_projection_ms: f64,
 }
 
 fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
@@ -116,9 +119,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "device {} {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s f32 matmul peak ({:.0}%)",
+            "device {} {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s f32 matmul peak ({:.0}%) | LR projection of that output {:.1} ms (CPU)",
             r.device, r.precision, r.tile, r.tile, r.scale, r.steps, r.ms_per_tile, r.output_mp_per_s,
-            r.model_flops_per_output_pixel, r.model_gflops_per_s, r.matmul_gflops_per_s, 100.0 * r.fraction_of_matmul_peak
+            r.model_flops_per_output_pixel, r.model_gflops_per_s, r.matmul_gflops_per_s, 100.0 * r.fraction_of_matmul_peak,
+            r.lr_projection_ms
         );
     }
     Ok(())
@@ -137,6 +141,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         steps: args.steps,
         tile: out,
         overlap: 0,
+        lr_projection: false,
         ..Default::default()
     };
     let run = || upscale(&net, &cfg, &lr, args.scale, &opts, device, &mut |_, _| true);
@@ -150,6 +155,12 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
     let fpp = cfg.unet.flops_per_pixel() * args.steps as f64;
     let model_gflops = fpp * px / secs / 1e9;
     let peak = matmul_gflops::<B>(device);
+    let sr = run()?;
+    let t0 = Instant::now();
+    for _ in 0..args.reps {
+        flowmapsr_core::projection::project(&sr, &lr, args.scale)?;
+    }
+    let proj = t0.elapsed().as_secs_f64() / args.reps as f64;
     Ok(BenchReport {
         device: args.device.to_string(),
         precision: args.precision.to_string(),
@@ -162,6 +173,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         model_gflops_per_s: model_gflops,
         matmul_gflops_per_s: peak,
         fraction_of_matmul_peak: model_gflops / peak,
+        lr_projection_ms: proj * 1e3,
     })
 }
 

@@ -44,9 +44,10 @@ pub struct EvalArgs {
     /// LoRA scale (see `upscale --lora`).
     #[arg(long, default_value_t = 0.0)]
     pub lora: f32,
-    /// Skip the LR projection (see `upscale --no-projection`): score the flow map's raw output.
-    #[arg(long)]
-    pub no_projection: bool,
+    /// LR projection (see `upscale --projection`); the LR images scored here are made without
+    /// loss, so auto is on. off: score the flow map's raw output.
+    #[arg(long, value_enum, default_value_t = crate::upscale::ProjectionArg::Auto)]
+    pub projection: crate::upscale::ProjectionArg,
     /// Tile side in input pixels.
     #[arg(long, default_value_t = 128)]
     pub tile: usize,
@@ -358,7 +359,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let opts = flowmapsr_core::sampler::SampleOptions {
                 guidance: args.guidance,
                 temperature: args.temperature,
-                lr_projection: !args.no_projection,
+                lr_projection: flowmapsr_core::projection::Policy::from(args.projection)
+                    .applies(false),
                 ..crate::upscale::sample_options(
                     args.steps,
                     mode.into(),

@@ -16,6 +16,8 @@ pub struct Decoded {
     pub sixteen_bit: bool,
     /// A one-channel source (scored on its gray level by the protocol).
     pub gray: bool,
+    /// Lossily coded (JPEG, lossy WebP): the LR projection's `auto` leaves it alone.
+    pub lossy: bool,
 }
 
 /// Default largest input: 16 megapixels (a x4 result is then 256 MP).
@@ -45,7 +47,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
     decoder.set_limits(limits).context("image limits")?;
     let img = DynamicImage::from_decoder(decoder)
         .context("decoding the image (corrupt or truncated file?)")?;
-    split(img)
+    let mut d = split(img)?;
+    d.lossy = flowmapsr_core::projection::lossy_encoding(bytes);
+    Ok(d)
 }
 
 fn split(img: DynamicImage) -> Result<Decoded> {
@@ -70,6 +74,7 @@ fn split(img: DynamicImage) -> Result<Decoded> {
         alpha,
         sixteen_bit,
         gray,
+        lossy: false,
     })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - POST /v1/upscale: the image as the body (or the first file of a multipart form); query
 //!   `scale`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`, `projection`
-//!   (true: the default, see `upscale --no-projection`), `format`; answers the
+//!   (`auto` | `on` | `off`, as `upscale --projection`), `format`; answers the
 //!   upscaled image.
 //! - GET /healthz, GET /metrics (Prometheus text), GET / (the trunk-built `dist/` when present).
 //!
@@ -154,7 +154,7 @@ struct UpscaleQuery {
     guidance: Option<f32>,
     lora: Option<f32>,
     temperature: Option<f32>,
-    projection: Option<bool>,
+    projection: Option<flowmapsr_core::projection::Policy>,
     format: Option<String>,
 }
 
@@ -199,7 +199,7 @@ fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageForm
     let opts = SampleOptions {
         guidance,
         temperature,
-        lr_projection: q.projection.unwrap_or(true),
+        lr_projection: true,
         ..crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap)
     };
     Ok((scale, opts, format))
@@ -339,6 +339,10 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         }
     })?;
     drop(bytes);
+    let opts = SampleOptions {
+        lr_projection: q.projection.unwrap_or_default().applies(img.lossy),
+        ..opts
+    };
 
     // Admission: at most `concurrency` running + `queue` waiting.
     if st.admitted.fetch_add(1, Ordering::SeqCst) >= st.capacity {

@@ -5,6 +5,7 @@ use crate::imageio;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::bridge::Mode;
+use flowmapsr_core::projection::Policy;
 use flowmapsr_core::sampler::{upscale, SampleOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -44,10 +45,11 @@ pub struct UpscaleArgs {
     /// photographic); needs weights with lora.json + lora.bin.
     #[arg(long, default_value_t = 0.0)]
     pub lora: f32,
-    /// Skip the LR projection: by default the result is made exactly consistent with the input
-    /// (its bicubic downscale is the input; no network call); this keeps the flow map's raw output.
-    #[arg(long)]
-    pub no_projection: bool,
+    /// LR projection: make the result exactly consistent with the input (its bicubic downscale
+    /// is the input; no network call). auto: on, except for JPEG and lossy WebP inputs (their
+    /// coding noise would come back); off: the flow map's raw output.
+    #[arg(long, value_enum, default_value_t = ProjectionArg::Auto)]
+    pub projection: ProjectionArg,
     /// Weights folder (config.json + model.bin [+ lora.json + lora.bin]); default: the shipped weights.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -74,6 +76,23 @@ impl From<ModeArg> for Mode {
 }
 
 /// 2, 4 or 8.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectionArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<ProjectionArg> for Policy {
+    fn from(p: ProjectionArg) -> Self {
+        match p {
+            ProjectionArg::Auto => Policy::Auto,
+            ProjectionArg::On => Policy::On,
+            ProjectionArg::Off => Policy::Off,
+        }
+    }
+}
+
 pub fn parse_scale(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(v @ (2 | 4 | 8)) => Ok(v),
@@ -161,7 +180,7 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
     let opts = SampleOptions {
         guidance: args.guidance,
         temperature: args.temperature,
-        lr_projection: !args.no_projection,
+        lr_projection: true,
         ..sample_options(
             args.steps,
             args.mode.into(),
@@ -198,6 +217,10 @@ fn upscale_one<B: Backend>(
 ) -> Result<PathBuf> {
     let out_path = output_path(args, input, single)?;
     let img = imageio::read(input, args.max_pixels)?;
+    let opts = &SampleOptions {
+        lr_projection: Policy::from(args.projection).applies(img.lossy),
+        ..opts.clone()
+    };
     let pb = ProgressBar::new(0).with_message(input.display().to_string());
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tiles {elapsed}").unwrap(),

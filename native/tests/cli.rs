@@ -60,8 +60,8 @@ fn the_shipped_dial_moves_the_output() {
     };
     let base = up("base.png", &[]);
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
-    // The LR projection (the default): the result shrinks back to the input, up to the 8-bit
-    // rounding and the clamp; the raw flow map (`--no-projection`) does not.
+    // The LR projection (auto, the default, is on for a PNG): the result shrinks back to the
+    // input, up to the 8-bit rounding and the clamp; the raw flow map (`--projection off`) does not.
     let lr =
         flowmapsr_core::Image::from_interleaved_u8(24, 16, 3, &picture(24, 16).into_raw()).unwrap();
     let mismatch = |px: &[u8]| {
@@ -75,8 +75,24 @@ fn the_shipped_dial_moves_the_output() {
             .sum();
         sum / lr.data.len() as f32 * 255.0
     };
-    let raw = up("raw.png", &["--no-projection"]);
+    let raw = up("raw.png", &["--projection", "off"]);
     assert_ne!(base, raw);
+    assert_eq!(base, up("on.png", &["--projection", "on"]));
+    // A JPEG input is lossily coded: auto leaves the raw output (its coding noise would come
+    // back), `on` still projects.
+    let jpeg = dir.path().join("in.jpg");
+    picture(24, 16).save(&jpeg).unwrap();
+    let up_jpeg = |knobs: &[&str]| {
+        let out = dir.path().join("j.png");
+        let mut argv = vec!["upscale", s(&jpeg), "-o", s(&out), "--scale", "4"];
+        argv.extend_from_slice(knobs);
+        let o = run(&argv);
+        assert!(o.status.success(), "{knobs:?}: {}", stderr(&o));
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    let auto = up_jpeg(&[]);
+    assert_eq!(auto, up_jpeg(&["--projection", "off"]));
+    assert_ne!(auto, up_jpeg(&["--projection", "on"]));
     let (projected, unprojected) = (mismatch(&base), mismatch(&raw));
     assert!(
         projected < 1.0 && projected * 4.0 < unprojected,
@@ -347,4 +363,22 @@ fn eval_consistency_reports_agreement_with_the_ode() {
     let shipped = eval(None);
     let a = shipped["agreement_psnr_nfe1"].as_f64().unwrap();
     assert!(a > 10.0 && a < 100.0, "{shipped}");
+}
+
+#[test]
+fn bench_prints_json_with_the_network_and_the_projection_timed_apart() {
+    let o = run(&["bench", "--tile", "16", "--reps", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "ms_per_tile",
+        "output_mp_per_s",
+        "model_flops_per_output_pixel",
+        "fraction_of_matmul_peak",
+        "lr_projection_ms",
+    ] {
+        let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {v}"));
+        assert!(x.is_finite() && x > 0.0, "{k} = {x}");
+    }
+    assert_eq!(v["tile"], 16);
 }

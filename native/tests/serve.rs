@@ -154,8 +154,10 @@ fn good_requests_health_metrics_and_landing_page() {
     };
     let fidelity = dial("");
     assert_ne!(fidelity, dial("&guidance=2&lora=1"));
-    assert_eq!(fidelity, dial("&projection=true"));
-    assert_ne!(fidelity, dial("&projection=false"));
+    // The LR projection: auto (the default) is on for a PNG.
+    assert_eq!(fidelity, dial("&projection=on"));
+    assert_eq!(fidelity, dial("&projection=auto"));
+    assert_ne!(fidelity, dial("&projection=off"));
     // Temperature scales the source noise: 0 is the fidelity map, lower than 1 changes the grain.
     assert_eq!(fidelity, dial("&mode=stochastic&temperature=0"));
     assert_ne!(
@@ -166,7 +168,7 @@ fn good_requests_health_metrics_and_landing_page() {
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 9"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 10"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));

@@ -87,6 +87,9 @@ mod ui {
         w_max: RwSignal<f32>,
         /// Whether the worker loaded an adversarial LoRA adapter.
         has_lora: RwSignal<bool>,
+        /// The LR projection ("Consistent"): set on each load as `flowmapsr upscale --projection
+        /// auto` decides (off for JPEG / lossy WebP files), then the user's.
+        projection: RwSignal<bool>,
     }
 
     fn ctx2d(c: &HtmlCanvasElement) -> CanvasRenderingContext2d {
@@ -303,8 +306,15 @@ mod ui {
 
     fn load_blob(ctl: Rc<RefCell<Ctl>>, sig: Signals, blob: web_sys::Blob, name: String) {
         spawn_local(async move {
+            // The projection's `auto`: sniff the file's coding (an unreadable blob counts as
+            // lossless; decoding it below reports the real problem).
+            let lossy = match JsFuture::from(blob.array_buffer()).await {
+                Ok(buf) => flowmapsr_core::projection::lossy_encoding(&Uint8Array::new(&buf).to_vec()),
+                Err(_) => false,
+            };
             match decode(blob, name).await {
                 Ok(input) => {
+                    sig.projection.set(!lossy);
                     let (w, h) = (input.width, input.height);
                     sig.message.set(format!("{} ({w}x{h})", input.name));
                     if let Some(b) = ctl.borrow().before.clone() {
@@ -357,6 +367,7 @@ mod ui {
             out_size: RwSignal::new((0, 0)),
             w_max: RwSignal::new(1.0),
             has_lora: RwSignal::new(false),
+            projection: RwSignal::new(true),
         };
         let scale = RwSignal::new(4u32);
         let steps = RwSignal::new(1usize);
@@ -366,8 +377,7 @@ mod ui {
         let lora = RwSignal::new(0.0f32);
         // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
         let grain = RwSignal::new(0.0f32);
-        // The LR projection (on by default, as `flowmapsr upscale`).
-        let projection = RwSignal::new(true);
+        let projection = sig.projection;
         let split = RwSignal::new(50.0f64);
         let zoom = RwSignal::new("fit".to_string());
         let ctl = Rc::new(RefCell::new(Ctl::default()));
