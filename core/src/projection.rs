@@ -58,7 +58,9 @@ pub fn lossy_encoding(bytes: &[u8]) -> bool {
             return false;
         }
         let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-        at = at.saturating_add(8).saturating_add(size.saturating_add(size & 1));
+        at = at
+            .saturating_add(8)
+            .saturating_add(size.saturating_add(size & 1));
     }
     false
 }
@@ -351,8 +353,16 @@ mod tests {
         assert!(lossy_encoding(&webp(&[(b"VP8 ", 10)])));
         assert!(!lossy_encoding(&webp(&[(b"VP8L", 10)])));
         // Extended WebP: a header chunk (odd size: padded), then the bitstream.
-        assert!(lossy_encoding(&webp(&[(b"VP8X", 10), (b"ICCP", 3), (b"VP8 ", 4)])));
-        assert!(!lossy_encoding(&webp(&[(b"VP8X", 10), (b"ALPH", 5), (b"VP8L", 4)])));
+        assert!(lossy_encoding(&webp(&[
+            (b"VP8X", 10),
+            (b"ICCP", 3),
+            (b"VP8 ", 4)
+        ])));
+        assert!(!lossy_encoding(&webp(&[
+            (b"VP8X", 10),
+            (b"ALPH", 5),
+            (b"VP8L", 4)
+        ])));
         // A truncated or absurd chunk size ends the scan instead of overflowing.
         let mut bad = webp(&[(b"VP8X", 10)]);
         bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());

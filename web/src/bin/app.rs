@@ -309,7 +309,9 @@ mod ui {
             // The projection's `auto`: sniff the file's coding (an unreadable blob counts as
             // lossless; decoding it below reports the real problem).
             let lossy = match JsFuture::from(blob.array_buffer()).await {
-                Ok(buf) => flowmapsr_core::projection::lossy_encoding(&Uint8Array::new(&buf).to_vec()),
+                Ok(buf) => {
+                    flowmapsr_core::projection::lossy_encoding(&Uint8Array::new(&buf).to_vec())
+                }
                 Err(_) => false,
             };
             match decode(blob, name).await {
