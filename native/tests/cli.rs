@@ -95,7 +95,8 @@ fn the_shipped_dial_moves_the_output() {
     assert_ne!(auto, up_jpeg(&["--projection", "on"]));
     let (projected, unprojected) = (mismatch(&base), mismatch(&raw));
     assert!(
-        projected < 1.0 && projected * 4.0 < unprojected,
+        // 8-bit rounding alone leaves about 0.06 levels; the raw map is ~0.23 off here.
+        projected < 0.12 && projected * 2.0 < unprojected,
         "mean |down(out) - in| in 8-bit levels: {projected} with the projection, {unprojected} without"
     );
     // Temperature 0 removes the source noise: the stochastic mode becomes the fidelity map.
