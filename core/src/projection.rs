@@ -251,6 +251,38 @@ pub fn project_unclamped(sr: &Image, lr: &Image, scale: u32) -> Result<Image> {
     Ok(out)
 }
 
+/// The n x n matrix (row-major) of one axis' range projector Dᵀ (D Dᵀ)⁻¹ D, for an HR length
+/// `hr_len` divisible by `scale`. For D = D_h ⊗ D_w the 2-D one is R_h ⊗ R_w, so the part of an
+/// image y that the projection overwrites is R_h y R_wᵀ (both symmetric): training uses it to
+/// weight the error the projection will correct apart from the error it keeps.
+pub fn range_projector(hr_len: usize, scale: u32) -> Result<Vec<f32>> {
+    check_scale(scale)?;
+    let s = scale as usize;
+    if hr_len == 0 || hr_len % s != 0 {
+        return Err(Error::BadParam(format!(
+            "range projector: length {hr_len} is not a positive multiple of {scale}"
+        )));
+    }
+    let ax = Axis::new(hr_len, hr_len / s)?;
+    let (m, n) = (ax.lr_len, ax.hr_len);
+    // Dense D (m x n); padding can send two taps to one pixel, so accumulate.
+    let mut d = vec![0f64; m * n];
+    for o in 0..m {
+        for p in 0..ax.d.taps {
+            d[o * n + ax.d.index[o * ax.d.taps + p]] += ax.d.weight[o * ax.d.taps + p];
+        }
+    }
+    let mut x = d.clone();
+    ax.chol.solve(&mut x, n); // (D Dᵀ)⁻¹ D
+    let mut r = vec![0f32; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            r[i * n + j] = (0..m).map(|o| d[o * n + i] * x[o * n + j]).sum::<f64>() as f32;
+        }
+    }
+    Ok(r)
+}
+
 fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     let mut t = vec![0f64; a.len()];
     for i in 0..rows {
@@ -334,6 +366,45 @@ mod tests {
         assert!(dot.abs() < 1e-4 * norm, "{dot} vs |n| {norm}");
         // And it really moved: sr was not consistent.
         assert!(max_diff(&p, &sr) > 1e-2);
+    }
+
+    #[test]
+    fn range_projector_is_what_the_projection_overwrites() {
+        // With an all-zero input the projection leaves y − R_h y R_w (R symmetric, idempotent).
+        let (w, h, s) = (5, 3, 4);
+        let y = noise(w * 4, h * 4, 1, 19);
+        let p = project_unclamped(&y, &Image::zeros(w, h, 1), s).unwrap();
+        let (rh, rw) = (
+            range_projector(h * 4, s).unwrap(),
+            range_projector(w * 4, s).unwrap(),
+        );
+        let (hh, ww) = (h * 4, w * 4);
+        for i in 0..hh {
+            for j in 0..ww {
+                let mut v = 0f64;
+                for a in 0..hh {
+                    for b in 0..ww {
+                        v += (rh[i * hh + a] * y.data[a * ww + b] * rw[j * ww + b]) as f64;
+                    }
+                }
+                let want = y.data[i * ww + j] - p.data[i * ww + j];
+                assert!((v as f32 - want).abs() < 1e-4, "({i}, {j}): {v} vs {want}");
+            }
+        }
+        for r in [&rh, &rw] {
+            let n = (r.len() as f64).sqrt() as usize;
+            for i in 0..n {
+                for j in 0..n {
+                    assert!((r[i * n + j] - r[j * n + i]).abs() < 1e-5);
+                    let rr: f32 = (0..n).map(|k| r[i * n + k] * r[k * n + j]).sum();
+                    assert!((rr - r[i * n + j]).abs() < 1e-4);
+                }
+            }
+            // Its trace is the rank: the LR length.
+            let tr: f32 = (0..n).map(|i| r[i * n + i]).sum();
+            assert!((tr - (n / 4) as f32).abs() < 1e-3, "trace {tr}");
+        }
+        assert!(range_projector(10, 4).is_err() && range_projector(8, 3).is_err());
     }
 
     #[test]

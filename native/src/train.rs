@@ -212,6 +212,10 @@ impl TrainConfig {
         if self.scale_mix.iter().any(|p| *p < 0.0) || self.scale_mix.iter().sum::<f32>() <= 0.0 {
             bail!("scale_mix must be non-negative and not all zero");
         }
+        let w = self.shortcut.range_weight();
+        if !(w.is_finite() && w >= 0.0) {
+            bail!("shortcut.anchor_range_weight must be a finite number >= 0, not {w}");
+        }
         if let Some(g) = &self.guidance {
             g.check()?;
             if self.objective != Objective::Shortcut {
@@ -310,7 +314,7 @@ pub fn make_batch<B: AutodiffBackend>(
     let n = rows.len();
     // Rows are seeded by (seed, step, row) alone, so building them in parallel (the GPU
     // trainer would otherwise wait on one CPU core) gives the same batch as in order.
-    let built: Vec<(Vec<f32>, Vec<f32>, RowGuide)> = rows
+    let built: Vec<(Vec<f32>, Vec<f32>, RowGuide, u32)> = rows
         .into_par_iter()
         .map(|row| -> Result<_> {
             let mut rng = ChaCha8Rng::seed_from_u64(
@@ -344,15 +348,35 @@ pub fn make_batch<B: AutodiffBackend>(
                 Some(gc) if g.negative => negative_target(&hr, gc, rng.random())?.to_signed(),
                 _ => hr.to_signed(),
             };
-            Ok((x0, x1, g))
+            Ok((x0, x1, g, scale))
         })
         .collect::<Result<_>>()?;
-    let (mut x0, mut x1, mut guide) = (Vec::new(), Vec::new(), Vec::new());
-    for (a, b, g) in built {
+    let (mut x0, mut x1, mut guide, mut scales) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, g, s) in built {
         x0.extend(a);
         x1.extend(b);
         guide.push(g);
+        scales.push(s);
     }
+    // The range projector of each row's downscale, when the objective weights that part.
+    let range = if cfg.objective == Objective::Shortcut && cfg.shortcut.range_weight() != 1.0 {
+        let mut by_scale = std::collections::HashMap::new();
+        let mut data = Vec::with_capacity(n * 3 * c * c);
+        for s in &scales {
+            if !by_scale.contains_key(s) {
+                by_scale.insert(*s, flowmapsr_core::projection::range_projector(c, *s)?);
+            }
+            for _ in 0..3 {
+                data.extend_from_slice(&by_scale[s]);
+            }
+        }
+        Some(Tensor::<B, 4>::from_data(
+            TensorData::new(data, [n, 3, c, c]),
+            device,
+        ))
+    } else {
+        None
+    };
     let shape = [n, 3, c, c];
     let t = |v: Vec<f32>| {
         unshuffle(
@@ -364,6 +388,7 @@ pub fn make_batch<B: AutodiffBackend>(
         x0: t(x0),
         x1: t(x1),
         guide,
+        range,
     })
 }
 
@@ -970,6 +995,35 @@ fn worker<B: AutodiffBackend>(
 mod tests {
     use super::*;
 
+    /// Every config in the repo still loads (fields added later must be optional) and passes
+    /// its checks; the pipeline's stages too.
+    #[test]
+    fn every_config_in_the_repo_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for dir in [root.clone(), root.join("pilots")] {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                if v.get("stages").is_some() {
+                    assert!(!crate::pipeline::stages(&v).unwrap().is_empty());
+                } else {
+                    TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "{n} configs");
+        let c = TrainConfig::load(&root.join("fidelity_range_ft.json")).unwrap();
+        assert_eq!(c.shortcut.range_weight(), 0.25);
+        let c = TrainConfig::load(&root.join("fidelity_ft.json")).unwrap();
+        assert_eq!(c.shortcut.range_weight(), 1.0);
+    }
+
     /// Each row depends on (seed, step, row) alone: the rows built in parallel, a shard of them
     /// (data-parallel training) and a second call all give the same numbers.
     #[test]
@@ -1007,6 +1061,20 @@ mod tests {
         assert_eq!([head.2, tail.2].concat(), all.2);
         // Rows differ from each other (a constant batch would pass the checks above).
         assert_ne!(x0[..half / 2], x0[half / 2..half]);
+        // Only an objective that weights the range part gets the range projectors: per row, the
+        // one of that row's scale (its x0 is the bicubic up of its LR, so R x0 R = x0 exactly).
+        assert!(make_batch::<B>(&images, &cfg, 7, 0..4, &dev)
+            .unwrap()
+            .range
+            .is_none());
+        cfg.shortcut.anchor_range_weight = Some(0.5);
+        let b = make_batch::<B>(&images, &cfg, 7, 0..4, &dev).unwrap();
+        let r = b.range.unwrap();
+        assert_eq!(r.dims(), [4, 3, 32, 32]);
+        let x0 = flowmapsr_core::space::shuffle(b.x0, 2);
+        let back = r.clone().matmul(x0.clone()).matmul(r);
+        let err = (back - x0).abs().max().into_scalar();
+        assert!(err < 1e-4, "{err}");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Batch<B: Backend> {
     pub x0: Tensor<B, 4>,
     pub x1: Tensor<B, 4>,
     pub guide: Vec<RowGuide>,
+    /// Per row, the range projector R of its downscale (projection.rs `range_projector`),
+    /// repeated over the 3 pixel-space channels: [n, 3, H, H] for square H x H crops. Only
+    /// objectives that weight the error the LR projection overwrites need it.
+    pub range: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> Batch<B> {
@@ -35,6 +39,7 @@ impl<B: Backend> Batch<B> {
             x0,
             x1,
             guide: vec![RowGuide::FIDELITY; n],
+            range: None,
         }
     }
 
@@ -44,6 +49,7 @@ impl<B: Backend> Batch<B> {
             x0: rows(&self.x0, a, len),
             x1: rows(&self.x1, a, len),
             guide: self.guide[a..a + len].to_vec(),
+            range: self.range.as_ref().map(|r| rows(r, a, len)),
         }
     }
 
@@ -92,6 +98,27 @@ impl<B: Backend> LossTerms<B> {
 pub fn per_sample_mse<B: Backend>(pred: Tensor<B, 4>, target: Tensor<B, 4>) -> Tensor<B, 1> {
     let n = pred.dims()[0];
     (pred - target)
+        .powi_scalar(2)
+        .reshape([n as i32, -1])
+        .mean_dim(1)
+        .reshape([n])
+}
+
+/// Per-sample mean of (R e R)^2 over pixel space, e = pred − target (unshuffled, [n, 12, h, w]) and
+/// `range` [n, 3, 2h, 2h] from [`Batch::range`]: the part of the squared error the LR projection
+/// overwrites at inference (R symmetric, so R e Rᵀ = R e R). What remains, the per-sample MSE
+/// minus this, is the error the projection keeps (the two parts are orthogonal).
+pub fn per_sample_range_mse<B: Backend>(
+    pred: Tensor<B, 4>,
+    target: Tensor<B, 4>,
+    range: Tensor<B, 4>,
+) -> Tensor<B, 1> {
+    let e = crate::space::shuffle(pred - target, 2);
+    let n = e.dims()[0];
+    range
+        .clone()
+        .matmul(e)
+        .matmul(range)
         .powi_scalar(2)
         .reshape([n as i32, -1])
         .mean_dim(1)

@@ -8,7 +8,8 @@
 //! || v(x0, 0, 1) - (x1 - x0) ||^2 is therefore an unbiased loss for that one map.
 
 use super::{
-    bridge_points, per_sample_mse, rows, split_rows, Batch, FlowNet, LossTerms, StudentRows,
+    bridge_points, per_sample_mse, per_sample_range_mse, rows, split_rows, Batch, FlowNet,
+    LossTerms, StudentRows,
 };
 use crate::bridge::BridgeConfig;
 use crate::cond::{Cond, PROMPT_NEGATIVE};
@@ -31,9 +32,19 @@ pub struct ShortcutConfig {
     /// Share of diagonal and self-consistency samples with a noisy source (stochastic mode).
     #[config(default = 0.5)]
     pub p_source_noise: f32,
+    /// Weight of the anchor error's range part, the part the LR projection overwrites at
+    /// inference (projection.rs); the rest keeps weight 1. 1 is the plain MSE; below 1 spends
+    /// the fit on what the projection keeps, while the raw map (inputs that are not projected)
+    /// still learns the range part. Needs `Batch::range`. Absent (older configs) = 1.
+    pub anchor_range_weight: Option<f32>,
 }
 
 impl ShortcutConfig {
+    /// [`Self::anchor_range_weight`], 1 when absent.
+    pub fn range_weight(&self) -> f32 {
+        self.anchor_range_weight.unwrap_or(1.0)
+    }
+
     /// Rows of a batch of `n`: (self-consistency, anchor); the rest are diagonal.
     pub fn split(&self, n: usize) -> (usize, usize) {
         split_rows(n, self.sc_fraction, self.anchor_fraction)
@@ -121,7 +132,28 @@ where
     // One student call for the whole batch, at each row's prompt and w.
     let c = batch.cond(0, &st.s, &st.t, &device);
     let v = model.velocity(x, batch.x0.clone(), &c);
-    let per = per_sample_mse(v, target);
+    let per = match &batch.range {
+        Some(range) if cfg.range_weight() != 1.0 && n_anchor > 0 => {
+            // Anchor rows: ||e||^2 − (1 − λ) ||R e R||^2 = ||(I − R) e||^2 + λ ||R e R||^2.
+            let (va, ta) = (
+                v.clone().narrow(0, n_sc, n_anchor),
+                target.clone().narrow(0, n_sc, n_anchor),
+            );
+            let ranged = per_sample_range_mse(va, ta, rows(range, n_sc, n_anchor));
+            let all = per_sample_mse(v, target);
+            let anchor =
+                all.clone().narrow(0, n_sc, n_anchor) - ranged * (1.0 - cfg.range_weight());
+            let mut parts = vec![anchor];
+            if n_sc > 0 {
+                parts.insert(0, all.clone().narrow(0, 0, n_sc));
+            }
+            if n_diag > 0 {
+                parts.push(all.narrow(0, n_sc + n_anchor, n_diag));
+            }
+            Tensor::cat(parts, 0)
+        }
+        _ => per_sample_mse(v, target),
+    };
     LossTerms::from_rows(
         per,
         st.s,
@@ -144,6 +176,119 @@ mod tests {
         assert_eq!(c.split(8), (2, 2));
         assert_eq!(c.split(1), (0, 0));
         assert_eq!(ShortcutConfig::new().with_sc_fraction(1.0).split(4), (4, 0));
+    }
+
+    #[test]
+    fn anchor_range_weight_splits_the_anchor_error() {
+        // A zero model with noise-free rows: the anchor error is x1 − x0. Put it wholly in the
+        // range of Dᵀ (e = R z R) and the anchor term is λ mse(e); the diagonal keeps mse(e).
+        type B = Autodiff<Flex>;
+        let dev = Default::default();
+        let model = UNetConfig::tiny().init::<B>(&dev);
+        let teacher = model.valid();
+        let (n, hw) = (4, 16);
+        let r = crate::projection::range_projector(hw, 4).unwrap();
+        let range = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(r, [hw, hw]), &dev)
+            .reshape([1, 1, hw, hw])
+            .repeat_dim(0, n)
+            .repeat_dim(1, 3);
+        let z = Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(
+                (0..n * 3 * hw * hw)
+                    .map(|i| ((i * 37 + 11) % 97) as f32 / 97.0 - 0.5)
+                    .collect::<Vec<_>>(),
+                [n, 3, hw, hw],
+            ),
+            &dev,
+        );
+        let e_src = z.clone();
+        let e = range.clone().matmul(z).matmul(range.clone());
+        let x1 = crate::space::unshuffle(e.clone(), 2);
+        let mut batch = Batch::new(Tensor::zeros([n, 12, hw / 2, hw / 2], &dev), x1);
+        batch.range = Some(range);
+        // Rows [0, 2) are the anchor rows (no self-consistency rows, anchor share 0.5).
+        let n_anchor = 2;
+        let want = e.narrow(0, 0, n_anchor).powi_scalar(2).mean().into_scalar();
+        let cfg = ShortcutConfig::new()
+            .with_sc_fraction(0.0)
+            .with_anchor_fraction(0.5)
+            .with_p_source_noise(0.0)
+            .with_anchor_range_weight(Some(0.25));
+        assert_eq!(cfg.split(n), (0, n_anchor));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let l = shortcut(
+            &model,
+            &teacher,
+            &batch,
+            &cfg,
+            &BridgeConfig::new(),
+            &mut rng,
+        );
+        let get = |k: &str| {
+            l.terms
+                .iter()
+                .find(|(m, _)| *m == k)
+                .unwrap()
+                .1
+                .clone()
+                .into_scalar()
+        };
+        // Rows 0, 1 (anchor) and 2, 3 (diagonal) have different errors; compare the totals.
+        let plain = shortcut(
+            &model,
+            &teacher,
+            &batch,
+            &cfg.clone().with_anchor_range_weight(Some(1.0)),
+            &BridgeConfig::new(),
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+        );
+        let get_plain = |k: &str| {
+            plain
+                .terms
+                .iter()
+                .find(|(m, _)| *m == k)
+                .unwrap()
+                .1
+                .clone()
+                .into_scalar()
+        };
+        assert!(want > 1e-6, "{want}");
+        assert!(
+            (get_plain("anchor") - want).abs() < 1e-4 * want,
+            "{} vs {want}",
+            get_plain("anchor")
+        );
+        assert!(
+            (get("anchor") - 0.25 * want).abs() < 1e-3 * want,
+            "{} vs {}",
+            get("anchor"),
+            0.25 * want
+        );
+        assert!((get("diag") - get_plain("diag")).abs() < 1e-6);
+        // An error orthogonal to the range (e = z − R z R: the projection keeps it) is not
+        // discounted at all.
+        let r2 = batch.range.clone().unwrap();
+        let z = e_src;
+        let perp = z.clone() - r2.clone().matmul(z).matmul(r2.clone());
+        let mut flat = Batch::new(
+            Tensor::zeros([n, 12, hw / 2, hw / 2], &dev),
+            crate::space::unshuffle(perp, 2),
+        );
+        flat.range = Some(r2);
+        let anchor_at = |lambda: f32| {
+            let l = shortcut(
+                &model,
+                &teacher,
+                &flat,
+                &cfg.clone().with_anchor_range_weight(Some(lambda)),
+                &BridgeConfig::new(),
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+            );
+            let t = l.terms.iter().find(|(m, _)| *m == "anchor").unwrap();
+            t.1.clone().into_scalar()
+        };
+        let (ga, gb) = (anchor_at(0.25), anchor_at(1.0));
+        assert!(gb > 1e-3 && (ga - gb).abs() < 1e-3 * gb, "{ga} vs {gb}");
     }
 
     #[test]

@@ -326,6 +326,7 @@ fn train_guided(teacher_scale: f32, steps: usize) -> f32 {
             x0: Tensor::zeros([n, D, 1, 1], &dev),
             x1: Tensor::from_data(TensorData::new(x1, [n, D, 1, 1]), &dev),
             guide,
+            range: None,
         };
         let teacher = Scaled(&ema_net, teacher_scale);
         let l = shortcut(&net, &teacher, &batch, &sc, &bridge, &mut rng);
