@@ -215,56 +215,34 @@ mod tests {
             .with_p_source_noise(0.0)
             .with_anchor_range_weight(Some(0.25));
         assert_eq!(cfg.split(n), (0, n_anchor));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let l = shortcut(
-            &model,
-            &teacher,
-            &batch,
-            &cfg,
-            &BridgeConfig::new(),
-            &mut rng,
-        );
-        let get = |k: &str| {
-            l.terms
-                .iter()
-                .find(|(m, _)| *m == k)
-                .unwrap()
-                .1
-                .clone()
-                .into_scalar()
+        // The named terms of one loss on `b` at weight λ (the same rows and times every call).
+        let terms = |b: &Batch<B>, lambda: f32| {
+            let l = shortcut(
+                &model,
+                &teacher,
+                b,
+                &cfg.clone().with_anchor_range_weight(Some(lambda)),
+                &BridgeConfig::new(),
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+            );
+            let get = |k: &str| {
+                let t = l.terms.iter().find(|(m, _)| *m == k).unwrap();
+                t.1.clone().into_scalar()
+            };
+            (get("anchor"), get("diag"))
         };
-        // Rows 0, 1 (anchor) and 2, 3 (diagonal) have different errors; compare the totals.
-        let plain = shortcut(
-            &model,
-            &teacher,
-            &batch,
-            &cfg.clone().with_anchor_range_weight(Some(1.0)),
-            &BridgeConfig::new(),
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
-        );
-        let get_plain = |k: &str| {
-            plain
-                .terms
-                .iter()
-                .find(|(m, _)| *m == k)
-                .unwrap()
-                .1
-                .clone()
-                .into_scalar()
-        };
+        let ((anchor, diag), (anchor_plain, diag_plain)) =
+            (terms(&batch, 0.25), terms(&batch, 1.0));
         assert!(want > 1e-6, "{want}");
         assert!(
-            (get_plain("anchor") - want).abs() < 1e-4 * want,
-            "{} vs {want}",
-            get_plain("anchor")
+            (anchor_plain - want).abs() < 1e-4 * want,
+            "{anchor_plain} vs {want}"
         );
         assert!(
-            (get("anchor") - 0.25 * want).abs() < 1e-3 * want,
-            "{} vs {}",
-            get("anchor"),
-            0.25 * want
+            (anchor - 0.25 * want).abs() < 1e-3 * want,
+            "{anchor} vs {want} / 4"
         );
-        assert!((get("diag") - get_plain("diag")).abs() < 1e-6);
+        assert!((diag - diag_plain).abs() < 1e-6);
         // An error orthogonal to the range (e = z − R z R: the projection keeps it) is not
         // discounted at all.
         let r2 = batch.range.clone().unwrap();
@@ -275,19 +253,7 @@ mod tests {
             crate::space::unshuffle(perp, 2),
         );
         flat.range = Some(r2);
-        let anchor_at = |lambda: f32| {
-            let l = shortcut(
-                &model,
-                &teacher,
-                &flat,
-                &cfg.clone().with_anchor_range_weight(Some(lambda)),
-                &BridgeConfig::new(),
-                &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
-            );
-            let t = l.terms.iter().find(|(m, _)| *m == "anchor").unwrap();
-            t.1.clone().into_scalar()
-        };
-        let (ga, gb) = (anchor_at(0.25), anchor_at(1.0));
+        let ((ga, _), (gb, _)) = (terms(&flat, 0.25), terms(&flat, 1.0));
         assert!(gb > 1e-3 && (ga - gb).abs() < 1e-3 * gb, "{ga} vs {gb}");
     }
 
