@@ -6,23 +6,32 @@
 # 1.5 dB of fidelity | grain: the stochastic mode at a source-noise temperature) under
 # docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
 # NFE 1, seed 0), and the fidelity setting without the LR projection (`--projection off`; every
-# other row has it, as `flowmapsr` does by default). Writes docs/tradeoff.md. Settings the weights do not support (w above their
+# other row has it, as `flowmapsr` does by default). Also each setting's pattern ratio: the energy
+# of its saved outputs near the Nyquist frequency (periods of 2 to 2.5 px, along rows or columns,
+# whichever is larger) over the HR photos' (> 1: more energy at the finest scale than the photos,
+# such as alternating rows or per-pixel noise; the HF ratio counts it as detail). Writes docs/tradeoff.md. Settings the weights do not support (w above their
 # w_max, LoRA without an adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
-#        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff)
+#        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff; REPORT_ONLY=1 rewrites the
+#        report from $OUT's rows and saved images without scoring again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SHARED:-../shared}
 W=${WEIGHTS:?set WEIGHTS to a folder with config.json + model.bin (+ lora.json + lora.bin)}
 BIN=${BIN:-target/release/flowmapsr}
 # The crops at the end need Pillow: fail now, not after the scoring.
-python3 -c "import PIL" 2>/dev/null || { echo "tradeoff.sh: python3 needs Pillow for the crops (pip install pillow)" >&2; exit 1; }
+python3 -c "import PIL, numpy" 2>/dev/null || { echo "tradeoff.sh: python3 needs Pillow and numpy for the crops and the pattern ratio (pip install pillow numpy)" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release --bin flowmapsr
 OUT=${OUT:-runs/tradeoff}
 mkdir -p "$OUT" docs/img/tradeoff
 rows="$OUT/rows.jsonl"
-: >"$rows"
 SETS=${SETS:-Set5 Set14}
+if [ -n "${REPORT_ONLY:-}" ]; then
+  [ -s "$rows" ] || { echo "tradeoff.sh: REPORT_ONLY needs $rows from an earlier run" >&2; exit 1; }
+  SETS=""
+else
+  : >"$rows"
+fi
 # score TAG FIELDS EVAL_ARGS...: one `flowmapsr eval` row of set $set tagged with FIELDS (JSON
 # members naming the setting), or an "unsupported" row with the reason when the weights refuse it.
 score() {
@@ -57,30 +66,64 @@ for set in $SETS; do
 done
 python3 - "$rows" "$OUT" "$S" "$W" <<'EOF'
 import json, sys, os
+import numpy as np
 from PIL import Image
 rows = [json.loads(l) for l in open(sys.argv[1])]
 out, shared, weights = sys.argv[2], sys.argv[3], sys.argv[4]
+def tag(r):
+    s = r["set"]
+    if r["method"] == "bicubic": return f"{s}-bicubic"
+    if r.get("projection") is False: return f"{s}-raw"
+    if r.get("temperature") is not None: return f"{s}-w{r['w']:g}-t{r['temperature']:g}"
+    return f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}"
+def nyquist(y, axis):
+    # Power at periods 2 to 2.5 px along `axis`, averaged over the other axis.
+    d = y - y.mean(axis=axis, keepdims=True)
+    p = (np.abs(np.fft.rfft(d, axis=axis)) ** 2).mean(axis=1 - axis)
+    f = np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2)
+    return p[f > 0.4].sum()
+def pattern(r):
+    # Mean over the set's images of max over the two axes of near-Nyquist energy SR / HR (luma).
+    d = os.path.join(out, tag(r))
+    hr_dir = os.path.join(shared, "data", "eval", r["set"])
+    ratios = []
+    for f in sorted(os.listdir(hr_dir)):
+        p = os.path.join(d, os.path.splitext(f)[0] + ".png")
+        if not os.path.exists(p): return None
+        h = np.asarray(Image.open(os.path.join(hr_dir, f)).convert("L"), dtype=np.float64)
+        y = np.asarray(Image.open(p).convert("L"), dtype=np.float64)
+        a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
+        h, y = h[:a, :b], y[:a, :b]
+        ratios.append(max(nyquist(y, ax) / max(nyquist(h, ax), 1e-12) for ax in (0, 1)))
+    return float(np.mean(ratios)) if ratios else None
+for r in rows:
+    if "unsupported" not in r: r["pattern"] = pattern(r)
+fmt_p = lambda r: "-" if r.get("pattern") is None else f"{r['pattern']:.2f}"
 md = ["# Fidelity <-> realism trade-off", "",
       f"`WEIGHTS={weights} scripts/tradeoff.sh` (x4, `flowmapsr eval`, standard protocol; "
       "HF ratio 1 = as sharp as the HR photos). Every row has the LR projection (the result made "
       "consistent with the input, `flowmapsr`'s default, no network call) except the one marked "
-      "\"no projection\". Rows the weights cannot run are marked.", ""]
+      "\"no projection\". Rows the weights cannot run are marked. Pattern: the outputs' energy "
+      "near the Nyquist frequency (periods of 2 to 2.5 px, along rows or along columns, whichever "
+      "is larger) over the HR photos', averaged over the set; above 1 the output has more energy at "
+      "the finest scale than the photos (a 2-px pattern such as alternating rows, or per-pixel "
+      "noise), which the HF ratio counts as detail.", ""]
 sets = list(dict.fromkeys(r["set"] for r in rows))
 for s in sets:
-    md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|---|"]
+    md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["set"] != s or r.get("temperature") is not None: continue
         if "unsupported" in r:
-            md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | |"); continue
+            md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | | |"); continue
         name = "bicubic" if r["method"] == "bicubic" else f"{r['w']} (no projection)" if r.get("projection") is False else r["w"]
-        md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
+        md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} |")
     md += ["", f"Stochastic mode on {s} (LoRA 0, NFE 1, seed 0): the source x0 + temperature x sigma_0 x noise.", "",
-           "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio |", "|---|---|---|---|---|---|"]
+           "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["set"] != s or r.get("temperature") is None: continue
         if "unsupported" in r:
-            md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | |"); continue
-        md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} |")
+            md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | | |"); continue
+        md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} |")
     md.append("")
 # The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
 md += ["## Gate", "",
@@ -88,9 +131,11 @@ md += ["## Gate", "",
        "fidelity setting (w 1, LoRA 0, NFE 1); HF ratio rising with w (LoRA 0) and with LoRA "
        "(w 1), NFE 1. The deterministic settings (w, LoRA, NFE) and the stochastic ones (grain: "
        "temperature) are judged apart: the HF ratio of the grain rows is source noise the model "
-       "passes through, not detail it restores.", "",
-       "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds, deterministic | passes | with grain (stochastic) | passes | HF vs w | HF vs LoRA |",
-       "|---|---|---|---|---|---|---|---|---|"]
+       "passes through, not detail it restores. A setting passes only if its pattern ratio is at most 1 "
+       "too: more energy at the Nyquist scale than the HR photos have (2-px stripes, per-pixel "
+       "noise) is an artifact, not the sharpness of a photograph.", "",
+       "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds, deterministic (pattern) | best HF with pattern <= 1 too | passes | with grain (stochastic), pattern <= 1 | passes | HF vs w | HF vs LoRA |",
+       "|---|---|---|---|---|---|---|---|---|---|"]
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
     det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
@@ -98,16 +143,19 @@ for s in sets:
     fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     if not (bic and fid): continue
     inb = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
+    clean = lambda rs: [r for r in rs if r.get("pattern") is not None and r["pattern"] <= 1.0]
     best = max(inb(det), key=lambda r: r["hf_ratio"], default=None)
-    grain = max(inb([r for r in ok if r.get("temperature") is not None]), key=lambda r: r["hf_ratio"], default=None)
+    best_clean = max(clean(inb(det)), key=lambda r: r["hf_ratio"], default=None)
+    grain = max(clean(inb([r for r in ok if r.get("temperature") is not None])), key=lambda r: r["hf_ratio"], default=None)
     hf = lambda w, l: next((r["hf_ratio"] for r in det if r["w"] == w and r["lora"] == l and r["nfe"] == 1), None)
     seq_w = [h for h in (hf(w, 0) for w in (1, 1.5, 2, 3)) if h is not None]
     seq_l = [h for h in (hf(1, l) for l in (0, 1, 2, 3)) if h is not None]
     mono = lambda q: ("rises" if all(b > a for a, b in zip(q, q[1:])) else "not monotone") + " (" + ", ".join(f"{h:.3f}" for h in q) + ")" if len(q) > 1 else "n/a"
-    desc = f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']})" if best else "none"
+    dd = lambda r: f"{r['hf_ratio']:.3f} (w {r['w']}, LoRA {r['lora']}, NFE {r['nfe']}; pattern {fmt_p(r)})" if r else "none"
+    desc, cdesc = dd(best), dd(best_clean)
     gdesc = f"{grain['hf_ratio']:.3f} (w {grain['w']}, temperature {grain['temperature']}, PSNR-Y {grain['psnr_y']:.3f}, GMSD {grain['gmsd']:.4f})" if grain else "none"
     yes = lambda r: "yes" if r and r["hf_ratio"] >= 0.8 else "no"
-    md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | {yes(best)} | {gdesc} | {yes(grain)} | "
+    md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | {cdesc} | {yes(best_clean)} | {gdesc} | {yes(grain)} | "
               f"{mono(seq_w)} | {mono(seq_l)} |")
 md.append("")
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
@@ -119,8 +167,6 @@ for s in sets:
     near = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5]
     real = max(near(det), key=lambda r: r["hf_ratio"])
     grainy = max(near([r for r in ok if r.get("temperature") is not None]), key=lambda r: r["hf_ratio"], default=None)
-    tag = lambda r: (f"{s}-w{r['w']:g}-t{r['temperature']:g}" if r.get("temperature") is not None
-                     else f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}")
     md += [f"Realism setting on {s}: w {real['w']}, LoRA {real['lora']}, NFE {real['nfe']} "
            f"(HF {real['hf_ratio']:.3f}, PSNR-Y {real['psnr_y']:.3f})"
            + (f"; grain setting: w {grainy['w']}, temperature {grainy['temperature']} "
