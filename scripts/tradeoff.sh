@@ -6,11 +6,11 @@
 # 1.5 dB of fidelity | grain: the stochastic mode at a source-noise temperature) under
 # docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
 # NFE 1, seed 0), and the fidelity setting without the LR projection (`--projection off`; every
-# other row has it, as `flowmapsr` does by default). Also each setting's pattern ratio: the energy
-# of its saved outputs near the Nyquist frequency (periods of 2 to 2.5 px, along rows or columns,
-# whichever is larger) over the HR photos' (> 1: more energy at the finest scale than the photos,
-# such as alternating rows or per-pixel noise; the HF ratio counts it as detail). Writes docs/tradeoff.md. Settings the weights do not support (w above their
-# w_max, LoRA without an adapter) are listed as such, not scored.
+# other row has it, as `flowmapsr` does by default), and each setting's pattern ratio
+# (scripts/pattern_ratio.py: > 1 = more energy at the 2-px scale than the HR photos, such as
+# alternating rows or per-pixel noise, which the HF ratio counts as detail). Writes
+# docs/tradeoff.md. Settings the weights do not support (w above their w_max, LoRA without an
+# adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
 #        (env: SHARED=../shared, SETS="Set5 Set14", OUT=runs/tradeoff; REPORT_ONLY=1 rewrites the
 #        report from $OUT's rows and saved images without scoring again)
@@ -66,8 +66,9 @@ for set in $SETS; do
 done
 python3 - "$rows" "$OUT" "$S" "$W" <<'EOF'
 import json, sys, os
-import numpy as np
 from PIL import Image
+sys.path.insert(0, "scripts")
+import pattern_ratio  # the "pattern" column (scripts/pattern_ratio.py)
 rows = [json.loads(l) for l in open(sys.argv[1])]
 out, shared, weights = sys.argv[2], sys.argv[3], sys.argv[4]
 def tag(r):
@@ -76,26 +77,8 @@ def tag(r):
     if r.get("projection") is False: return f"{s}-raw"
     if r.get("temperature") is not None: return f"{s}-w{r['w']:g}-t{r['temperature']:g}"
     return f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}"
-def nyquist(y, axis):
-    # Power at periods 2 to 2.5 px along `axis`, averaged over the other axis.
-    d = y - y.mean(axis=axis, keepdims=True)
-    p = (np.abs(np.fft.rfft(d, axis=axis)) ** 2).mean(axis=1 - axis)
-    f = np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2)
-    return p[f > 0.4].sum()
 def pattern(r):
-    # Mean over the set's images of max over the two axes of near-Nyquist energy SR / HR (luma).
-    d = os.path.join(out, tag(r))
-    hr_dir = os.path.join(shared, "data", "eval", r["set"])
-    ratios = []
-    for f in sorted(os.listdir(hr_dir)):
-        p = os.path.join(d, os.path.splitext(f)[0] + ".png")
-        if not os.path.exists(p): return None
-        h = np.asarray(Image.open(os.path.join(hr_dir, f)).convert("L"), dtype=np.float64)
-        y = np.asarray(Image.open(p).convert("L"), dtype=np.float64)
-        a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
-        h, y = h[:a, :b], y[:a, :b]
-        ratios.append(max(nyquist(y, ax) / max(nyquist(h, ax), 1e-12) for ax in (0, 1)))
-    return float(np.mean(ratios)) if ratios else None
+    return pattern_ratio.pattern(os.path.join(out, tag(r)), os.path.join(shared, "data", "eval", r["set"]))
 for r in rows:
     if "unsupported" not in r: r["pattern"] = pattern(r)
 fmt_p = lambda r: "-" if r.get("pattern") is None else f"{r['pattern']:.2f}"
