@@ -2,13 +2,20 @@
 //! (lora.rs) are trained with the relativistic pairing GAN loss (RPGAN, R3GAN 2501.05441),
 //!   L_D = E softplus(D(fake) - D(real)) + gamma/2 (R1 + R2),
 //!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2
-//!         + lambda_low || pool_k(fake - real) ||^2,
+//!         + lambda_low || pool_k(fake - real) ||^2
+//!         + lambda_hf sum_l || sqrt(pool_m(lap(Y_fake,l)^2)) - sqrt(pool_m(lap(Y_real,l)^2)) ||_1,
 //! where fake = X_{0,1}(x0) at NFE 1 with the adapters, real = x1, and D sees up(LR) too.
 //! burn has no second-order gradients, so R1 and R2 take their finite-difference form
 //! (APT 2501.08316): E ||D(x + sigma eps) - D(x)||^2 / sigma^2 ~ E ||grad_x D(x)||^2, on real
 //! (R1) and fake (R2) samples. The low-pass term (k x k box means in pixel space) holds colour and
 //! tone to the target while leaving the detail above 1/k of the sampling rate to the discriminator:
 //! a full-resolution term strong enough to stop drift also holds the detail back.
+//! The sharpness term compares local RMS Laplacians of luma (m x m boxes): it is blind to phase, so
+//! unlike the squared error, whose optimum for detail the input does not determine is blur, it asks
+//! for texture as strong as the photo's where the photo has it (the HF ratio of §8, made local).
+//! Y_l is luma 2^l x 2^l box-averaged (one octave per level): the level-0 Laplacian weights
+//! frequency^4, and alone it is met most cheaply with energy at periods of 2 px (a fine grain)
+//! instead of the coarser detail that is missing; a term per octave asks for each octave's own.
 
 use crate::lora::LoraConfig;
 use burn::config::Config;
@@ -86,6 +93,12 @@ pub struct AdversarialConfig {
     pub rec_low_weight: f32,
     /// Box size in pixels of that term's pooling (4: the LR grid at x4).
     pub rec_low_pool: usize,
+    /// Weight of the local sharpness term (0: off).
+    pub hf_weight: f32,
+    /// Box size in pixels over which that term pools the squared Laplacian.
+    pub hf_pool: usize,
+    /// Octaves that term matches (1: the full-resolution Laplacian only).
+    pub hf_levels: usize,
     /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
     /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
     pub mode: crate::bridge::Mode,
@@ -110,6 +123,9 @@ impl Default for AdversarialConfig {
             rec_weight: 1.0,
             rec_low_weight: 0.0,
             rec_low_pool: 4,
+            hf_weight: 0.0,
+            hf_pool: 8,
+            hf_levels: 1,
             mode: crate::bridge::Mode::Fidelity,
             temperature: 1.0,
             skip_shuffle: false,
@@ -176,6 +192,7 @@ pub fn generator_loss<B: Backend>(
         1.0,
     )
     .mean();
+    let (fake_px, real_px) = (fake.clone(), real.clone());
     let diff = fake - real;
     let rec = diff.clone().powi_scalar(2).mean();
     let mut total = rp.clone() + rec.clone() * cfg.rec_weight;
@@ -185,7 +202,40 @@ pub fn generator_loss<B: Backend>(
         total = total + low.clone() * cfg.rec_low_weight;
         terms.push(("rec_low", low));
     }
+    if cfg.hf_weight > 0.0 {
+        let mut hf = Tensor::zeros([1], &fake_px.device());
+        for level in 0..cfg.hf_levels.max(1) {
+            let box_px = (cfg.hf_pool >> level).max(1);
+            hf = hf
+                + (local_hf(fake_px.clone(), level, box_px)
+                    - local_hf(real_px.clone(), level, box_px))
+                .abs()
+                .mean();
+        }
+        total = total + hf.clone() * cfg.hf_weight;
+        terms.push(("hf", hf));
+    }
     AdvLoss { total, terms }
+}
+
+/// Local RMS Laplacian of luma (BT.601 weights) of an unshuffled [n, 12, h, w] image, box-averaged
+/// 2^level x 2^level first, over k x k boxes of that grid: at level 0 [n, 1, (2h - 2) / k,
+/// (2w - 2) / k] (the Laplacian is taken unpadded).
+fn local_hf<B: Backend>(x: Tensor<B, 4>, level: usize, k: usize) -> Tensor<B, 4> {
+    let mut x = crate::space::shuffle(x, 2);
+    for _ in 0..level {
+        x = burn::tensor::module::avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
+    }
+    let dev = x.device();
+    let luma = Tensor::<B, 1>::from_floats([0.299, 0.587, 0.114], &dev).reshape([1, 3, 1, 1]);
+    let lap = Tensor::<B, 1>::from_floats([0., 1., 0., 1., -4., 1., 0., 1., 0.], &dev)
+        .reshape([1, 1, 3, 3]);
+    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let y = burn::tensor::module::conv2d(x, luma, None, opts.clone());
+    let l = burn::tensor::module::conv2d(y, lap, None, opts);
+    let e = burn::tensor::module::avg_pool2d(l.powi_scalar(2), [k, k], [k, k], [0, 0], true, false);
+    // + eps: sqrt has no finite gradient at 0 (flat regions).
+    (e + 1e-6).sqrt()
 }
 
 /// k x k box means in pixel space of an unshuffled [n, 12, h, w] image: [n, 3, 2h / k, 2w / k].
@@ -262,6 +312,92 @@ mod tests {
         );
         let flat = Tensor::<B, 4>::full([1, 12, 4, 4], 0.1, &dev);
         assert!((low(flat, 4) - 0.01).abs() < 1e-6);
+    }
+
+    /// A +-c checkerboard has Laplacian -8 x its value at every inner pixel: local RMS 8c; a flat
+    /// image has 0 (sqrt of the eps); grey RGB is its own luma. Levels: one octave per 2 x 2 mean.
+    #[test]
+    fn local_hf_by_hand() {
+        let dev = Default::default();
+        let px: Vec<f32> = (0..3 * 10 * 10)
+            .map(|i| {
+                if (i % 10 + (i / 10) % 10) % 2 == 0 {
+                    0.25
+                } else {
+                    -0.25
+                }
+            })
+            .collect();
+        let checker = crate::space::unshuffle(
+            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 10, 10]), &dev),
+            2,
+        );
+        let hf = local_hf(checker.clone(), 0, 4);
+        assert_eq!(hf.dims(), [1, 1, 2, 2]);
+        for v in hf.into_data().to_vec::<f32>().unwrap() {
+            assert!((v - 2.0).abs() < 1e-4, "{v}");
+        }
+        // One octave down the 2-px grain averages out; a grain of 2 x 2 blocks is a checkerboard
+        // there.
+        let v: f32 = local_hf(checker, 1, 2).max().into_scalar();
+        assert!((v - 1e-3).abs() < 1e-4, "{v}");
+        let px: Vec<f32> = (0..3 * 12 * 12)
+            .map(|i| {
+                if ((i % 12) / 2 + ((i / 12) % 12) / 2) % 2 == 0 {
+                    0.25
+                } else {
+                    -0.25
+                }
+            })
+            .collect();
+        let blocks = crate::space::unshuffle(
+            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 12, 12]), &dev),
+            2,
+        );
+        let hf = local_hf(blocks, 1, 2);
+        assert_eq!(hf.dims(), [1, 1, 2, 2]);
+        for v in hf.into_data().to_vec::<f32>().unwrap() {
+            assert!((v - 2.0).abs() < 1e-4, "{v}");
+        }
+        let flat = Tensor::<B, 4>::full([1, 12, 5, 5], 0.7, &dev);
+        let v: f32 = local_hf(flat, 0, 4).max().into_scalar();
+        assert!((v - 1e-3).abs() < 1e-4, "{v}");
+    }
+
+    /// The sharpness term asks a blurred fake for more detail: its gradient raises the fake's
+    /// Laplacian energy, which the squared error alone would not.
+    #[test]
+    fn sharpness_term_asks_for_detail() {
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let d = DiscriminatorConfig::new()
+            .with_widths(vec![8])
+            .init::<AD>(&dev);
+        let cfg = AdversarialConfig {
+            rec_weight: 0.0,
+            hf_weight: 1.0,
+            hf_pool: 4,
+            hf_levels: 2,
+            ..Default::default()
+        };
+        let real = Tensor::<AD, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let fake = (real.clone() * 0.2).detach().require_grad();
+        let lg = generator_loss(&d, real.clone(), fake.clone(), real.clone() * 0.5, &cfg);
+        let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["g_rp", "rec", "hf"]);
+        // Only the sharpness term's gradient: a small step against it must raise the energy.
+        let hf = lg.terms[2].1.clone();
+        let g = hf.backward();
+        let grad = fake.grad(&g).unwrap();
+        let energy =
+            |x: Tensor<B, 4>| -> f32 { local_hf(x, 0, 4).powi_scalar(2).mean().into_scalar() };
+        let before = energy(fake.clone().inner());
+        let down = energy(fake.clone().inner() - grad.clone() * 0.5);
+        let up = energy(fake.inner() + grad * 0.5);
+        assert!(
+            down > before * 1.05 && up < before,
+            "{up} < {before} < {down}"
+        );
     }
 
     /// L_D prefers D(real) > D(fake); L_G the opposite; both have gradients where they should.
