@@ -253,6 +253,21 @@ mod tests {
 
     type B = Flex;
 
+    /// An n x n RGB checkerboard of +-c with square cells of `cell` px, in the unshuffled space.
+    fn checker(n: usize, cell: usize, c: f32) -> Tensor<B, 4> {
+        let px: Vec<f32> = (0..3 * n * n)
+            .map(|i| {
+                if ((i % n) / cell + ((i / n) % n) / cell) % 2 == 0 {
+                    c
+                } else {
+                    -c
+                }
+            })
+            .collect();
+        let img = Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, n, n]), &Default::default());
+        crate::space::unshuffle(img, 2)
+    }
+
     #[test]
     fn discriminator_scores_every_patch() {
         let dev = Default::default();
@@ -289,25 +304,13 @@ mod tests {
     #[test]
     fn low_pass_term_by_hand() {
         let dev = Default::default();
-        let px: Vec<f32> = (0..3 * 8 * 8)
-            .map(|i| {
-                if (i % 8 + (i / 8) % 8) % 2 == 0 {
-                    0.3
-                } else {
-                    -0.3
-                }
-            })
-            .collect();
-        let checker = crate::space::unshuffle(
-            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 8, 8]), &dev),
-            2,
-        );
+        let board = checker(8, 1, 0.3);
         let low =
             |x: Tensor<B, 4>, k| -> f32 { low_pass(x, k).powi_scalar(2).mean().into_scalar() };
-        assert!(low(checker.clone(), 2) < 1e-12);
-        assert!(low(checker.clone(), 4) < 1e-12);
+        assert!(low(board.clone(), 2) < 1e-12);
+        assert!(low(board.clone(), 4) < 1e-12);
         assert!(
-            (low(checker.clone(), 1) - 0.09).abs() < 1e-6,
+            (low(board.clone(), 1) - 0.09).abs() < 1e-6,
             "k = 1 is the full term"
         );
         let flat = Tensor::<B, 4>::full([1, 12, 4, 4], 0.1, &dev);
@@ -319,41 +322,17 @@ mod tests {
     #[test]
     fn local_hf_by_hand() {
         let dev = Default::default();
-        let px: Vec<f32> = (0..3 * 10 * 10)
-            .map(|i| {
-                if (i % 10 + (i / 10) % 10) % 2 == 0 {
-                    0.25
-                } else {
-                    -0.25
-                }
-            })
-            .collect();
-        let checker = crate::space::unshuffle(
-            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 10, 10]), &dev),
-            2,
-        );
-        let hf = local_hf(checker.clone(), 0, 4);
+        let board = checker(10, 1, 0.25);
+        let hf = local_hf(board.clone(), 0, 4);
         assert_eq!(hf.dims(), [1, 1, 2, 2]);
         for v in hf.into_data().to_vec::<f32>().unwrap() {
             assert!((v - 2.0).abs() < 1e-4, "{v}");
         }
         // One octave down the 2-px grain averages out; a grain of 2 x 2 blocks is a checkerboard
         // there.
-        let v: f32 = local_hf(checker, 1, 2).max().into_scalar();
+        let v: f32 = local_hf(board, 1, 2).max().into_scalar();
         assert!((v - 1e-3).abs() < 1e-4, "{v}");
-        let px: Vec<f32> = (0..3 * 12 * 12)
-            .map(|i| {
-                if ((i % 12) / 2 + ((i / 12) % 12) / 2) % 2 == 0 {
-                    0.25
-                } else {
-                    -0.25
-                }
-            })
-            .collect();
-        let blocks = crate::space::unshuffle(
-            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 12, 12]), &dev),
-            2,
-        );
+        let blocks = checker(12, 2, 0.25);
         let hf = local_hf(blocks, 1, 2);
         assert_eq!(hf.dims(), [1, 1, 2, 2]);
         for v in hf.into_data().to_vec::<f32>().unwrap() {
