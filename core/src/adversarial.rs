@@ -253,6 +253,13 @@ mod tests {
 
     type B = Flex;
 
+    /// A one-stage discriminator (8 channels) for the loss tests.
+    fn tiny_disc<AB: Backend>() -> Discriminator<AB> {
+        DiscriminatorConfig::new()
+            .with_widths(vec![8])
+            .init(&Default::default())
+    }
+
     /// An n x n RGB checkerboard of +-c with square cells of `cell` px, in the unshuffled space.
     fn checker(n: usize, cell: usize, c: f32) -> Tensor<B, 4> {
         let px: Vec<f32> = (0..3 * n * n)
@@ -349,9 +356,7 @@ mod tests {
     fn sharpness_term_asks_for_detail() {
         type AD = Autodiff<B>;
         let dev = Default::default();
-        let d = DiscriminatorConfig::new()
-            .with_widths(vec![8])
-            .init::<AD>(&dev);
+        let d = tiny_disc::<AD>();
         let cfg = AdversarialConfig {
             rec_weight: 0.0,
             hf_weight: 1.0,
@@ -384,9 +389,7 @@ mod tests {
     fn losses_pull_the_right_way() {
         type AD = Autodiff<B>;
         let dev = Default::default();
-        let d = DiscriminatorConfig::new()
-            .with_widths(vec![8])
-            .init::<AD>(&dev);
+        let d = tiny_disc::<AD>();
         let cfg = AdversarialConfig {
             rec_low_weight: 1.0,
             ..Default::default()
