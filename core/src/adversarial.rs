@@ -97,7 +97,7 @@ pub struct AdversarialConfig {
     pub hf_weight: f32,
     /// Box size in pixels over which that term pools the squared Laplacian.
     pub hf_pool: usize,
-    /// Octaves that term matches (1: the full-resolution Laplacian only).
+    /// Octaves that term matches (1, or 0: the full-resolution Laplacian only).
     pub hf_levels: usize,
     /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
     /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
@@ -192,8 +192,7 @@ pub fn generator_loss<B: Backend>(
         1.0,
     )
     .mean();
-    let (fake_px, real_px) = (fake.clone(), real.clone());
-    let diff = fake - real;
+    let diff = fake.clone() - real.clone();
     let rec = diff.clone().powi_scalar(2).mean();
     let mut total = rp.clone() + rec.clone() * cfg.rec_weight;
     let mut terms = vec![("g_rp", rp), ("rec", rec)];
@@ -203,14 +202,13 @@ pub fn generator_loss<B: Backend>(
         terms.push(("rec_low", low));
     }
     if cfg.hf_weight > 0.0 {
-        let mut hf = Tensor::zeros([1], &fake_px.device());
+        let mut hf = Tensor::zeros([1], &fake.device());
         for level in 0..cfg.hf_levels.max(1) {
             let box_px = (cfg.hf_pool >> level).max(1);
             hf = hf
-                + (local_hf(fake_px.clone(), level, box_px)
-                    - local_hf(real_px.clone(), level, box_px))
-                .abs()
-                .mean();
+                + (local_hf(fake.clone(), level, box_px) - local_hf(real.clone(), level, box_px))
+                    .abs()
+                    .mean();
         }
         total = total + hf.clone() * cfg.hf_weight;
         terms.push(("hf", hf));
