@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Pattern ratio of upscaled images against their HR originals (docs/tradeoff.md, "pattern").
 
-For each HR image: the luma's power at periods of 2 to 2.5 px (frequencies above 0.4 cycles/px),
-along columns and along rows, each averaged over the other axis; SR / HR per axis, the larger of
-the two; then the mean over the images. 1 = as much energy at the finest scale as the photos;
-above 1 = more (a 2-px pattern such as alternating rows, or per-pixel noise), which the HF ratio
-would count as detail. SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
+For each HR image: the luma's power in five bands of period, 2-2.5, 2.5-2.86, 2.86-3.33, 3.33-4
+and 4-5 px (frequencies 0.4-0.5, 0.35-0.4, 0.3-0.35, 0.25-0.3, 0.2-0.25 cycles/px), along columns
+and along rows, each averaged over the other axis; SR / HR per band and axis, the largest of the
+ten; then the mean over the images. 1 = no more energy at any fine scale than the photos; above 1
+= more: a 2-px pattern such as alternating rows, per-pixel noise, or the 3-5 px hatching an
+over-driven adversarial adapter draws on skin and cloth (docs/training.md, session 15), all of
+which the HF ratio would count as detail. Sessions up to 15 used the 2-2.5 px band alone, blind
+to that hatching (on its Set5 outputs: 1.86 there, 2.70 with the five bands).
+SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
 
 Usage: scripts/pattern_ratio.py SR_DIR HR_DIR
-       (prints "pattern X.XX (along columns C.CC, along rows R.RR)")
+       (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...)")
 """
 import functools
 import os
@@ -17,13 +21,17 @@ import sys
 import numpy as np
 from PIL import Image
 
+# (label, lowest frequency, highest frequency) in cycles per pixel; 0.5 is Nyquist.
+BANDS = [("2-2.5px", 0.4, 0.5), ("2.5-2.9px", 0.35, 0.4), ("2.9-3.3px", 0.3, 0.35),
+         ("3.3-4px", 0.25, 0.3), ("4-5px", 0.2, 0.25)]
 
-def nyquist(y, axis):
-    # Power at periods 2 to 2.5 px along `axis`, averaged over the other axis.
+
+def band_power(y, axis):
+    """Power in each of BANDS along `axis`, averaged over the other axis."""
     d = y - y.mean(axis=axis, keepdims=True)
     p = (np.abs(np.fft.rfft(d, axis=axis)) ** 2).mean(axis=1 - axis)
     f = np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2)
-    return p[f > 0.4].sum()
+    return np.array([p[(f > lo) & (f <= hi)].sum() for _, lo, hi in BANDS])
 
 
 def _luma(path):
@@ -35,9 +43,9 @@ _hr_luma = functools.lru_cache(maxsize=None)(_luma)
 
 
 def pattern_axes(sr_dir, hr_dir):
-    """Means over the images of (the larger ratio, the ratio along columns, along rows), or None
-    when an SR image is missing."""
-    ratios = []
+    """Means over the images of (the largest ratio, the largest along columns, along rows, the
+    per-band ratios (the larger axis) as an array), or None when an SR image is missing."""
+    per = []
     for f in sorted(os.listdir(hr_dir)):
         p = os.path.join(sr_dir, os.path.splitext(f)[0] + ".png")
         if not os.path.exists(p):
@@ -45,15 +53,18 @@ def pattern_axes(sr_dir, hr_dir):
         h, y = _hr_luma(os.path.join(hr_dir, f)), _luma(p)
         a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
         h, y = h[:a, :b], y[:a, :b]
-        cols, rows = (nyquist(y, ax) / max(nyquist(h, ax), 1e-12) for ax in (0, 1))
-        ratios.append((max(cols, rows), cols, rows))
-    return tuple(np.mean(ratios, axis=0)) if ratios else None
+        cols, rows = (band_power(y, ax) / np.maximum(band_power(h, ax), 1e-12) for ax in (0, 1))
+        per.append((max(cols.max(), rows.max()), cols.max(), rows.max(), np.maximum(cols, rows)))
+    if not per:
+        return None
+    return (float(np.mean([r[0] for r in per])), float(np.mean([r[1] for r in per])),
+            float(np.mean([r[2] for r in per])), np.mean([r[3] for r in per], axis=0))
 
 
 def pattern(sr_dir, hr_dir):
     """The pattern ratio (the first of `pattern_axes`), or None when an SR image is missing."""
     r = pattern_axes(sr_dir, hr_dir)
-    return None if r is None else float(r[0])
+    return None if r is None else r[0]
 
 
 if __name__ == "__main__":
@@ -62,4 +73,5 @@ if __name__ == "__main__":
     r = pattern_axes(sys.argv[1], sys.argv[2])
     if r is None:
         sys.exit(f"pattern_ratio.py: {sys.argv[1]} lacks a PNG for some image of {sys.argv[2]}")
-    print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f})")
+    bands = ", ".join(f"{label} {v:.2f}" for (label, _, _), v in zip(BANDS, r[3]))
+    print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f}; by period: {bands})")

@@ -7,8 +7,8 @@
 # docs/img/tradeoff/. Also the stochastic mode at temperatures {0.25, 0.5, 0.75} x w {1, 3} (LoRA 0,
 # NFE 1, seed 0), and the fidelity setting without the LR projection (`--projection off`; every
 # other row has it, as `flowmapsr` does by default), and each setting's pattern ratio
-# (scripts/pattern_ratio.py: > 1 = more energy at the 2-px scale than the HR photos, such as
-# alternating rows or per-pixel noise, which the HF ratio counts as detail). Writes
+# (scripts/pattern_ratio.py: > 1 = more energy at some scale of 2 to 5 px than the HR photos, such
+# as alternating rows, per-pixel noise or a 3-5 px hatching, which the HF ratio counts as detail). Writes
 # docs/tradeoff.md. Settings the weights do not support (w above their w_max, LoRA without an
 # adapter) are listed as such, not scored.
 # Usage: WEIGHTS=runs/pipeline/adversarial/final scripts/tradeoff.sh
@@ -87,10 +87,10 @@ md = ["# Fidelity <-> realism trade-off", "",
       "HF ratio 1 = as sharp as the HR photos). Every row has the LR projection (the result made "
       "consistent with the input, `flowmapsr`'s default, no network call) except the one marked "
       "\"no projection\". Rows the weights cannot run are marked. Pattern: the outputs' energy "
-      "near the Nyquist frequency (periods of 2 to 2.5 px, along rows or along columns, whichever "
-      "is larger) over the HR photos', averaged over the set; above 1 the output has more energy at "
-      "the finest scale than the photos (a 2-px pattern such as alternating rows, or per-pixel "
-      "noise), which the HF ratio counts as detail.", ""]
+      "at fine scales over the HR photos' (five bands of period from 2 to 5 px, along rows and "
+      "along columns, the largest of the ten ratios), averaged over the set; above 1 the output has "
+      "more energy at some fine scale than the photos (a 2-px pattern such as alternating rows, "
+      "per-pixel noise, a 3-5 px hatching), which the HF ratio counts as detail.", ""]
 sets = list(dict.fromkeys(r["set"] for r in rows))
 for s in sets:
     md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern |", "|---|---|---|---|---|---|---|---|"]
@@ -115,8 +115,8 @@ md += ["## Gate", "",
        "(w 1), NFE 1. The deterministic settings (w, LoRA, NFE) and the stochastic ones (grain: "
        "temperature) are judged apart: the HF ratio of the grain rows is source noise the model "
        "passes through, not detail it restores. A setting passes only if its pattern ratio is at most 1 "
-       "too: more energy at the Nyquist scale than the HR photos have (2-px stripes, per-pixel "
-       "noise) is an artifact, not the sharpness of a photograph.", "",
+       "too: more energy at a fine scale than the HR photos have (2-px stripes, per-pixel "
+       "noise, hatching) is an artifact, not the sharpness of a photograph.", "",
        "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds, deterministic (pattern) | best HF with pattern <= 1 too | passes | with grain (stochastic), pattern <= 1 | passes | HF vs w | HF vs LoRA |",
        "|---|---|---|---|---|---|---|---|---|---|"]
 for s in sets:
