@@ -9,10 +9,11 @@ ten; then the mean over the images. 1 = no more energy at any fine scale than th
 over-driven adversarial adapter draws on skin and cloth (docs/training.md, session 15), all of
 which the HF ratio would count as detail. Sessions up to 15 used the 2-2.5 px band alone, blind
 to that hatching (on its Set5 outputs: 1.86 there, 2.70 with the five bands).
+`local_pattern`: the same in 32-px windows (see WINDOW), for a grid on one region only.
 SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
 
 Usage: scripts/pattern_ratio.py SR_DIR HR_DIR
-       (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...)")
+       (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...); local L.LL")
 """
 import functools
 import os
@@ -61,6 +62,47 @@ def pattern_axes(sr_dir, hr_dir):
             float(np.mean([r[2] for r in per])), np.mean([r[3] for r in per], axis=0))
 
 
+# The local pattern ratio: the same bands in 32 x 32 windows (Hann-tapered), each window's SR power
+# over max(its HR power, a quarter of the HR's mean over windows) so that flat regions of the photo
+# do not divide by ~0; the 90th percentile over windows of the largest ratio, then the mean over the
+# images. It sees a grid drawn on one region (skin, plumage) that the whole-image average dilutes.
+WINDOW, FLOOR, PERCENTILE = 32, 0.25, 90
+
+
+def _window_band_power(y):
+    """[windows, 2 axes, bands] powers of the WINDOW x WINDOW tiles of y."""
+    nh, nw = y.shape[0] // WINDOW, y.shape[1] // WINDOW
+    t = y[: nh * WINDOW, : nw * WINDOW].reshape(nh, WINDOW, nw, WINDOW).transpose(0, 2, 1, 3)
+    t = t.reshape(-1, WINDOW, WINDOW)
+    hann = np.hanning(WINDOW)
+    f = np.arange(WINDOW // 2 + 1) / WINDOW
+    out = []
+    for ax in (1, 2):  # along columns, along rows
+        d = t - t.mean(axis=ax, keepdims=True)
+        d = d * (hann[None, :, None] if ax == 1 else hann[None, None, :])
+        p = (np.abs(np.fft.rfft(d, axis=ax)) ** 2).mean(axis=3 - ax)
+        out.append(np.stack([p[:, (f > lo) & (f <= hi)].sum(axis=1) for _, lo, hi in BANDS], 1))
+    return np.stack(out, 1)
+
+
+def local_pattern(sr_dir, hr_dir):
+    """The local pattern ratio (see WINDOW), or None when an SR image is missing."""
+    per = []
+    for f in sorted(os.listdir(hr_dir)):
+        p = os.path.join(sr_dir, os.path.splitext(f)[0] + ".png")
+        if not os.path.exists(p):
+            return None
+        h, y = _hr_luma(os.path.join(hr_dir, f)), _luma(p)
+        a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
+        if a < WINDOW or b < WINDOW:
+            continue
+        ph, py = _window_band_power(h[:a, :b]), _window_band_power(y[:a, :b])
+        floor = ph.mean(axis=0, keepdims=True) * FLOOR
+        r = (py / np.maximum(np.maximum(ph, floor), 1e-12)).max(axis=(1, 2))
+        per.append(np.percentile(r, PERCENTILE))
+    return float(np.mean(per)) if per else None
+
+
 def pattern(sr_dir, hr_dir):
     """The pattern ratio (the first of `pattern_axes`), or None when an SR image is missing."""
     r = pattern_axes(sr_dir, hr_dir)
@@ -74,4 +116,5 @@ if __name__ == "__main__":
     if r is None:
         sys.exit(f"pattern_ratio.py: {sys.argv[1]} lacks a PNG for some image of {sys.argv[2]}")
     bands = ", ".join(f"{label} {v:.2f}" for (label, _, _), v in zip(BANDS, r[3]))
-    print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f}; by period: {bands})")
+    print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f}; by period: {bands}); "
+          f"local {local_pattern(sys.argv[1], sys.argv[2]):.2f}")

@@ -77,11 +77,13 @@ def tag(r):
     if r.get("projection") is False: return f"{s}-raw"
     if r.get("temperature") is not None: return f"{s}-w{r['w']:g}-t{r['temperature']:g}"
     return f"{s}-w{r['w']:g}-l{r['lora']:g}-n{r['nfe']:g}"
-def pattern(r):
-    return pattern_ratio.pattern(os.path.join(out, tag(r)), os.path.join(shared, "data", "eval", r["set"]))
+def pattern(r, f):
+    return f(os.path.join(out, tag(r)), os.path.join(shared, "data", "eval", r["set"]))
 for r in rows:
-    if "unsupported" not in r: r["pattern"] = pattern(r)
+    if "unsupported" not in r:
+        r["pattern"], r["local"] = pattern(r, pattern_ratio.pattern), pattern(r, pattern_ratio.local_pattern)
 fmt_p = lambda r: "-" if r.get("pattern") is None else f"{r['pattern']:.2f}"
+fmt_l = lambda r: "-" if r.get("local") is None else f"{r['local']:.2f}"
 md = ["# Fidelity <-> realism trade-off", "",
       f"`WEIGHTS={weights} scripts/tradeoff.sh` (x4, `flowmapsr eval`, standard protocol; "
       "HF ratio 1 = as sharp as the HR photos). Every row has the LR projection (the result made "
@@ -90,23 +92,26 @@ md = ["# Fidelity <-> realism trade-off", "",
       "at fine scales over the HR photos' (five bands of period from 2 to 5 px, along rows and "
       "along columns, the largest of the ten ratios), averaged over the set; above 1 the output has "
       "more energy at some fine scale than the photos (a 2-px pattern such as alternating rows, "
-      "per-pixel noise, a 3-5 px hatching), which the HF ratio counts as detail.", ""]
+      "per-pixel noise, a 3-5 px hatching), which the HF ratio counts as detail. Local: the same "
+      "in 32-px windows against the photo's own windows (90th percentile over windows, "
+      "scripts/pattern_ratio.py), which sees texture drawn on one region (skin, plumage) where the "
+      "photo has less; a diagnostic, not part of the gate.", ""]
 sets = list(dict.fromkeys(r["set"] for r in rows))
 for s in sets:
-    md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern |", "|---|---|---|---|---|---|---|---|"]
+    md += [f"## {s}", "", "| w | LoRA | NFE | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern | local |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["set"] != s or r.get("temperature") is not None: continue
         if "unsupported" in r:
-            md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | | |"); continue
+            md.append(f"| {r['w']} | {r['lora']} | {r['nfe']} | {r['unsupported']} | | | | | |"); continue
         name = "bicubic" if r["method"] == "bicubic" else f"{r['w']} (no projection)" if r.get("projection") is False else r["w"]
-        md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} |")
+        md.append(f"| {name} | {r['lora']} | {r['nfe']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} | {fmt_l(r)} |")
     md += ["", f"Stochastic mode on {s} (LoRA 0, NFE 1, seed 0): the source x0 + temperature x sigma_0 x noise.", "",
-           "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern |", "|---|---|---|---|---|---|---|"]
+           "| w | temperature | PSNR-Y | SSIM-Y | GMSD | HF ratio | pattern | local |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["set"] != s or r.get("temperature") is None: continue
         if "unsupported" in r:
-            md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | | |"); continue
-        md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} |")
+            md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | | | |"); continue
+        md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} | {fmt_l(r)} |")
     md.append("")
 # The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
 md += ["## Gate", "",
