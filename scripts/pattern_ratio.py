@@ -43,17 +43,27 @@ def _luma(path):
 _hr_luma = functools.lru_cache(maxsize=None)(_luma)
 
 
-def pattern_axes(sr_dir, hr_dir):
-    """Means over the images of (the largest ratio, the largest along columns, along rows, the
-    per-band ratios (the larger axis) as an array), or None when an SR image is missing."""
-    per = []
+def _pairs(sr_dir, hr_dir):
+    """(HR luma, SR luma) per HR image, cropped to their common size; None when an SR is missing."""
+    pairs = []
     for f in sorted(os.listdir(hr_dir)):
         p = os.path.join(sr_dir, os.path.splitext(f)[0] + ".png")
         if not os.path.exists(p):
             return None
         h, y = _hr_luma(os.path.join(hr_dir, f)), _luma(p)
         a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
-        h, y = h[:a, :b], y[:a, :b]
+        pairs.append((h[:a, :b], y[:a, :b]))
+    return pairs
+
+
+def pattern_axes(sr_dir, hr_dir):
+    """Means over the images of (the largest ratio, the largest along columns, along rows, the
+    per-band ratios (the larger axis) as an array), or None when an SR image is missing."""
+    pairs = _pairs(sr_dir, hr_dir)
+    if pairs is None:
+        return None
+    per = []
+    for h, y in pairs:
         cols, rows = (band_power(y, ax) / np.maximum(band_power(h, ax), 1e-12) for ax in (0, 1))
         per.append((max(cols.max(), rows.max()), cols.max(), rows.max(), np.maximum(cols, rows)))
     if not per:
@@ -87,16 +97,14 @@ def _window_band_power(y):
 
 def local_pattern(sr_dir, hr_dir):
     """The local pattern ratio (see WINDOW), or None when an SR image is missing."""
+    pairs = _pairs(sr_dir, hr_dir)
+    if pairs is None:
+        return None
     per = []
-    for f in sorted(os.listdir(hr_dir)):
-        p = os.path.join(sr_dir, os.path.splitext(f)[0] + ".png")
-        if not os.path.exists(p):
-            return None
-        h, y = _hr_luma(os.path.join(hr_dir, f)), _luma(p)
-        a, b = min(h.shape[0], y.shape[0]), min(h.shape[1], y.shape[1])
-        if a < WINDOW or b < WINDOW:
+    for h, y in pairs:
+        if min(h.shape) < WINDOW:
             continue
-        ph, py = _window_band_power(h[:a, :b]), _window_band_power(y[:a, :b])
+        ph, py = _window_band_power(h), _window_band_power(y)
         floor = ph.mean(axis=0, keepdims=True) * FLOOR
         r = (py / np.maximum(np.maximum(ph, floor), 1e-12)).max(axis=(1, 2))
         per.append(np.percentile(r, PERCENTILE))
