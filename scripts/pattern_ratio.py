@@ -8,7 +8,7 @@ ten; then the mean over the images. 1 = no more energy at any fine scale than th
 = more: a 2-px pattern such as alternating rows, per-pixel noise, or the 3-5 px hatching an
 over-driven adversarial adapter draws on skin and cloth (docs/training.md, session 15), all of
 which the HF ratio would count as detail. Sessions up to 15 used the 2-2.5 px band alone, blind
-to that hatching (on its Set5 outputs: 1.86 there, 2.70 with the five bands).
+to that hatching (its Set5 outputs at w 3, LoRA 3: 1.86 there, 2.57 with the five bands).
 `local_pattern`: the same in 32-px windows (see WINDOW), for a grid on one region only.
 SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
 
@@ -27,12 +27,16 @@ BANDS = [("2-2.5px", 0.4, 0.5), ("2.5-2.9px", 0.35, 0.4), ("2.9-3.3px", 0.3, 0.3
          ("3.3-4px", 0.25, 0.3), ("4-5px", 0.2, 0.25)]
 
 
+def _sum_bands(p, f):
+    """Spectra p [..., frequencies f] summed over each of BANDS: [..., bands]."""
+    return np.stack([p[..., (f > lo) & (f <= hi)].sum(axis=-1) for _, lo, hi in BANDS], -1)
+
+
 def band_power(y, axis):
     """Power in each of BANDS along `axis`, averaged over the other axis."""
     d = y - y.mean(axis=axis, keepdims=True)
     p = (np.abs(np.fft.rfft(d, axis=axis)) ** 2).mean(axis=1 - axis)
-    f = np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2)
-    return np.array([p[(f > lo) & (f <= hi)].sum() for _, lo, hi in BANDS])
+    return _sum_bands(p, np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2))
 
 
 def _luma(path):
@@ -43,6 +47,8 @@ def _luma(path):
 _hr_luma = functools.lru_cache(maxsize=None)(_luma)
 
 
+# tradeoff.sh asks for both ratios of one folder in a row: decode its outputs once.
+@functools.lru_cache(maxsize=1)
 def _pairs(sr_dir, hr_dir):
     """(HR luma, SR luma) per HR image, cropped to their common size; None when an SR is missing."""
     pairs = []
@@ -91,7 +97,7 @@ def _window_band_power(y):
         d = t - t.mean(axis=ax, keepdims=True)
         d = d * (hann[None, :, None] if ax == 1 else hann[None, None, :])
         p = (np.abs(np.fft.rfft(d, axis=ax)) ** 2).mean(axis=3 - ax)
-        out.append(np.stack([p[:, (f > lo) & (f <= hi)].sum(axis=1) for _, lo, hi in BANDS], 1))
+        out.append(_sum_bands(p, f))
     return np.stack(out, 1)
 
 
