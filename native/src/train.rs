@@ -171,6 +171,11 @@ pub struct TrainConfig {
     pub scale_mix: [f32; 3],
     /// HR crop side (a multiple of 8 and of the model's alignment).
     pub crop: usize,
+    /// Images are drawn with probability proportional to (their number of crop positions)^p:
+    /// 0 (or absent) draws every image equally often, so T91's small images (8% of the
+    /// pixels) gave half the crops; 1 draws every crop position of the data equally often.
+    #[serde(default)]
+    pub image_weight_power: Option<f32>,
     pub batch: usize,
     pub steps: usize,
     pub lr: f64,
@@ -208,6 +213,11 @@ impl TrainConfig {
         }
         if self.batch == 0 || self.steps == 0 {
             bail!("batch and steps must be positive");
+        }
+        if let Some(p) = self.image_weight_power {
+            if !(p.is_finite() && p >= 0.0) {
+                bail!("image_weight_power must be a finite number >= 0, not {p}");
+            }
         }
         if self.scale_mix.iter().any(|p| *p < 0.0) || self.scale_mix.iter().sum::<f32>() <= 0.0 {
             bail!("scale_mix must be non-negative and not all zero");
@@ -274,6 +284,29 @@ pub fn load_images(dirs: &[PathBuf], min_side: usize) -> Result<Vec<Image>> {
     Ok(out)
 }
 
+/// Cumulative image weights (crop positions)^p, or None for the plain uniform draw (p absent
+/// or 0, which keeps older runs' batches bit for bit).
+fn image_weights(images: &[Image], crop: usize, p: Option<f32>) -> Option<Vec<f64>> {
+    let p = p.filter(|p| *p != 0.0)? as f64;
+    let mut acc = 0.0;
+    Some(
+        images
+            .iter()
+            .map(|img| {
+                let pos = ((img.width - crop + 1) * (img.height - crop + 1)) as f64;
+                acc += pos.powf(p);
+                acc
+            })
+            .collect(),
+    )
+}
+
+/// The index whose cumulative weight first exceeds u x total, u in [0, 1).
+fn pick(cum: &[f64], u: f64) -> usize {
+    let target = u * cum[cum.len() - 1];
+    cum.partition_point(|&c| c <= target).min(cum.len() - 1)
+}
+
 /// One of the 8 dihedral transforms of a square crop.
 fn dihedral(img: &Image, k: u8) -> Image {
     let n = img.width;
@@ -312,6 +345,7 @@ pub fn make_batch<B: AutodiffBackend>(
     let c = cfg.crop;
     let total: f32 = cfg.scale_mix.iter().sum();
     let n = rows.len();
+    let weights = image_weights(images, c, cfg.image_weight_power);
     // Rows are seeded by (seed, step, row) alone, so building them in parallel (the GPU
     // trainer would otherwise wait on one CPU core) gives the same batch as in order.
     let built: Vec<(Vec<f32>, Vec<f32>, RowGuide, u32)> = rows
@@ -322,7 +356,10 @@ pub fn make_batch<B: AutodiffBackend>(
                     ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ (row as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
             );
-            let img = &images[rng.random_range(0..images.len())];
+            let img = &images[match &weights {
+                None => rng.random_range(0..images.len()),
+                Some(cum) => pick(cum, rng.random::<f64>()),
+            }];
             let (x, y) = (
                 rng.random_range(0..=img.width - c),
                 rng.random_range(0..=img.height - c),
@@ -1075,6 +1112,32 @@ mod tests {
         let back = r.clone().matmul(x0.clone()).matmul(r);
         let err = (back - x0).abs().max().into_scalar();
         assert!(err < 1e-4, "{err}");
+    }
+
+    /// Crop-position weights by hand: a 4x4 and a 6x5 image with 3-px crops have 2x2 = 4 and
+    /// 4x3 = 12 positions.
+    #[test]
+    fn image_weights_by_crop_positions() {
+        let images = vec![Image::zeros(4, 4, 3), Image::zeros(6, 5, 3)];
+        assert_eq!(image_weights(&images, 3, None), None);
+        assert_eq!(image_weights(&images, 3, Some(0.0)), None);
+        assert_eq!(image_weights(&images, 3, Some(1.0)), Some(vec![4.0, 16.0]));
+        let cum = image_weights(&images, 3, Some(0.5)).unwrap();
+        assert_eq!(cum, vec![2.0, 2.0 + 12f64.sqrt()]);
+        // u below 4/16 picks the first image, at or above it the second.
+        let cum = image_weights(&images, 3, Some(1.0)).unwrap();
+        assert_eq!(pick(&cum, 0.0), 0);
+        assert_eq!(pick(&cum, 0.2499), 0);
+        assert_eq!(pick(&cum, 0.25), 1);
+        assert_eq!(pick(&cum, 0.9999), 1);
+        // Over many draws the shares follow the weights (1/4 and 3/4).
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let first = (0..4000).filter(|_| pick(&cum, rng.random::<f64>()) == 0).count();
+        assert!((900..1100).contains(&first), "{first}");
+        let mut cfg: TrainConfig =
+            serde_json::from_str(include_str!("../../configs/fidelity_ft.json")).unwrap();
+        cfg.image_weight_power = Some(-1.0);
+        assert!(cfg.check().is_err());
     }
 
     #[test]
