@@ -3,7 +3,8 @@
 //!   L_D = E softplus(D(fake) - D(real)) + gamma/2 (R1 + R2),
 //!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2
 //!         + lambda_low || pool_k(fake - real) ||^2
-//!         + lambda_hf sum_l || sqrt(pool_m(lap(Y_fake,l)^2)) - sqrt(pool_m(lap(Y_real,l)^2)) ||_1,
+//!         + lambda_hf sum_l || sqrt(pool_m(lap(Y_fake,l)^2)) - sqrt(pool_m(lap(Y_real,l)^2)) ||_1
+//!         + lambda_fm sum_k mean | D_k(fake) - D_k(real) |,
 //! where fake = X_{0,1}(x0) at NFE 1 with the adapters, real = x1, and D sees up(LR) too.
 //! burn has no second-order gradients, so R1 and R2 take their finite-difference form
 //! (APT 2501.08316): E ||D(x + sigma eps) - D(x)||^2 / sigma^2 ~ E ||grad_x D(x)||^2, on real
@@ -16,6 +17,9 @@
 //! Y_l is luma 2^l x 2^l box-averaged (one octave per level): the level-0 Laplacian weights
 //! frequency^4, and alone it is met most cheaply with energy at periods of 2 px (a fine grain)
 //! instead of the coarser detail that is missing; a term per octave asks for each octave's own.
+//! The feature-matching term (pix2pixHD 1711.11585 §3.2) compares the discriminator's stage
+//! activations D_k at each position: a content-aware target (what D has learned real detail looks
+//! like there, given up(LR)), where the pooled sharpness term only asks for energy.
 
 use crate::lora::LoraConfig;
 use burn::config::Config;
@@ -68,13 +72,20 @@ impl DiscriminatorConfig {
 impl<B: Backend> Discriminator<B> {
     /// Patch scores [n, patches] of images x given their sources x0, both [n, 12, h, w].
     pub fn forward(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.features(x, x0).1
+    }
+
+    /// Each stage's activations, and the patch scores.
+    pub fn features(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> (Vec<Tensor<B, 4>>, Tensor<B, 2>) {
         let (x, x0) = (crate::space::shuffle(x, 2), crate::space::shuffle(x0, 2));
         let mut h = Tensor::cat(vec![x, x0], 1);
+        let mut feats = Vec::with_capacity(self.convs.len());
         for c in &self.convs {
             h = leaky_relu(c.forward(h), 0.2);
+            feats.push(h.clone());
         }
         let n = h.dims()[0];
-        self.head.forward(h).reshape([n as i32, -1])
+        (feats, self.head.forward(h).reshape([n as i32, -1]))
     }
 }
 
@@ -99,6 +110,8 @@ pub struct AdversarialConfig {
     pub hf_pool: usize,
     /// Octaves that term matches (1, or 0: the full-resolution Laplacian only).
     pub hf_levels: usize,
+    /// Weight of the discriminator feature-matching term (0: off).
+    pub fm_weight: f32,
     /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
     /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
     pub mode: crate::bridge::Mode,
@@ -126,6 +139,7 @@ impl Default for AdversarialConfig {
             hf_weight: 0.0,
             hf_pool: 8,
             hf_levels: 1,
+            fm_weight: 0.0,
             mode: crate::bridge::Mode::Fidelity,
             temperature: 1.0,
             skip_shuffle: false,
@@ -187,15 +201,22 @@ pub fn generator_loss<B: Backend>(
     x0: Tensor<B, 4>,
     cfg: &AdversarialConfig,
 ) -> AdvLoss<B> {
-    let rp = softplus(
-        d.forward(real.clone(), x0.clone()) - d.forward(fake.clone(), x0),
-        1.0,
-    )
-    .mean();
+    let (f_real, d_real) = d.features(real.clone(), x0.clone());
+    let (f_fake, d_fake) = d.features(fake.clone(), x0);
+    let rp = softplus(d_real - d_fake, 1.0).mean();
     let diff = fake.clone() - real.clone();
     let rec = diff.clone().powi_scalar(2).mean();
     let mut total = rp.clone() + rec.clone() * cfg.rec_weight;
     let mut terms = vec![("g_rp", rp), ("rec", rec)];
+    if cfg.fm_weight > 0.0 {
+        let mut fm = Tensor::zeros([1], &fake.device());
+        for (a, b) in f_fake.into_iter().zip(f_real) {
+            // The real side is a fixed target for the adapters.
+            fm = fm + (a - b.detach()).abs().mean();
+        }
+        total = total + fm.clone() * cfg.fm_weight;
+        terms.push(("fm", fm));
+    }
     if cfg.rec_low_weight > 0.0 {
         let low = low_pass(diff, cfg.rec_low_pool).powi_scalar(2).mean();
         total = total + low.clone() * cfg.rec_low_weight;
@@ -380,6 +401,45 @@ mod tests {
             down > before * 1.05 && up < before,
             "{up} < {before} < {down}"
         );
+    }
+
+    /// Feature matching by hand: a one-stage D whose single feature is leaky_relu(R) (a centre
+    /// tap on the red channel, no bias) sees a fake 0.5 above a real of 1 everywhere: the term
+    /// is 0.5, and its gradient moves only the fake's red channel, towards the real.
+    #[test]
+    fn feature_matching_by_hand() {
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let mut d = DiscriminatorConfig::new()
+            .with_widths(vec![1])
+            .init::<AD>(&dev);
+        let mut w = vec![0.0f32; 6 * 9];
+        w[4] = 1.0; // input channel 0 (red of x), centre of the 3 x 3
+        d.convs[0].weight =
+            Param::from_tensor(Tensor::from_data(TensorData::new(w, [1, 6, 3, 3]), &dev));
+        d.convs[0].bias = Some(Param::from_tensor(Tensor::zeros([1], &dev)));
+        let cfg = AdversarialConfig {
+            rec_weight: 0.0,
+            fm_weight: 1.0,
+            ..Default::default()
+        };
+        let real = Tensor::<AD, 4>::ones([2, 12, 4, 4], &dev);
+        let fake = (real.clone() * 1.5).detach().require_grad();
+        let lg = generator_loss(&d, real.clone(), fake.clone(), real.clone(), &cfg);
+        let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["g_rp", "rec", "fm"]);
+        let fm: f32 = lg.terms[2].1.clone().into_scalar();
+        assert!((fm - 0.5).abs() < 1e-6, "{fm}");
+        let g = lg.terms[2].1.clone().backward();
+        let grad = crate::space::shuffle(fake.grad(&g).unwrap(), 2);
+        // d fm / d fake_R = 1 / (pixels) = 1 / (2 x 8 x 8) everywhere; green and blue get none.
+        let red: Vec<f32> = grad.clone().narrow(1, 0, 1).into_data().to_vec().unwrap();
+        assert!(red.iter().all(|v| (v - 1.0 / 128.0).abs() < 1e-7), "{red:?}");
+        let rest: f32 = grad.narrow(1, 1, 2).abs().max().into_scalar();
+        assert_eq!(rest, 0.0);
+        // Equal images match exactly.
+        let lg = generator_loss(&d, real.clone(), real.clone(), real, &cfg);
+        assert_eq!(lg.terms[2].1.clone().into_scalar(), 0.0);
     }
 
     /// L_D prefers D(real) > D(fake); L_G the opposite; both have gradients where they should.
