@@ -434,7 +434,10 @@ mod tests {
         let grad = crate::space::shuffle(fake.grad(&g).unwrap(), 2);
         // d fm / d fake_R = 1 / (pixels) = 1 / (2 x 8 x 8) everywhere; green and blue get none.
         let red: Vec<f32> = grad.clone().narrow(1, 0, 1).into_data().to_vec().unwrap();
-        assert!(red.iter().all(|v| (v - 1.0 / 128.0).abs() < 1e-7), "{red:?}");
+        assert!(
+            red.iter().all(|v| (v - 1.0 / 128.0).abs() < 1e-7),
+            "{red:?}"
+        );
         let rest: f32 = grad.narrow(1, 1, 2).abs().max().into_scalar();
         assert_eq!(rest, 0.0);
         // Equal images match exactly.

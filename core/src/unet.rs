@@ -59,13 +59,7 @@ impl UNetConfig {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device)
         };
-        let block = |c: usize| ResBlock {
-            conv1: conv3(c, c),
-            conv2: conv3(c, c),
-            film: LinearConfig::new(self.cond.dim, 2 * c)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
-        };
+        let block = |c: usize| self.block(c, false, device);
         let n = self.widths.len();
         let mut down = Vec::new();
         for l in 0..n {
@@ -95,6 +89,44 @@ impl UNetConfig {
                 .with_initializer(Initializer::Zeros)
                 .init(device),
         }
+    }
+
+    /// A residual block of width c; with `identity` its second convolution is zeroed, so the
+    /// block passes its input through unchanged until it learns (FiLM starts at zero either way).
+    fn block<B: Backend>(&self, c: usize, identity: bool, device: &B::Device) -> ResBlock<B> {
+        let conv3 = |init: Option<Initializer>| {
+            let cfg = Conv2dConfig::new([c, c], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1));
+            match init {
+                Some(i) => cfg.with_initializer(i).init(device),
+                None => cfg.init(device),
+            }
+        };
+        ResBlock {
+            conv1: conv3(None),
+            conv2: conv3(identity.then_some(Initializer::Zeros)),
+            film: LinearConfig::new(self.cond.dim, 2 * c)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        }
+    }
+
+    /// Whether `self` is `trained` with more residual blocks on some down levels and nothing
+    /// else changed; the extra blocks per level if so.
+    pub fn extra_blocks(&self, trained: &UNetConfig) -> Option<Vec<usize>> {
+        let same = self.channels == trained.channels
+            && self.widths == trained.widths
+            && self.cond.dim == trained.cond.dim
+            && self.cond.octaves == trained.cond.octaves
+            && self.blocks.len() == trained.blocks.len()
+            && self.blocks.iter().zip(&trained.blocks).all(|(a, b)| a >= b);
+        same.then(|| {
+            self.blocks
+                .iter()
+                .zip(&trained.blocks)
+                .map(|(a, b)| a - b)
+                .collect()
+        })
     }
 
     /// Multiply-adds x 2 per output pixel (full resolution) of one forward pass: the convolutions,
@@ -235,6 +267,18 @@ impl<B: Backend> UNet<B> {
         out
     }
 
+    /// Deepening (Net2Net, 1511.05641 §3.2): `extra[l]` identity blocks appended to down level l
+    /// (before its stride-2 convolution), so the deeper network computes exactly what this one
+    /// does and training continues from where it stands. `cfg` is the deeper config.
+    pub fn deepen(mut self, cfg: &UNetConfig, extra: &[usize], device: &B::Device) -> Self {
+        for ((level, &k), &width) in self.down.iter_mut().zip(extra).zip(&cfg.widths) {
+            for _ in 0..k {
+                level.blocks.push(cfg.block(width, true, device));
+            }
+        }
+        self
+    }
+
     /// Tests: replace the zero-initialised output layer with seeded noise of this std, so the
     /// network is no longer the identity.
     #[cfg(test)]
@@ -280,6 +324,45 @@ mod tests {
             y.to_data().to_vec::<f32>().unwrap(),
             x.to_data().to_vec::<f32>().unwrap()
         );
+    }
+
+    /// A deepened network computes exactly what the trained one does (the new blocks add a zero
+    /// residual), has the extra blocks' parameters, and the new blocks learn: their zeroed
+    /// convolution gets a gradient.
+    #[test]
+    fn deepening_keeps_the_function() {
+        use burn::backend::Autodiff;
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let small = UNetConfig::tiny();
+        let deep = UNetConfig::new(small.widths.clone(), vec![2, 1], small.cond.clone());
+        assert_eq!(deep.extra_blocks(&small), Some(vec![1, 0]));
+        assert_eq!(
+            small.extra_blocks(&deep),
+            None,
+            "fewer blocks is not a deepening"
+        );
+        let wider = UNetConfig::new(vec![8, 24], vec![2, 1], small.cond.clone());
+        assert_eq!(wider.extra_blocks(&small), None);
+        let mut net = small.init::<AD>(&dev);
+        net.perturb_output(0.1, 3, &dev);
+        let n_small = net.num_params();
+        let x = Tensor::<AD, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let x0 = Tensor::<AD, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let c = Cond::uniform(2, 0.0, 1.0, &dev);
+        let before = net.velocity(x.clone(), x0.clone(), &c).into_data();
+        let net = net.deepen(&deep, &[1, 0], &dev);
+        // One block of width 8: two 3 x 3 convs 8 -> 8 with bias, FiLM 16 -> 16 with bias.
+        assert_eq!(
+            net.num_params() - n_small,
+            2 * (8 * 8 * 9 + 8) + 16 * 16 + 16
+        );
+        assert_eq!(net.down[0].blocks.len(), 2);
+        let v = net.velocity(x, x0, &c);
+        assert_eq!(v.clone().into_data(), before);
+        let grads = v.powi_scalar(2).sum().backward();
+        let g = net.down[0].blocks[1].conv2.weight.grad(&grads).unwrap();
+        assert!(g.abs().max().into_scalar() > 0.0);
     }
 
     #[test]

@@ -688,8 +688,27 @@ fn train<B: AutodiffBackend>(
     if let Some(dir) = &args.init {
         let bytes = std::fs::read(dir.join("model.bin"))
             .with_context(|| format!("reading {}", dir.join("model.bin").display()))?;
-        model = module_from_bytes(model, &bytes, &devices[0])
-            .with_context(|| format!("--init {}", dir.display()))?;
+        // A config with more residual blocks than the --init weights deepens them (identity
+        // blocks, unet.rs `deepen`); any other difference fails to load below.
+        let trained = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| flowmapsr_core::weights::ModelConfig::from_json(&b).ok());
+        let extra = trained.as_ref().and_then(|t| {
+            cfg.model
+                .unet
+                .extra_blocks(&t.unet)
+                .filter(|e| e.iter().any(|&k| k > 0))
+        });
+        model = match (trained, extra) {
+            (Some(t), Some(extra)) => {
+                let m = module_from_bytes(t.unet.init::<B>(&devices[0]), &bytes, &devices[0])
+                    .with_context(|| format!("--init {}", dir.display()))?;
+                tracing::info!("deepened: {extra:?} identity blocks added per level");
+                m.deepen(&cfg.model.unet, &extra, &devices[0])
+            }
+            _ => module_from_bytes(model, &bytes, &devices[0])
+                .with_context(|| format!("--init {}", dir.display()))?,
+        };
         tracing::info!("initialised from {}", dir.display());
     }
     // Drawn now, in module order, so every replica forked from it starts identical.
@@ -1132,7 +1151,9 @@ mod tests {
         assert_eq!(pick(&cum, 0.9999), 1);
         // Over many draws the shares follow the weights (1/4 and 3/4).
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let first = (0..4000).filter(|_| pick(&cum, rng.random::<f64>()) == 0).count();
+        let first = (0..4000)
+            .filter(|_| pick(&cum, rng.random::<f64>()) == 0)
+            .count();
         assert!((900..1100).contains(&first), "{first}");
         let mut cfg: TrainConfig =
             serde_json::from_str(include_str!("../../configs/fidelity_ft.json")).unwrap();
