@@ -267,12 +267,12 @@ impl<B: Backend> UNet<B> {
         out
     }
 
-    /// Deepening (Net2Net, 1511.05641 §3.2): `extra[l]` identity blocks appended to down level l
-    /// (before its stride-2 convolution), so the deeper network computes exactly what this one
-    /// does and training continues from where it stands. `cfg` is the deeper config.
-    pub fn deepen(mut self, cfg: &UNetConfig, extra: &[usize], device: &B::Device) -> Self {
-        for ((level, &k), &width) in self.down.iter_mut().zip(extra).zip(&cfg.widths) {
-            for _ in 0..k {
+    /// Deepening (Net2Net, 1511.05641 §3.2): identity blocks appended to each down level (before
+    /// its stride-2 convolution) up to `cfg`'s block count, so the deeper network computes
+    /// exactly what this one does and training continues from where it stands.
+    pub fn deepen(mut self, cfg: &UNetConfig, device: &B::Device) -> Self {
+        for ((level, &n), &width) in self.down.iter_mut().zip(&cfg.blocks).zip(&cfg.widths) {
+            while level.blocks.len() < n {
                 level.blocks.push(cfg.block(width, true, device));
             }
         }
@@ -351,7 +351,7 @@ mod tests {
         let x0 = Tensor::<AD, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let c = Cond::uniform(2, 0.0, 1.0, &dev);
         let before = net.velocity(x.clone(), x0.clone(), &c).into_data();
-        let net = net.deepen(&deep, &[1, 0], &dev);
+        let net = net.deepen(&deep, &dev);
         // One block of width 8: two 3 x 3 convs 8 -> 8 with bias, FiLM 16 -> 16 with bias.
         assert_eq!(
             net.num_params() - n_small,

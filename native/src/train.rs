@@ -704,7 +704,7 @@ fn train<B: AutodiffBackend>(
                 let m = module_from_bytes(t.unet.init::<B>(&devices[0]), &bytes, &devices[0])
                     .with_context(|| format!("--init {}", dir.display()))?;
                 tracing::info!("deepened: {extra:?} identity blocks added per level");
-                m.deepen(&cfg.model.unet, &extra, &devices[0])
+                m.deepen(&cfg.model.unet, &devices[0])
             }
             _ => module_from_bytes(model, &bytes, &devices[0])
                 .with_context(|| format!("--init {}", dir.display()))?,
