@@ -23,6 +23,7 @@ use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
 use flowmapsr_core::unet::UNet;
+use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::weights::{
     module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir, save_lora,
     write_atomic,
@@ -30,7 +31,7 @@ use flowmapsr_core::weights::{
 use flowmapsr_core::Image;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[allow(clippy::too_many_arguments)]
@@ -61,6 +62,51 @@ where
     publish_checkpoint(out, &tmp, &name)
 }
 
+/// Where the frozen base comes from: `--init DIR`, or on `--resume` the copy kept in OUT/base.
+pub(crate) fn base_dir(args: &TrainArgs) -> Result<PathBuf> {
+    let kept = args.out.join("base");
+    match args.init.as_deref() {
+        Some(d) => Ok(d.to_path_buf()),
+        None if args.resume && kept.join("model.bin").exists() => Ok(kept),
+        None => bail!(
+            "adversarial LoRA training fine-tunes a trained model: pass --init DIR (config.json + model.bin)"
+        ),
+    }
+}
+
+/// The base's model config: `dir/config.json`, which states the architecture of the weights
+/// beside it, so an adversarial config need not repeat it. A config that does state a model must
+/// agree with it (network, bridge, w_max; notes may differ): refused here, by name, rather than
+/// when the record fails to load. Weights without a config.json take the stated model.
+pub(crate) fn base_model(dir: &Path, stated: Option<&ModelConfig>) -> Result<ModelConfig> {
+    let path = dir.join("config.json");
+    let found = match std::fs::read(&path) {
+        Ok(b) => ModelConfig::from_json(&b).with_context(|| format!("{}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return stated.cloned().with_context(|| {
+                format!(
+                    "{} is missing: the base's architecture is unknown (state `model` in the config)",
+                    path.display()
+                )
+            })
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if let Some(s) = stated {
+        let arch = |m: &ModelConfig| serde_json::json!({ "unet": m.unet, "bridge": m.bridge, "w_max": m.w_max() });
+        let (a, b) = (arch(s), arch(&found));
+        if a != b {
+            bail!(
+                "the config's `model` differs from the base's {}:\n  config: {a}\n  base:   {b}\n\
+                 an adversarial stage adapts the base as it is: drop `model` from the config (it is \
+                 read from --init) or pass the --init it describes",
+                path.display()
+            );
+        }
+    }
+    Ok(found)
+}
+
 pub fn train_lora<B: AutodiffBackend>(
     args: &TrainArgs,
     cfg: &TrainConfig,
@@ -69,16 +115,17 @@ pub fn train_lora<B: AutodiffBackend>(
     val: Option<&[(String, imageio::Decoded)]>,
     device: B::Device,
 ) -> Result<()> {
-    // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else.
+    // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else. Its
+    // config.json states its architecture; the run's model config is that one.
     let kept = args.out.join("base");
-    let init = match args.init.as_deref() {
-        Some(d) => d.to_path_buf(),
-        None if args.resume && kept.join("model.bin").exists() => kept.clone(),
-        None => bail!(
-            "adversarial LoRA training fine-tunes a trained model: pass --init DIR (config.json + model.bin)"
-        ),
-    };
+    let init = base_dir(args)?;
     let init = init.as_path();
+    let cfg = &TrainConfig {
+        model: base_model(init, Some(&cfg.model))?,
+        ..cfg.clone()
+    };
+    cfg.check()
+        .with_context(|| format!("with the model of --init {}", init.display()))?;
     B::seed(&device, cfg.seed);
     let bytes = std::fs::read(init.join("model.bin"))
         .with_context(|| format!("reading {}", init.join("model.bin").display()))?;

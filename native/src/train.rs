@@ -466,7 +466,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.stage.is_some() {
         bail!("--stage needs a config with `stages`");
     }
-    let cfg = TrainConfig::load(&args.config)?;
+    let mut file = file;
+    // An adversarial config may leave `model` out: the base's own config.json states it.
+    let adversarial = file.get("adversarial").is_some_and(|a| !a.is_null());
+    if adversarial && file.get("model").is_none() {
+        let dir = crate::adversarial::base_dir(args)?;
+        let model = crate::adversarial::base_model(&dir, None)?;
+        file["model"] = serde_json::to_value(&model)?;
+    }
+    let cfg: TrainConfig = serde_json::from_value(file)
+        .with_context(|| format!("parsing {}", args.config.display()))?;
+    cfg.check()?;
     run_config(args, cfg)
 }
 

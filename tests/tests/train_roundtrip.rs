@@ -253,6 +253,28 @@ fn adversarial_lora_trains_resumes_and_loads() {
     adv("full", false, None);
     adv("split", false, Some(2));
     adv("split", true, None);
+    // `model` may be left out: the base's config.json states it (and final/ keeps it, notes and
+    // all); a stated model that is not the base's is refused by name, before any record loads.
+    let base_cfg = std::fs::read_to_string(d.join("base/final/config.json")).unwrap();
+    let mut bare = v.clone();
+    bare.as_object_mut().unwrap().remove("model");
+    save_config(d, &bare);
+    adv("bare", false, Some(1));
+    assert_eq!(
+        std::fs::read_to_string(d.join("bare/final/config.json")).unwrap(),
+        base_cfg
+    );
+    let mut other = v.clone();
+    other["model"]["unet"]["blocks"] = serde_json::json!([2, 1]);
+    save_config(d, &other);
+    let mut a = args(d, "other", false, None);
+    a.init = Some(d.join("base/final"));
+    let e = format!("{:#}", run(&a).unwrap_err());
+    assert!(
+        e.contains("differs from the base") && e.contains("[2,1]"),
+        "{e}"
+    );
+    save_config(d, &v);
     let fin = d.join("full/final");
     for f in ["config.json", "model.bin", "lora.json", "lora.bin"] {
         assert!(fin.join(f).exists(), "{f}");
