@@ -20,7 +20,7 @@ S=${SHARED:-../shared}
 W=${WEIGHTS:?set WEIGHTS to a folder with config.json + model.bin (+ lora.json + lora.bin)}
 BIN=${BIN:-target/release/flowmapsr}
 # The crops at the end need Pillow: fail now, not after the scoring.
-python3 -c "import PIL, numpy" 2>/dev/null || { echo "tradeoff.sh: python3 needs Pillow and numpy for the crops and the pattern ratio (pip install pillow numpy)" >&2; exit 1; }
+python3 -c "import PIL, numpy, scipy, cv2" 2>/dev/null || { echo "tradeoff.sh: python3 needs Pillow and numpy (crops, pattern ratio), scipy and OpenCV (the scorer's GMSD and HF ratio in the texture bound): pip install pillow numpy scipy opencv-python-headless" >&2; exit 1; }
 [ -x "$BIN" ] || cargo build --release --bin flowmapsr
 OUT=${OUT:-runs/tradeoff}
 mkdir -p "$OUT" docs/img/tradeoff
@@ -146,6 +146,52 @@ for s in sets:
     md.append(f"| {s} | {fid['psnr_y']:.3f} | {bic['gmsd']:.4f} | {desc} | {cdesc} | {yes(best_clean)} | {gdesc} | {yes(grain)} | "
               f"{mono(seq_w)} | {mono(seq_l)} |")
 md.append("")
+# How far the gate is from what any texture could do (scripts/texture_bound.py), per set.
+os.environ.setdefault("SR_SCORE", os.path.join(shared, "tools", "sr_score.py"))
+import texture_bound
+md += ["## Texture bound", "",
+       "What a texture can buy within the PSNR bound (`scripts/texture_bound.py` on the fidelity "
+       "setting's outputs): detail whose phase the LR image cannot tell adds its whole energy to "
+       "the error, so 1.5 dB allows a texture of at most 0.413 x the fidelity MSE, whatever draws "
+       "it, and its HF ratio depends on where that energy sits (the Laplacian weighs a frequency "
+       "(u, v) by (2 cos 2 pi u + 2 cos 2 pi v - 4)^2, up to 64 at the 1-px checkerboard). "
+       "Checkerboard: all of it at the finest frequency (an artifact, pattern far above 1). "
+       "Photo spectrum: at each frequency at most 0.95 x the photo's own power less the output's, "
+       "the finest frequencies first: the most any texture as a photograph has it can give; it is "
+       "a bound (it is handed each photo's spectrum), and a random-phase texture drawn with it is "
+       "scored like the rows above (its PSNR-Y misses the budget by its chance correlation with the "
+       "missing detail). Missing detail's spectrum: the texture shaped like what the "
+       "fidelity output lacks. Last column: the best deterministic row within the PSNR and GMSD "
+       "bounds, against the photo-spectrum bound at that row's own PSNR drop.", "",
+       "| set | fidelity HF | checkerboard | photo spectrum | missing detail's spectrum | drawn photo-spectrum texture: PSNR-Y / GMSD / HF / pattern | best row: HF of the bound at its PSNR-Y |",
+       "|---|---|---|---|---|---|---|"]
+reading = []
+for s in sets:
+    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
+    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
+    bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
+    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    if not (bic and fid): continue
+    fdir, hdir = os.path.join(out, tag(fid)), os.path.join(shared, "data", "eval", s)
+    b = texture_bound.means(texture_bound.per_image(fdir, hdir))
+    inb = [r for r in det if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
+    best = max(inb, key=lambda r: r["hf_ratio"], default=None)
+    gain = lambda hf, bound: 100 * (hf - b["hf0"]) / max(bound - b["hf0"], 1e-9)
+    if best:
+        at = texture_bound.means(texture_bound.per_image(fdir, hdir, drop=max(fid["psnr_y"] - best["psnr_y"], 0.0)))
+        bdesc = (f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']}; "
+                 f"{fid['psnr_y'] - best['psnr_y']:.2f} dB under) of {at['capped']:.3f}: "
+                 f"{gain(best['hf_ratio'], at['capped']):.0f}% of the bound's gain over fidelity")
+    else:
+        bdesc = "none"
+    reading.append(f"{s}: HF 0.8 is {gain(0.8, b['capped']):.0f}% of the bound's gain at 1.5 dB")
+    md.append(f"| {s} | {b['hf0']:.3f} | {b['checker']:.3f} | {b['capped']:.3f} | {b['residual']:.3f} | "
+              f"{b['psnr']:.3f} / {b['gmsd']:.4f} / {b['hf']:.3f} / {b['pattern']:.2f} | {bdesc} |")
+md += ["", "Gain over the fidelity setting: " + "; ".join(reading) + " (a texture drawn by a "
+       "network, which is not handed the photo's spectrum, gets less than the bound). The bound is "
+       "for detail the LR image cannot tell (exact when the fidelity output is the conditional "
+       "mean); detail it does tell, which a stronger fidelity model restores with PSNR rising, is "
+       "outside it.", ""]
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
