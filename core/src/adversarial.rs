@@ -283,7 +283,7 @@ mod tests {
     fn checker(n: usize, cell: usize, c: f32) -> Tensor<B, 4> {
         let px: Vec<f32> = (0..3 * n * n)
             .map(|i| {
-                if ((i % n) / cell + ((i / n) % n) / cell) % 2 == 0 {
+                if ((i % n) / cell + ((i / n) % n) / cell).is_multiple_of(2) {
                     c
                 } else {
                     -c

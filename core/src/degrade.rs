@@ -69,7 +69,7 @@ impl DegradeConfig {
 pub fn degrade(hr: &Image, scale: u32, cfg: &DegradeConfig, seed: u64) -> Result<Image> {
     check_scale(scale)?;
     let s = scale as usize;
-    if hr.width % s != 0 || hr.height % s != 0 || hr.channels != 3 {
+    if !hr.width.is_multiple_of(s) || !hr.height.is_multiple_of(s) || hr.channels != 3 {
         return Err(Error::BadParam(format!(
             "degrade needs an RGB image a multiple of {s} in size, got {}x{}x{}",
             hr.width, hr.height, hr.channels

@@ -258,7 +258,7 @@ pub fn project_unclamped(sr: &Image, lr: &Image, scale: u32) -> Result<Image> {
 pub fn range_projector(hr_len: usize, scale: u32) -> Result<Vec<f32>> {
     check_scale(scale)?;
     let s = scale as usize;
-    if hr_len == 0 || hr_len % s != 0 {
+    if hr_len == 0 || !hr_len.is_multiple_of(s) {
         return Err(Error::BadParam(format!(
             "range projector: length {hr_len} is not a positive multiple of {scale}"
         )));

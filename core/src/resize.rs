@@ -175,7 +175,7 @@ pub fn imresize(img: &Image, scale: f64, quantize_passes: bool) -> Image {
 /// The benchmark's LR image: HR (already a multiple of `scale`) shrunk by 1/scale with 8-bit rounding.
 pub fn downscale_lr(hr: &Image, scale: u32) -> Result<Image> {
     check_scale(scale)?;
-    if hr.width % scale as usize != 0 || hr.height % scale as usize != 0 {
+    if !hr.width.is_multiple_of(scale as usize) || !hr.height.is_multiple_of(scale as usize) {
         return Err(Error::BadParam(format!(
             "{}x{} is not a multiple of the scale {scale}",
             hr.width, hr.height
@@ -230,8 +230,9 @@ mod tests {
         let c = contributions(4, 8, 2.0);
         let expect = [0.0, cubic(1.75), cubic(0.75), cubic(0.25), cubic(1.25), 0.0];
         let sum: f64 = expect.iter().sum();
-        for p in 0..c.taps {
-            assert!((c.weight[p] - expect[p] / sum).abs() < 1e-12);
+        assert_eq!(c.taps, expect.len());
+        for (w, e) in c.weight[..c.taps].iter().zip(expect) {
+            assert!((w - e / sum).abs() < 1e-12);
         }
         // Symmetric padding: 1-based -2 → 0-based -3 → mirrored to index 2; 0 → index 0.
         assert_eq!(&c.index[..6], &[2, 1, 0, 0, 1, 2]);

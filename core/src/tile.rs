@@ -65,7 +65,7 @@ impl TilePlan {
         if width == 0 || height == 0 {
             return Err(Error::InvalidImage("empty image".into()));
         }
-        if align == 0 || tile < align || tile % align != 0 {
+        if align == 0 || tile < align || !tile.is_multiple_of(align) {
             return Err(Error::BadParam(format!(
                 "tile size {tile} must be a positive multiple of {align}"
             )));
@@ -220,19 +220,21 @@ impl Blend {
         }
         let w = plan.width;
         let (wx, wy) = plan.window(i);
-        for r in 0..t.src.h {
+        let (wx, wy) = (&wx[..t.src.w], &wy[..t.src.h]);
+        for (r, &yr) in wy.iter().enumerate() {
             let row = (t.src.y + r) * w + t.src.x;
-            for q in 0..t.src.w {
-                self.wsum[row + q] += wx[q] * wy[r];
+            for (s, &xq) in self.wsum[row..row + t.src.w].iter_mut().zip(wx) {
+                *s += xq * yr;
             }
         }
         for c in 0..ch {
             let src = out.plane(c);
             let dst = self.acc.plane_mut(c);
-            for r in 0..t.src.h {
+            for (r, &yr) in wy.iter().enumerate() {
                 let row = (t.src.y + r) * w + t.src.x;
-                for q in 0..t.src.w {
-                    dst[row + q] += wx[q] * wy[r] * src[r * t.padded_w + q];
+                let from = &src[r * t.padded_w..r * t.padded_w + t.src.w];
+                for ((d, &xq), &v) in dst[row..row + t.src.w].iter_mut().zip(wx).zip(from) {
+                    *d += xq * yr * v;
                 }
             }
         }

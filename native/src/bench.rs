@@ -187,7 +187,7 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     use rand::SeedableRng;
     let (_, cfg) = crate::weights::load::<B::InnerBackend>(args.weights.as_deref(), device)?;
     let align = 2 * cfg.unet.align();
-    if args.crop == 0 || args.crop % align != 0 {
+    if args.crop == 0 || !args.crop.is_multiple_of(align) {
         anyhow::bail!("--crop must be a positive multiple of {align}");
     }
     let mut model = cfg.unet.init::<B>(device);

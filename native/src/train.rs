@@ -208,7 +208,7 @@ impl TrainConfig {
 
     pub fn check(&self) -> Result<()> {
         let align = self.model.align() * 8;
-        if self.crop == 0 || self.crop % align != 0 {
+        if self.crop == 0 || !self.crop.is_multiple_of(align) {
             bail!("crop {} must be a positive multiple of {align} (the model's alignment x the largest scale)", self.crop);
         }
         if self.batch == 0 || self.steps == 0 {
@@ -551,7 +551,7 @@ impl Topology {
             );
         }
         let world = local * node.nodes as usize;
-        if batch % world != 0 {
+        if !batch.is_multiple_of(world) {
             bail!("batch {batch} must be divisible by the number of devices in the run ({world})");
         }
         let mut collective = None;
@@ -990,7 +990,7 @@ fn worker<B: AutodiffBackend>(
         state.train_secs += t0.elapsed().as_secs_f64();
         pb.set_position(state.step as u64);
 
-        if lead && (state.step % cfg.log_every == 0 || state.step == end) {
+        if lead && (state.step.is_multiple_of(cfg.log_every) || state.step == end) {
             let terms: Vec<String> = log_acc
                 .iter()
                 .map(|(n, v)| format!("{n} {:.5}", v / log_n as f64))
@@ -1009,7 +1009,7 @@ fn worker<B: AutodiffBackend>(
         }
         let last = state.step == end;
         if let (true, Some(v)) = (lead, &sh.val) {
-            if state.step % cfg.val_every == 0 || last {
+            if state.step.is_multiple_of(cfg.val_every) || last {
                 let psnr = validate(&ema_net, &cfg.model, v, Mode::Fidelity, 1.0, &device)?.psnr_y;
                 state.history.push(ValPoint {
                     step: state.step,
@@ -1033,7 +1033,7 @@ fn worker<B: AutodiffBackend>(
                 }
             }
         }
-        if writer && (state.step % cfg.ckpt_every == 0 || last) {
+        if writer && (state.step.is_multiple_of(cfg.ckpt_every) || last) {
             let w = weight.as_ref().map(|w| (w, &optim_w));
             save_checkpoint(&args.out, &model, &ema_net, &optim, w, &state)?;
         }
