@@ -16,6 +16,9 @@ The most HF per unit of error: fill the frequencies of highest G first. Three bo
                 as a photograph has it (the gate's pattern ratio <= 1), filled greedily by G;
   residual      P_t = a^2 P_r: the missing detail's own spectrum, at the a the budget allows.
 
+`added()` measures a real setting the same way: where its difference from the fidelity output sits
+(mean frequency, mean Laplacian gain) and how much error it adds per unit of its energy.
+
 It also draws the capped texture (random phase) and scores it with the scorer's own functions
 (PSNR-Y, GMSD, HF ratio, pattern ratio): a check that the bound is met in pixels, and what GMSD does.
 
@@ -57,6 +60,13 @@ def lap_gain(shape):
     u = np.fft.fftfreq(shape[0])[:, None]
     v = np.fft.fftfreq(shape[1])[None, :]
     return (2 * np.cos(2 * np.pi * u) + 2 * np.cos(2 * np.pi * v) - 4) ** 2
+
+
+def radial(shape):
+    """|frequency| in cycles per pixel."""
+    u = np.fft.fftfreq(shape[0])[:, None]
+    v = np.fft.fftfreq(shape[1])[None, :]
+    return np.sqrt(u ** 2 + v ** 2)
 
 
 def capped_spectrum(cap, g, budget):
@@ -108,12 +118,42 @@ def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
             capped=hf0 + np.sum(g * spec) / lap_hr,
             residual=hf0 + factor * np.sum(g * p_r) / lap_hr,
             filled=np.sum(spec) / budget,
+            freq=np.sum(radial(ys.shape) * spec) / np.sum(spec),
+            geff=np.sum(g * spec) / np.sum(spec),
             psnr=sc.psnr(y, yh), gmsd=sc.gmsd(y, yh), hf=sc.hf_ratio(y, yh), pattern=pat,
         ))
     return rows
 
 
-KEYS = ["psnr0", "hf0", "checker", "capped", "residual", "filled", "psnr", "gmsd", "hf", "pattern"]
+def added(sr_dir, fid_dir, hr_dir, scale=4, sc=None):
+    """Where a setting's outputs differ from the fidelity setting's, d = y - m, per image: the
+    power-weighted mean |frequency| of d (cycles/px) and mean Laplacian gain (HF per unit of
+    energy), the error it adds per unit of its energy ((MSE(y) - MSE(m)) / |d|^2: 1 when it is
+    blind to the missing detail r, less when it correlates with it) and corr(d, r); set means."""
+    sc = sc or load_scorer()
+    out = []
+    for name, hr, gray in sc.load_set(hr_dir, scale):
+        def y_of(d):
+            y = sc.rgb2y(np.array(Image.open(os.path.join(d, name + ".png")).convert("RGB")))
+            y = (y - 16) * 255 / 219 if gray else y
+            return y[scale:-scale, scale:-scale]
+        yh = sc.rgb2y(hr)
+        yh = ((yh - 16) * 255 / 219 if gray else yh)[scale:-scale, scale:-scale]
+        m, y = y_of(fid_dir), y_of(sr_dir)
+        d, r = y - m, yh - m
+        p = np.abs(np.fft.fft2(d)) ** 2
+        e = max(np.mean(d ** 2), 1e-12)
+        out.append(dict(
+            freq=np.sum(radial(d.shape) * p) / max(np.sum(p), 1e-12),
+            geff=np.sum(lap_gain(d.shape) * p) / max(np.sum(p), 1e-12),
+            cost=(np.mean((y - yh) ** 2) - np.mean(r ** 2)) / e,
+            corr=np.mean(d * r) / np.sqrt(e * np.mean(r ** 2)),
+        ))
+    return {k: float(np.mean([o[k] for o in out])) for k in out[0]}
+
+
+KEYS = ["psnr0", "hf0", "checker", "capped", "residual", "filled", "psnr", "gmsd", "hf", "pattern",
+        "freq", "geff"]
 
 
 def means(rows):
@@ -133,10 +173,11 @@ def main():
     factor = 10 ** (a.drop / 10) - 1
     print(f"PSNR drop allowed {a.drop} dB: texture energy <= {factor:.3f} x MSE of the fidelity output")
     hdr = ("image", "PSNR", "HF", "checkerboard", "capped", "residual", "filled",
-           "drawn PSNR", "GMSD", "HF", "pattern")
+           "drawn PSNR", "GMSD", "HF", "pattern", "mean freq", "mean gain")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
-    fmt = ["{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.2f}", "{:.3f}", "{:.4f}", "{:.3f}", "{:.2f}"]
+    fmt = ["{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.3f}", "{:.2f}", "{:.3f}", "{:.4f}", "{:.3f}", "{:.2f}",
+           "{:.3f}", "{:.1f}"]
     for r in rows + [dict(means(rows), name="MEAN")]:
         print("| " + " | ".join([r["name"]] + [f.format(r[k]) for k, f in zip(KEYS, fmt)]) + " |")
 

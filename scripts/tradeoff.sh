@@ -165,7 +165,7 @@ md += ["## Texture bound", "",
        "bounds, against the photo-spectrum bound at that row's own PSNR drop.", "",
        "| set | fidelity HF | checkerboard | photo spectrum | missing detail's spectrum | drawn photo-spectrum texture: PSNR-Y / GMSD / HF / pattern | best row: HF of the bound at its PSNR-Y |",
        "|---|---|---|---|---|---|---|"]
-reading = []
+reading, where = [], []
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
     det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
@@ -182,6 +182,10 @@ for s in sets:
         bdesc = (f"{best['hf_ratio']:.3f} (w {best['w']}, LoRA {best['lora']}, NFE {best['nfe']}; "
                  f"{fid['psnr_y'] - best['psnr_y']:.2f} dB under) of {at['capped']:.3f}: "
                  f"{gain(best['hf_ratio'], at['capped']):.0f}% of the bound's gain over fidelity")
+        ad = texture_bound.added(os.path.join(out, tag(best)), fdir, hdir)
+        where.append(f"{s}: {ad['freq']:.3f} cycles/px, gain {ad['geff']:.1f}, {ad['cost']:.2f} of its "
+                     f"energy added to the error (corr {ad['corr']:.3f} with the missing detail); "
+                     f"the bound's texture {b['freq']:.3f} cycles/px, gain {b['geff']:.1f}")
     else:
         bdesc = "none"
     reading.append(f"{s}: HF 0.8 is {gain(0.8, b['capped']):.0f}% of the bound's gain at 1.5 dB")
@@ -191,7 +195,10 @@ md += ["", "Gain over the fidelity setting: " + "; ".join(reading) + " (a textur
        "network, which is not handed the photo's spectrum, gets less than the bound). The bound is "
        "for detail the LR image cannot tell (exact when the fidelity output is the conditional "
        "mean); detail it does tell, which a stronger fidelity model restores with PSNR rising, is "
-       "outside it.", ""]
+       "outside it.", "",
+       "Where the best row's added detail (its output less the fidelity output) sits: mean "
+       "frequency, mean Laplacian gain (HF per unit of energy) and the error it adds per unit of "
+       "its energy: " + "; ".join(where) + ".", ""]
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
     ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
