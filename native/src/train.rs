@@ -206,6 +206,21 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// A config from parsed JSON. An adversarial config may leave `model` out: the base's own
+    /// config.json states it, and `base` reads it (only then).
+    pub fn from_value(
+        mut file: serde_json::Value,
+        base: impl FnOnce() -> Result<ModelConfig>,
+    ) -> Result<Self> {
+        let adversarial = file.get("adversarial").is_some_and(|a| !a.is_null());
+        if adversarial && file.get("model").is_none() {
+            file["model"] = serde_json::to_value(base()?)?;
+        }
+        let c: Self = serde_json::from_value(file)?;
+        c.check()?;
+        Ok(c)
+    }
+
     pub fn check(&self) -> Result<()> {
         let align = self.model.align() * 8;
         if self.crop == 0 || !self.crop.is_multiple_of(align) {
@@ -466,17 +481,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.stage.is_some() {
         bail!("--stage needs a config with `stages`");
     }
-    let mut file = file;
-    // An adversarial config may leave `model` out: the base's own config.json states it.
-    let adversarial = file.get("adversarial").is_some_and(|a| !a.is_null());
-    if adversarial && file.get("model").is_none() {
-        let dir = crate::adversarial::base_dir(args)?;
-        let model = crate::adversarial::base_model(&dir, None)?;
-        file["model"] = serde_json::to_value(&model)?;
-    }
-    let cfg: TrainConfig = serde_json::from_value(file)
-        .with_context(|| format!("parsing {}", args.config.display()))?;
-    cfg.check()?;
+    let cfg = TrainConfig::from_value(file, || {
+        crate::adversarial::base_model(&crate::adversarial::base_dir(args)?, None)
+    })
+    .with_context(|| format!("config {}", args.config.display()))?;
     run_config(args, cfg)
 }
 
@@ -1078,7 +1086,11 @@ mod tests {
                 if v.get("stages").is_some() {
                     assert!(!crate::pipeline::stages(&v).unwrap().is_empty());
                 } else {
-                    TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                    // Adversarial configs without `model` are checked on the shipped base.
+                    TrainConfig::from_value(v, || {
+                        crate::adversarial::base_model(&root.join("../weights"), None)
+                    })
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
                 }
                 n += 1;
             }
