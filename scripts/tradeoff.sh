@@ -113,6 +113,14 @@ for s in sets:
             md.append(f"| {r['w']} | {r['temperature']} | {r['unsupported']} | | | | | |"); continue
         md.append(f"| {r['w']} | {r['temperature']} | {r['psnr_y']:.3f} | {r['ssim_y']:.4f} | {r['gmsd']:.4f} | {r['hf_ratio']:.3f} | {fmt_p(r)} | {fmt_l(r)} |")
     md.append("")
+def pick(s):
+    """Set s's scored model rows, its deterministic ones (projected), its bicubic row and its
+    fidelity row (w 1, LoRA 0, NFE 1)."""
+    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
+    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
+    bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
+    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    return ok, det, bic, fid
 # The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
 md += ["## Gate", "",
        "Some setting with HF ratio >= 0.8, GMSD <= bicubic's and PSNR-Y at most 1.5 dB below the "
@@ -125,10 +133,7 @@ md += ["## Gate", "",
        "| set | fidelity PSNR-Y | bicubic GMSD | best HF within the PSNR and GMSD bounds, deterministic (pattern) | best HF with pattern <= 1 too | passes | with grain (stochastic), pattern <= 1 | passes | HF vs w | HF vs LoRA |",
        "|---|---|---|---|---|---|---|---|---|---|"]
 for s in sets:
-    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
-    bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
-    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    ok, det, bic, fid = pick(s)
     if not (bic and fid): continue
     inb = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5 and r["gmsd"] <= bic["gmsd"]]
     clean = lambda rs: [r for r in rs if r.get("pattern") is not None and r["pattern"] <= 1.0]
@@ -167,10 +172,7 @@ md += ["## Texture bound", "",
        "|---|---|---|---|---|---|---|"]
 reading, where = [], []
 for s in sets:
-    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
-    bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
-    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    ok, det, bic, fid = pick(s)
     if not (bic and fid): continue
     fdir, hdir = os.path.join(out, tag(fid)), os.path.join(shared, "data", "eval", s)
     b = texture_bound.means(texture_bound.per_image(fdir, hdir))
@@ -201,9 +203,7 @@ md += ["", "Gain over the fidelity setting: " + "; ".join(reading) + " (a textur
        "its energy: " + "; ".join(where) + ".", ""]
 # Side by side: the fidelity setting and the sharpest one within 1.5 dB of it, per set.
 for s in sets:
-    ok = [r for r in rows if r["set"] == s and r["method"] == "model" and "unsupported" not in r]
-    det = [r for r in ok if r.get("temperature") is None and r.get("projection") is not False]
-    fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
+    ok, det, _, fid = pick(s)
     if not fid: continue
     near = lambda rs: [r for r in rs if r["psnr_y"] >= fid["psnr_y"] - 1.5]
     real = max(near(det), key=lambda r: r["hf_ratio"])
