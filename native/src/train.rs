@@ -197,13 +197,16 @@ fn default_grad_clip() -> Option<f32> {
 }
 
 impl TrainConfig {
+    /// A complete config file (an adversarial one without `model` needs its base: see
+    /// [`TrainConfig::from_value`]).
     pub fn load(path: &Path) -> Result<Self> {
         let s =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let c: Self =
-            serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
-        c.check()?;
-        Ok(c)
+        let v = serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
+        Self::from_value(v, || {
+            bail!("an adversarial config without `model` takes its base's: train it with --init")
+        })
+        .with_context(|| format!("config {}", path.display()))
     }
 
     /// A config from parsed JSON. An adversarial config may leave `model` out: the base's own
