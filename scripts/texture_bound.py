@@ -88,6 +88,14 @@ def draw(spectrum, rng):
     return t
 
 
+def sr_path(sr_dir, name):
+    """SR_DIR/NAME.png, or a clear exit when it is missing."""
+    p = os.path.join(sr_dir, name + ".png")
+    if not os.path.exists(p):
+        sys.exit(f"texture_bound.py: no {p} (SR PNGs named after the HR stems: flowmapsr eval --save)")
+    return p
+
+
 def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
     """One dict per HR image (see the module doc); SR PNGs named after the HR stems."""
     import cv2
@@ -97,7 +105,7 @@ def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
     factor = 10 ** (drop / 10) - 1
     rows = []
     for name, hr, gray in sc.load_set(hr_dir, scale):
-        sr = np.array(Image.open(os.path.join(sr_dir, name + ".png")).convert("RGB"))
+        sr = np.array(Image.open(sr_path(sr_dir, name)).convert("RGB"))
         ys, yh = sc.rgb2y(sr), sc.rgb2y(hr)
         if gray:  # as the scorer: the gray level itself
             ys, yh = (ys - 16) * 255 / 219, (yh - 16) * 255 / 219
@@ -134,7 +142,7 @@ def added(sr_dir, fid_dir, hr_dir, scale=4, sc=None):
     out = []
     for name, hr, gray in sc.load_set(hr_dir, scale):
         def y_of(d):
-            y = sc.rgb2y(np.array(Image.open(os.path.join(d, name + ".png")).convert("RGB")))
+            y = sc.rgb2y(np.array(Image.open(sr_path(d, name)).convert("RGB")))
             y = (y - 16) * 255 / 219 if gray else y
             return y[scale:-scale, scale:-scale]
         yh = sc.rgb2y(hr)
