@@ -11,9 +11,10 @@ at frequency (u, v) cycles/px) gains sum G P_t / |Lap HR|^2 for a texture of pow
 The most HF per unit of error: fill the frequencies of highest G first. Three bounds per image:
 
   checkerboard  all of the budget at Nyquist (G = 64): no limit but the PSNR one (a 1-px pattern);
-  capped        P_t(k) <= max(0, P_HR(k) - P_m(k)) at every frequency k (after a 5 x 5 average
-                of the periodograms): the output nowhere has more power than the photo, a texture
-                as a photograph has it (the gate's pattern ratio <= 1), filled greedily by G;
+  capped        P_t(k) <= max(0, c P_HR(k) - P_m(k)) at every frequency k (after a 5 x 5 average
+                of the periodograms; c = 0.95, the margin that keeps a drawn texture's pattern
+                ratio under 1): the output nowhere has more power than the photo, a texture as a
+                photograph has it (the gate's pattern ratio <= 1), filled greedily by G;
   residual      P_t = a^2 P_r: the missing detail's own spectrum, at the a the budget allows.
 
 `added()` measures a real setting the same way: where its difference from the fidelity output sits
@@ -22,7 +23,7 @@ The most HF per unit of error: fill the frequencies of highest G first. Three bo
 It also draws the capped texture (random phase) and scores it with the scorer's own functions
 (PSNR-Y, GMSD, HF ratio, pattern ratio): a check that the bound is met in pixels, and what GMSD does.
 
-Usage: scripts/texture_bound.py SR_DIR HR_DIR [--scale 4] [--drop 1.5]
+Usage: scripts/texture_bound.py SR_DIR HR_DIR [--scale 4] [--drop 1.5] [--cap 0.95] [--seed 0]
        (SR_DIR: `flowmapsr eval --save SR_DIR` outputs of the fidelity setting)
 """
 import argparse
@@ -176,8 +177,9 @@ def main():
     ap.add_argument("--scale", type=int, default=4)
     ap.add_argument("--drop", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cap", type=float, default=0.95)
     a = ap.parse_args()
-    rows = per_image(a.sr, a.hr, a.scale, a.drop, a.seed)
+    rows = per_image(a.sr, a.hr, a.scale, a.drop, a.seed, a.cap)
     factor = 10 ** (a.drop / 10) - 1
     print(f"PSNR drop allowed {a.drop} dB: texture energy <= {factor:.3f} x MSE of the fidelity output")
     hdr = ("image", "PSNR", "HF", "checkerboard", "capped", "residual", "filled",
