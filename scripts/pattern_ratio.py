@@ -62,6 +62,11 @@ def _pairs(sr_dir, hr_dir):
     return pairs
 
 
+def pair_ratios(h, y):
+    """One image's per-band SR/HR ratios (columns, rows): arrays over BANDS."""
+    return tuple(band_power(y, ax) / np.maximum(band_power(h, ax), 1e-12) for ax in (0, 1))
+
+
 def pattern_axes(sr_dir, hr_dir):
     """Means over the images of (the largest ratio, the largest along columns, along rows, the
     per-band ratios (the larger axis) as an array), or None when an SR image is missing."""
@@ -70,7 +75,7 @@ def pattern_axes(sr_dir, hr_dir):
         return None
     per = []
     for h, y in pairs:
-        cols, rows = (band_power(y, ax) / np.maximum(band_power(h, ax), 1e-12) for ax in (0, 1))
+        cols, rows = pair_ratios(h, y)
         per.append((max(cols.max(), rows.max()), cols.max(), rows.max(), np.maximum(cols, rows)))
     if not per:
         return None

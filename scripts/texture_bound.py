@@ -27,6 +27,7 @@ Usage: scripts/texture_bound.py SR_DIR HR_DIR [--scale 4] [--drop 1.5] [--cap 0.
        (SR_DIR: `flowmapsr eval --save SR_DIR` outputs of the fidelity setting)
 """
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -36,9 +37,10 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from pattern_ratio import band_power  # noqa: E402
+from pattern_ratio import pair_ratios  # noqa: E402
 
 
+@functools.lru_cache(maxsize=1)
 def load_scorer():
     path = os.environ.get("SR_SCORE", os.path.join(HERE, "..", "..", "shared", "tools", "sr_score.py"))
     spec = importlib.util.spec_from_file_location("sr_score", path)
@@ -97,6 +99,14 @@ def sr_path(sr_dir, name):
     return p
 
 
+def luma(sc, rgb, gray, scale):
+    """The scorer's Y of an RGB array (the gray level itself for a grayscale HR), `scale` pixels
+    shaved from every border, as sr_score.py's y_metrics scores it."""
+    y = sc.rgb2y(rgb)
+    y = (y - 16) * 255 / 219 if gray else y
+    return y[scale:-scale, scale:-scale]
+
+
 def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
     """One dict per HR image (see the module doc); SR PNGs named after the HR stems."""
     import cv2
@@ -107,10 +117,7 @@ def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
     rows = []
     for name, hr, gray in sc.load_set(hr_dir, scale):
         sr = np.array(Image.open(sr_path(sr_dir, name)).convert("RGB"))
-        ys, yh = sc.rgb2y(sr), sc.rgb2y(hr)
-        if gray:  # as the scorer: the gray level itself
-            ys, yh = (ys - 16) * 255 / 219, (yh - 16) * 255 / 219
-        ys, yh = ys[scale:-scale, scale:-scale], yh[scale:-scale, scale:-scale]
+        ys, yh = luma(sc, sr, gray, scale), luma(sc, hr, gray, scale)
         lap_hr = np.mean(cv2.Laplacian(yh, cv2.CV_64F) ** 2)
         hf0 = sc.hf_ratio(ys, yh)
         budget = factor * np.mean((yh - ys) ** 2)
@@ -118,9 +125,7 @@ def per_image(sr_dir, hr_dir, scale=4, drop=1.5, seed=0, cap=0.95, sc=None):
         p_hr, p_m, p_r = periodogram(yh), periodogram(ys), periodogram(yh - ys)
         spec = capped_spectrum(np.maximum(cap * p_hr - p_m, 0), g, budget)
         y = ys + draw(spec, rng)
-        pat = max(
-            (band_power(y, ax) / np.maximum(band_power(yh, ax), 1e-12)).max() for ax in (0, 1)
-        )
+        pat = max(r.max() for r in pair_ratios(yh, y))
         rows.append(dict(
             name=name, psnr0=sc.psnr(ys, yh), hf0=hf0, gmsd0=sc.gmsd(ys, yh),
             checker=hf0 + 64 * budget / lap_hr,
@@ -143,11 +148,8 @@ def added(sr_dir, fid_dir, hr_dir, scale=4, sc=None):
     out = []
     for name, hr, gray in sc.load_set(hr_dir, scale):
         def y_of(d):
-            y = sc.rgb2y(np.array(Image.open(sr_path(d, name)).convert("RGB")))
-            y = (y - 16) * 255 / 219 if gray else y
-            return y[scale:-scale, scale:-scale]
-        yh = sc.rgb2y(hr)
-        yh = ((yh - 16) * 255 / 219 if gray else yh)[scale:-scale, scale:-scale]
+            return luma(sc, np.array(Image.open(sr_path(d, name)).convert("RGB")), gray, scale)
+        yh = luma(sc, hr, gray, scale)
         m, y = y_of(fid_dir), y_of(sr_dir)
         d, r = y - m, yh - m
         p = np.abs(np.fft.fft2(d)) ** 2
