@@ -20,6 +20,7 @@ pub struct BridgeConfig {
 /// Whether the source carries noise: "fidelity" is the deterministic map, "stochastic" samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Mode {
     Fidelity,
     Stochastic,

@@ -5,6 +5,7 @@
 //! Generic over the burn backend; no CLI, no environment; compiles natively and to wasm32.
 
 pub mod adversarial;
+pub mod batch;
 pub mod bridge;
 pub mod cond;
 pub mod degrade;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod objectives;
 pub mod precision;
 pub mod projection;
+pub mod request;
 pub mod resize;
 pub mod sampler;
 pub mod space;

@@ -20,6 +20,7 @@ use crate::resize::{check_scale, contributions, resize_plane, Contributions};
 /// stored inputs only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Policy {
     #[default]
     Auto,

@@ -59,28 +59,6 @@ impl Default for SampleOptions {
     }
 }
 
-/// Sampler options from the user's knobs; tile and overlap are given in input pixels.
-pub fn sample_options(
-    steps: usize,
-    mode: Mode,
-    seed: u64,
-    scale: u32,
-    tile: usize,
-    overlap: usize,
-) -> SampleOptions {
-    SampleOptions {
-        steps,
-        solver: Solver::FlowMap,
-        mode,
-        seed,
-        guidance: 1.0,
-        temperature: 1.0,
-        tile: tile * scale as usize,
-        overlap: overlap * scale as usize,
-        lr_projection: true,
-    }
-}
-
 /// Called after every tile of every step with (done, total); return false to cancel.
 pub type ProgressFn<'a> = dyn FnMut(usize, usize) -> bool + 'a;
 

@@ -7,10 +7,8 @@
 //! HF ratio) is logged to judge the run, and the trade-off is chosen with the LoRA scale.
 
 use crate::imageio;
-use crate::train::{
-    checkpoint_tmp, latest_checkpoint, make_batch, publish_checkpoint, read_in, validate, RunState,
-    TrainArgs, TrainConfig, ValPoint,
-};
+use crate::train::log::StepLog;
+use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -19,6 +17,7 @@ use burn::tensor::ElementConversion;
 use flowmapsr_core::adversarial::{
     discriminator_loss, generator_loss, AdversarialConfig, Discriminator,
 };
+use flowmapsr_core::batch::make_batch;
 use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
@@ -33,34 +32,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint<B: AutodiffBackend, OG, OD>(
-    out: &Path,
-    lora: &UNetLora<B>,
-    disc: &Discriminator<B>,
-    optim_g: &OG,
-    optim_d: &OD,
-    state: &RunState,
-) -> Result<()>
-where
-    OG: Optimizer<UNetLora<B>, B>,
-    OD: Optimizer<Discriminator<B>, B>,
-{
-    let (tmp, name) = checkpoint_tmp(out, state.step)?;
-    std::fs::write(tmp.join("lora.bin"), module_to_bytes(lora.valid()))?;
-    std::fs::write(tmp.join("disc.bin"), module_to_bytes(disc.valid()))?;
-    std::fs::write(
-        tmp.join("optim_g.bin"),
-        record_to_bytes::<B, _>(optim_g.to_record()),
-    )?;
-    std::fs::write(
-        tmp.join("optim_d.bin"),
-        record_to_bytes::<B, _>(optim_d.to_record()),
-    )?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    publish_checkpoint(out, &tmp, &name)
-}
 
 /// Where the frozen base comes from: `--init DIR`, or on `--resume` the copy kept in OUT/base.
 pub(crate) fn base_dir(args: &TrainArgs) -> Result<PathBuf> {
@@ -154,24 +125,18 @@ pub fn train_lora<B: AutodiffBackend>(
         .init::<B, Discriminator<B>>();
     // best_psnr stays unused here (no best/, see above).
     let mut state = RunState::default();
-    if args.resume {
-        match latest_checkpoint(&args.out) {
-            Some(dir) => {
-                let read = |f: &str| read_in(&dir, f);
-                lora = module_from_bytes(lora, &read("lora.bin")?, &device)?;
-                disc = module_from_bytes(disc, &read("disc.bin")?, &device)?;
-                optim_g =
-                    optim_g.load_record(record_from_bytes::<B, _>(&read("optim_g.bin")?, &device)?);
-                optim_d =
-                    optim_d.load_record(record_from_bytes::<B, _>(&read("optim_d.bin")?, &device)?);
-                state = serde_json::from_slice(&read("state.json")?)?;
-                tracing::info!("resumed from {} at step {}", dir.display(), state.step);
-            }
-            None => tracing::warn!(
-                "--resume: no checkpoint in {}, starting fresh",
-                args.out.display()
-            ),
-        }
+    if let Some(ck) = Checkpoint::resume(args, true)? {
+        lora = module_from_bytes(lora, &ck.read("lora.bin")?, &device)?;
+        disc = module_from_bytes(disc, &ck.read("disc.bin")?, &device)?;
+        optim_g = optim_g.load_record(record_from_bytes::<B, _>(
+            &ck.read("optim_g.bin")?,
+            &device,
+        )?);
+        optim_d = optim_d.load_record(record_from_bytes::<B, _>(
+            &ck.read("optim_d.bin")?,
+            &device,
+        )?);
+        state = ck.state;
     }
     tracing::info!(
         "adversarial LoRA on {}: rank {}, {} adapter and {} discriminator parameters",
@@ -184,13 +149,11 @@ pub fn train_lora<B: AutodiffBackend>(
         .max_steps
         .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
     let base_eval = base.valid();
-    let mut log_acc: Vec<(&'static str, f64)> = Vec::new();
-    let mut log_n = 0usize;
-    let mut t_log = Instant::now();
+    let mut log = StepLog::default();
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
-        let batch = make_batch::<B>(images, cfg, step, 0..cfg.batch, &device)?;
+        let batch = make_batch::<B>(images, &cfg.batch_spec(), step, 0..cfg.batch, &device)?;
         let n = cfg.batch;
         let mut rng = ChaCha8Rng::seed_from_u64(
             cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
@@ -231,30 +194,15 @@ pub fn train_lora<B: AutodiffBackend>(
         let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
         lora = optim_g.step(cfg.lr_at(step), lora, gg);
         for (name, t) in ld.terms.iter().chain(&lg.terms) {
-            let v: f64 = t.clone().into_scalar().elem();
-            match log_acc.iter_mut().find(|(k, _)| k == name) {
-                Some(e) => e.1 += v,
-                None => log_acc.push((name, v)),
-            }
+            log.add(name, t.clone().into_scalar().elem());
         }
-        log_n += 1;
+        log.step();
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
         let last = state.step == end;
         if state.step % cfg.log_every == 0 || last {
-            let terms: Vec<String> = log_acc
-                .iter()
-                .map(|(k, v)| format!("{k} {:.5}", v / log_n as f64))
-                .collect();
-            tracing::info!(
-                "step {} {} | {:.2} s/step",
-                state.step,
-                terms.join(" "),
-                t_log.elapsed().as_secs_f64() / log_n as f64
-            );
-            log_acc.clear();
-            log_n = 0;
-            t_log = Instant::now();
+            let (terms, secs) = log.take();
+            tracing::info!("step {} {terms} | {secs:.2} s/step", state.step);
         }
         if let Some(v) = val {
             if state.step % cfg.val_every == 0 || last {
@@ -287,7 +235,13 @@ pub fn train_lora<B: AutodiffBackend>(
             }
         }
         if state.step % cfg.ckpt_every == 0 || last {
-            save_checkpoint(&args.out, &lora, &disc, &optim_g, &optim_d, &state)?;
+            let files = [
+                ("lora.bin", module_to_bytes(lora.valid())),
+                ("disc.bin", module_to_bytes(disc.valid())),
+                ("optim_g.bin", record_to_bytes::<B, _>(optim_g.to_record())),
+                ("optim_d.bin", record_to_bytes::<B, _>(optim_d.to_record())),
+            ];
+            Checkpoint::save(&args.out, &state, &files)?;
         }
     }
     let fin = args.out.join("final");

@@ -2,31 +2,27 @@
 //! model's cost per output pixel and the backend's own matmul throughput (an attainable peak),
 //! so the fraction of the machine in use is visible.
 
-use crate::backend::DeviceKind;
 use anyhow::Result;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
+use flowmapsr_core::objectives::FlowNet;
 use flowmapsr_core::precision::{Mixed, Precision};
+use flowmapsr_core::request::SampleRequest;
 use flowmapsr_core::sampler::{upscale, SampleOptions};
+use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::Image;
-use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Input tile side (LR pixels).
-    #[arg(long, default_value_t = 128)]
-    pub tile: usize,
-    #[arg(long, default_value_t = 1)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 4, value_parser = crate::upscale::parse_scale)]
-    pub scale: u32,
+    /// The sampling knobs (as `upscale`): one tile of `--tile` input pixels is timed whole (no
+    /// overlap, no LR projection) at `--steps`, `--guidance` and `--lora`.
+    #[command(flatten)]
+    pub request: SampleRequest,
+    #[command(flatten)]
+    pub model: crate::weights::ModelArgs,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
     #[arg(long)]
     pub json: bool,
     /// Time training steps instead (Shortcut objective, Adam, EMA teacher, on random batches so
@@ -101,7 +97,7 @@ fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.train {
-        let r = crate::with_backend!(args.device, |B, device| {
+        let r = crate::with_backend!(args.model.device, |B, device| {
             train_bench::<burn::backend::Autodiff<B>>(args, &device)?
         });
         if args.json {
@@ -114,7 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::with_backend!(args.device, |B, device| bench_on::<B>(args, &device)?);
+    let r = crate::with_backend!(args.model.device, |B, device| bench_on::<B>(args, &device)?);
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -129,44 +125,64 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchReport> {
-    let (net, cfg) = crate::weights::load::<B>(args.weights.as_deref(), device)?;
-    let net = Mixed::new(&net, args.precision);
-    let t = args.tile;
+    // One tile is timed whole: there is no overlap.
+    let req = &SampleRequest {
+        overlap: 0,
+        ..args.request.clone()
+    };
+    let (model, cfg) = crate::weights::load_checked::<B>(&args.model, req, device)?;
+    if req.lora != 0.0 && args.precision != Precision::F32 {
+        anyhow::bail!("--lora is timed in f32 (the adapters have no half-precision path)");
+    }
+    let t = req.tile;
     let data = (0..3 * t * t)
         .map(|i| ((i * 7919) % 256) as f32 / 255.0)
         .collect();
     let lr = Image::new(t, t, 3, data)?;
-    let out = t * args.scale as usize;
+    let out = t * req.scale as usize;
     let opts = SampleOptions {
-        steps: args.steps,
-        tile: out,
         overlap: 0,
         lr_projection: false,
-        ..Default::default()
+        ..req.options(false)
     };
-    let run = || upscale(&net, &cfg, &lr, args.scale, &opts, device, &mut |_, _| true);
-    run()?; // warm-up (kernel compilation, autotune, allocation)
-    let t0 = Instant::now();
-    for _ in 0..args.reps {
-        run()?;
-    }
-    let secs = t0.elapsed().as_secs_f64() / args.reps as f64;
+    let secs = if req.lora != 0.0 {
+        time_tile(
+            &model.at(req.lora)?,
+            &cfg,
+            &lr,
+            req.scale,
+            &opts,
+            args.reps,
+            device,
+        )?
+    } else {
+        let net = Mixed::new(&model.net, args.precision);
+        time_tile(&net, &cfg, &lr, req.scale, &opts, args.reps, device)?
+    };
     let px = (out * out) as f64;
-    let fpp = cfg.unet.flops_per_pixel() * args.steps as f64;
+    let fpp = cfg.unet.flops_per_pixel() * req.steps as f64;
     let model_gflops = fpp * px / secs / 1e9;
     let peak = matmul_gflops::<B>(device);
-    let sr = run()?;
+    let sr = upscale(
+        &model.net,
+        &cfg,
+        &lr,
+        req.scale,
+        &opts,
+        device,
+        &mut |_, _| true,
+    )?;
     let t0 = Instant::now();
     for _ in 0..args.reps {
-        flowmapsr_core::projection::project(&sr, &lr, args.scale)?;
+        flowmapsr_core::projection::project(&sr, &lr, req.scale)?;
     }
     let proj = t0.elapsed().as_secs_f64() / args.reps as f64;
     Ok(BenchReport {
-        device: args.device.to_string(),
+        device: args.model.device.to_string(),
         precision: args.precision.to_string(),
         tile: t,
-        scale: args.scale,
-        steps: args.steps,
+        scale: req.scale,
+        steps: req.steps,
         ms_per_tile: secs * 1e3,
         output_mp_per_s: px / secs / 1e6,
         model_flops_per_output_pixel: fpp,
@@ -177,6 +193,26 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
     })
 }
 
+/// Seconds per call of the sampler on `lr`, after one warm-up (kernel compilation, autotune,
+/// allocation).
+fn time_tile<B: Backend>(
+    net: &impl FlowNet<B>,
+    cfg: &ModelConfig,
+    lr: &Image,
+    scale: u32,
+    opts: &SampleOptions,
+    reps: usize,
+    device: &B::Device,
+) -> Result<f64> {
+    let run = || upscale(net, cfg, lr, scale, opts, device, &mut |_, _| true);
+    run()?;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        run()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / reps.max(1) as f64)
+}
+
 fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     args: &BenchArgs,
     device: &B::Device,
@@ -185,7 +221,7 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     use burn::optim::{AdamConfig, GradientsParams, Optimizer};
     use flowmapsr_core::objectives::{shortcut, Batch};
     use rand::SeedableRng;
-    let (_, cfg) = crate::weights::load::<B::InnerBackend>(args.weights.as_deref(), device)?;
+    let (_, cfg) = crate::weights::load::<B::InnerBackend>(args.model.weights.as_deref(), device)?;
     let align = 2 * cfg.unet.align();
     if args.crop == 0 || !args.crop.is_multiple_of(align) {
         anyhow::bail!("--crop must be a positive multiple of {align}");
@@ -217,7 +253,7 @@ fn train_bench<B: burn::tensor::backend::AutodiffBackend>(
     }
     let secs = t0.elapsed().as_secs_f64() / args.reps as f64;
     Ok(TrainBenchReport {
-        device: args.device.to_string(),
+        device: args.model.device.to_string(),
         precision: args.precision.to_string(),
         batch: args.batch,
         crop: args.crop,

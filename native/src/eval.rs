@@ -7,11 +7,12 @@
 //! own diagonal velocity v(x, t, t): agreement PSNR-Y between the two outputs, and each one's
 //! scores against HR.
 
-use crate::backend::DeviceKind;
 use crate::imageio;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
+use flowmapsr_core::bridge::Mode;
 use flowmapsr_core::metrics::{score, Scores};
+use flowmapsr_core::request::SampleRequest;
 use flowmapsr_core::resize::{crop_to_multiple, downscale_lr, imresize};
 use flowmapsr_core::sampler::{upscale, SampleOptions, Solver};
 use flowmapsr_core::weights::ModelConfig;
@@ -24,39 +25,14 @@ pub struct EvalArgs {
     /// Folder of HR images.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 4, value_parser = crate::upscale::parse_scale)]
-    pub scale: u32,
-    #[arg(long, default_value_t = 1)]
-    pub steps: usize,
     #[arg(long, value_enum, default_value_t = Method::Model)]
     pub method: Method,
-    /// Default: fidelity, or stochastic with --consistency.
-    #[arg(long, value_enum)]
-    pub mode: Option<crate::upscale::ModeArg>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Guidance scale w (see `upscale --guidance`).
-    #[arg(long, default_value_t = 1.0)]
-    pub guidance: f32,
-    /// Source-noise temperature of the stochastic mode (see `upscale --temperature`).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// LoRA scale (see `upscale --lora`).
-    #[arg(long, default_value_t = 0.0)]
-    pub lora: f32,
-    /// LR projection (see `upscale --projection`); the LR images scored here are made without
-    /// loss, so auto is on. off: score the flow map's raw output.
-    #[arg(long, value_enum, default_value_t = crate::upscale::ProjectionArg::Auto)]
-    pub projection: crate::upscale::ProjectionArg,
-    /// Tile side in input pixels.
-    #[arg(long, default_value_t = 128)]
-    pub tile: usize,
-    #[arg(long, default_value_t = 16)]
-    pub overlap: usize,
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
+    /// The sampling knobs (as `upscale`); the LR images scored here are made without loss, so
+    /// `--projection auto` is on. With --consistency the mode is always stochastic.
+    #[command(flatten)]
+    pub request: SampleRequest,
+    #[command(flatten)]
+    pub model: crate::weights::ModelArgs,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -270,35 +246,33 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
     if args.ode_steps == 0 {
         anyhow::bail!("--ode-steps must be positive");
     }
-    let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Stochastic);
-    crate::upscale::check_temperature(args.temperature, mode)?;
-    let r = crate::with_backend!(args.device, |B, device| {
-        let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
-        let net = model.at(args.lora)?;
+    // The comparison starts from source noise: the stochastic mode.
+    let req = SampleRequest {
+        mode: Mode::Stochastic,
+        ..args.request.clone()
+    };
+    let scale = req.scale;
+    let r = crate::with_backend!(args.model.device, |B, device| {
+        let (model, cfg) = crate::weights::load_checked::<B>(&args.model, &req, &device)?;
+        let net = model.at(req.lora)?;
         let sr = |lr: &Image, steps: usize, solver: Solver| {
-            let mut opts = crate::upscale::sample_options(
+            let opts = SampleOptions {
                 steps,
-                mode.into(),
-                args.seed,
-                args.scale,
-                args.tile,
-                args.overlap,
-            );
-            opts.solver = solver;
-            opts.guidance = args.guidance;
-            opts.temperature = args.temperature;
+                solver,
+                ..req.options(false)
+            };
             Ok(upscale(
                 &net,
                 &cfg,
                 lr,
-                args.scale,
+                scale,
                 &opts,
                 &device,
                 &mut |_, _| true,
             )?)
         };
         let quiet = args.json;
-        consistency(images, args.scale, args.ode_steps, sr, |name, a| {
+        consistency(images, scale, args.ode_steps, sr, |name, a| {
             if !quiet {
                 println!(
                     "{name:24} agreement with the {}-step ODE: NFE1 {:.2} dB  NFE2 {:.2} dB  NFE4 {:.2} dB",
@@ -312,7 +286,7 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
     } else {
         println!(
             "MEAN agreement PSNR-Y with the {}-step ODE ({:?} mode, seed {}, x{}, n={}):",
-            r.ode_steps, mode, args.seed, args.scale, r.n
+            r.ode_steps, req.mode, req.seed, scale, r.n
         );
         println!(
             "  NFE1 {:.2} dB  NFE2 {:.2} dB  NFE4 {:.2} dB",
@@ -332,10 +306,11 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    let scale = args.request.scale;
     let mut images = load_folder(&args.data)?;
     if let Some(side) = args.max_side {
-        if side < 8 * args.scale as usize {
-            anyhow::bail!("--max-side {side} is too small for x{}", args.scale);
+        if side < 8 * scale as usize {
+            anyhow::bail!("--max-side {side} is too small for x{scale}");
         }
         for (_, d) in images.iter_mut() {
             d.rgb = centre_crop(&d.rgb, side);
@@ -345,36 +320,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return run_consistency(args, &images);
     }
     let report = match args.method {
-        Method::Bicubic => evaluate(
-            &images,
-            args.scale,
-            args.save.as_deref(),
-            bicubic_fn(args.scale),
-        )?,
-        Method::Model => crate::with_backend!(args.device, |B, device| {
-            let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
-            let net = model.at(args.lora)?;
-            let mode = args.mode.unwrap_or(crate::upscale::ModeArg::Fidelity);
-            crate::upscale::check_temperature(args.temperature, mode)?;
-            let opts = flowmapsr_core::sampler::SampleOptions {
-                guidance: args.guidance,
-                temperature: args.temperature,
-                lr_projection: flowmapsr_core::projection::Policy::from(args.projection)
-                    .applies(false),
-                ..crate::upscale::sample_options(
-                    args.steps,
-                    mode.into(),
-                    args.seed,
-                    args.scale,
-                    args.tile,
-                    args.overlap,
-                )
-            };
+        Method::Bicubic => evaluate(&images, scale, args.save.as_deref(), bicubic_fn(scale))?,
+        Method::Model => crate::with_backend!(args.model.device, |B, device| {
+            let (model, cfg) =
+                crate::weights::load_checked::<B>(&args.model, &args.request, &device)?;
+            let net = model.at(args.request.lora)?;
+            let opts = args.request.options(false);
             evaluate(
                 &images,
-                args.scale,
+                scale,
                 args.save.as_deref(),
-                model_fn(&net, &cfg, args.scale, opts, &device),
+                model_fn(&net, &cfg, scale, opts, &device),
             )?
         }),
     };
@@ -389,7 +345,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         println!(
             "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  {:8.1} ms/image  (n={}, x{}, {:?}, steps {})",
-            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.ms_per_image, report.n, args.scale, args.method, args.steps
+            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.ms_per_image, report.n, scale, args.method, args.request.steps
         );
     }
     Ok(())

@@ -11,18 +11,18 @@
 //! timeout that cancels the sampler between tiles. Client mistakes are 4xx with a JSON body; the
 //! model is loaded once and shared; SIGTERM/SIGINT drain in-flight requests before exiting.
 
-use crate::backend::DeviceKind;
 use crate::imageio;
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
-use flowmapsr_core::sampler::{check_temperature, upscale, SampleOptions};
+use flowmapsr_core::request::{Limits, SampleRequest};
+use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::weights::ModelConfig;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,10 +34,8 @@ use std::time::{Duration, Instant};
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
+    #[command(flatten)]
+    pub model: crate::weights::ModelArgs,
     /// Largest decoded input, in pixels.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_pixels: u64,
@@ -71,9 +69,8 @@ type UpscaleFn = dyn Fn(
 
 struct AppState {
     upscale: Box<UpscaleFn>,
-    /// The model's largest guidance scale, and whether it has a LoRA adapter.
-    w_max: f32,
-    has_lora: bool,
+    /// The knobs this server accepts for its model.
+    limits: Limits,
     max_pixels: u64,
     max_body: usize,
     timeout: Duration,
@@ -142,67 +139,35 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(serde::Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct UpscaleQuery {
-    scale: Option<u32>,
-    steps: Option<usize>,
-    tile: Option<usize>,
-    overlap: Option<usize>,
-    seed: Option<u64>,
-    mode: Option<String>,
-    guidance: Option<f32>,
-    lora: Option<f32>,
-    temperature: Option<f32>,
-    projection: Option<flowmapsr_core::projection::Policy>,
-    format: Option<String>,
+/// The server's limits on the sampling knobs (tighter than the command line's: one request
+/// must not hold the machine for long).
+fn server_limits(w_max: f32, lora: bool) -> Limits {
+    Limits {
+        max_steps: 16,
+        max_tile: 1024,
+        ..Limits::for_model(w_max, lora)
+    }
 }
 
-fn parse_query(q: &UpscaleQuery) -> Result<(u32, SampleOptions, image::ImageFormat), ApiError> {
+/// The query: core's [`SampleRequest`] (the command line's knobs, same names) and `format`.
+fn parse_query(
+    query: &str,
+    limits: &Limits,
+) -> Result<(SampleRequest, image::ImageFormat), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", m);
-    let scale = q.scale.unwrap_or(4);
-    crate::upscale::parse_scale(&scale.to_string()).map_err(bad)?;
-    let steps = q.steps.unwrap_or(1);
-    if !(1..=16).contains(&steps) {
-        return Err(bad(format!("steps must be in 1..=16, got {steps}")));
-    }
-    let tile = q.tile.unwrap_or(128);
-    if !(16..=1024).contains(&tile) {
-        return Err(bad(format!(
-            "tile must be in 16..=1024 input pixels, got {tile}"
-        )));
-    }
-    let overlap = q.overlap.unwrap_or(16).min(tile / 2);
-    let mode = match q.mode.as_deref().unwrap_or("fidelity") {
-        "fidelity" => flowmapsr_core::bridge::Mode::Fidelity,
-        "stochastic" => flowmapsr_core::bridge::Mode::Stochastic,
-        m => {
-            return Err(bad(format!(
-                "mode must be fidelity or stochastic, got '{m}'"
-            )))
-        }
-    };
-    let format = match q.format.as_deref().unwrap_or("png") {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| bad(e.to_string()))?;
+    let (format, knobs): (Vec<_>, Vec<_>) = pairs.into_iter().partition(|(k, _)| k == "format");
+    let format = match format.last().map_or("png", |(_, v)| v.as_str()) {
         "png" => image::ImageFormat::Png,
         "jpeg" | "jpg" => image::ImageFormat::Jpeg,
         "webp" => image::ImageFormat::WebP,
         f => return Err(bad(format!("format must be png, jpeg or webp, got '{f}'"))),
     };
-    let guidance = q.guidance.unwrap_or(1.0);
-    if !(guidance.is_finite() && guidance >= 1.0) {
-        return Err(bad(format!(
-            "guidance must be a number >= 1, got {guidance}"
-        )));
-    }
-    let temperature = q.temperature.unwrap_or(1.0);
-    check_temperature(temperature, mode).map_err(|e| bad(e.to_string()))?;
-    let opts = SampleOptions {
-        guidance,
-        temperature,
-        lr_projection: true,
-        ..crate::upscale::sample_options(steps, mode, q.seed.unwrap_or(0), scale, tile, overlap)
-    };
-    Ok((scale, opts, format))
+    let knobs = serde_urlencoded::to_string(&knobs).map_err(|e| bad(e.to_string()))?;
+    let req: SampleRequest = serde_urlencoded::from_str(&knobs).map_err(|e| bad(e.to_string()))?;
+    req.validate(limits).map_err(|e| bad(e.to_string()))?;
+    Ok((req, format))
 }
 
 /// The image bytes of a request: a raw image body or the first file part of a multipart form.
@@ -304,31 +269,9 @@ impl Drop for Admission<'_> {
 
 async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     // Parsed here so a bad value is our JSON 400, not axum's plain-text rejection.
-    let query = Query::<UpscaleQuery>::try_from_uri(req.uri());
+    let query = parse_query(req.uri().query().unwrap_or(""), &st.limits);
     let bytes = body_bytes(req, st.max_body).await;
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()))?;
-    let (scale, opts, format) = parse_query(&q)?;
-    let lora = q.lora.unwrap_or(0.0);
-    flowmapsr_core::lora::check_scale(lora)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", e.to_string()))?;
-    if lora != 0.0 && !st.has_lora {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_parameter",
-            "lora: this model has no LoRA adapter",
-        ));
-    }
-    if opts.guidance > st.w_max {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_parameter",
-            format!(
-                "guidance must be in [1, {}] for this model, got {}",
-                st.w_max, opts.guidance
-            ),
-        ));
-    }
+    let (q, format) = query?;
     let bytes = bytes?;
     let img = imageio::decode(&bytes, st.max_pixels).map_err(|e| {
         let m = format!("{e:#}");
@@ -339,10 +282,7 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         }
     })?;
     drop(bytes);
-    let opts = SampleOptions {
-        lr_projection: q.projection.unwrap_or_default().applies(img.lossy),
-        ..opts
-    };
+    let (scale, lora, opts) = (q.scale, q.lora, q.options(img.lossy));
 
     // Admission: at most `concurrency` running + `queue` waiting.
     if st.admitted.fetch_add(1, Ordering::SeqCst) >= st.capacity {
@@ -492,8 +432,7 @@ where
     Adapted<B>: Send + Sync,
     B::Device: Send + Sync,
 {
-    let w_max = cfg.w_max();
-    let has_lora = model.lora.is_some();
+    let limits = server_limits(cfg.w_max(), model.lora.is_some());
     let f = move |lr: &flowmapsr_core::Image,
                   scale: u32,
                   opts: &SampleOptions,
@@ -510,8 +449,7 @@ where
         )
     };
     Arc::new(AppState {
-        w_max,
-        has_lora,
+        limits,
         upscale: Box::new(f),
         max_pixels: args.max_pixels,
         max_body: args.max_body,
@@ -542,8 +480,9 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let state = crate::with_backend!(args.device, |B, device| {
-        let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), &device)?;
+    let state = crate::with_backend!(args.model.device, |B, device| {
+        let (model, cfg) =
+            crate::weights::load_adapted::<B>(args.model.weights.as_deref(), &device)?;
         state_for::<B>(model, cfg, device, args)
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

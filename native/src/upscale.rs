@@ -1,12 +1,10 @@
 //! `flowmapsr upscale`: files or folders in, upscaled files out, one progress bar over tiles.
 
-use crate::backend::DeviceKind;
 use crate::imageio;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::projection::Policy;
-use flowmapsr_core::sampler::{upscale, SampleOptions};
+use flowmapsr_core::request::SampleRequest;
+use flowmapsr_core::sampler::upscale;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -16,93 +14,20 @@ pub struct UpscaleArgs {
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output file (one input) or folder (created if needed; names get an `_x{scale}` suffix).
+    /// Never one of the inputs.
     #[arg(short, long)]
     pub output: PathBuf,
-    #[arg(long, default_value_t = 4, value_parser = parse_scale)]
-    pub scale: u32,
-    /// Network calls per tile (flow-map steps).
-    #[arg(long, default_value_t = 1)]
-    pub steps: usize,
-    /// Tile side and overlap in input pixels.
-    #[arg(long, default_value_t = 128)]
-    pub tile: usize,
-    #[arg(long, default_value_t = 16)]
-    pub overlap: usize,
-    /// fidelity (deterministic, best PSNR) or stochastic (source noise, seeded).
-    #[arg(long, value_enum, default_value_t = ModeArg::Fidelity)]
-    pub mode: ModeArg,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Stochastic mode: source noise = temperature x the trained sigma_0, in [0, 1]; lower keeps
-    /// less grain and more fidelity (SRFlow's temperature).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Guidance scale w in [1, w_max of the model]: 1 is faithful, larger is sharper
-    /// (positive/negative prompt guidance, one network call per step at any w).
-    #[arg(long, default_value_t = 1.0)]
-    pub guidance: f32,
-    /// LoRA scale in [0, 3] (adversarial adapters: 0 is the base model, higher is more
-    /// photographic); needs weights with lora.json + lora.bin.
-    #[arg(long, default_value_t = 0.0)]
-    pub lora: f32,
-    /// LR projection: make the result exactly consistent with the input (its bicubic downscale
-    /// is the input; no network call). auto: on, except for JPEG and lossy WebP inputs (their
-    /// coding noise would come back); off: the flow map's raw output.
-    #[arg(long, value_enum, default_value_t = ProjectionArg::Auto)]
-    pub projection: ProjectionArg,
-    /// Weights folder (config.json + model.bin [+ lora.json + lora.bin]); default: the shipped weights.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
+    #[command(flatten)]
+    pub request: SampleRequest,
+    #[command(flatten)]
+    pub model: crate::weights::ModelArgs,
     /// Largest accepted input, in pixels.
     #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ModeArg {
-    Fidelity,
-    Stochastic,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Fidelity => Mode::Fidelity,
-            ModeArg::Stochastic => Mode::Stochastic,
-        }
-    }
-}
-
-/// 2, 4 or 8.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProjectionArg {
-    Auto,
-    On,
-    Off,
-}
-
-impl From<ProjectionArg> for Policy {
-    fn from(p: ProjectionArg) -> Self {
-        match p {
-            ProjectionArg::Auto => Policy::Auto,
-            ProjectionArg::On => Policy::On,
-            ProjectionArg::Off => Policy::Off,
-        }
-    }
-}
-
-pub fn parse_scale(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(v @ (2 | 4 | 8)) => Ok(v),
-        _ => Err(format!("'{s}' is not a supported scale: use 2, 4 or 8")),
-    }
-}
-
 // Shared with the browser worker (web/), so both turn the same knobs into the same run.
 pub use flowmapsr_core::resize::upscale_alpha;
-pub use flowmapsr_core::sampler::sample_options;
 
 const EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
@@ -134,14 +59,13 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Where `input`'s result goes (nothing is created here).
 fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf> {
     let out = &args.output;
-    let is_file_target = single && out.extension().is_some() && !out.is_dir();
-    if is_file_target {
+    if single && out.extension().is_some() && !out.is_dir() {
         imageio::format_for(out)?;
         return Ok(out.clone());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let stem = input
         .file_stem()
         .and_then(|s| s.to_str())
@@ -151,23 +75,31 @@ fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf
         .and_then(|e| e.to_str())
         .unwrap_or("png")
         .to_ascii_lowercase();
-    Ok(out.join(format!("{stem}_x{}.{ext}", args.scale)))
+    Ok(out.join(format!("{stem}_x{}.{ext}", args.request.scale)))
 }
 
-/// Before any work, the core's temperature rule (in [0, 1]; stochastic mode only) in the CLI's words.
-pub fn check_temperature(t: f32, mode: ModeArg) -> Result<()> {
-    flowmapsr_core::sampler::check_temperature(t, mode.into())
-        .map_err(|e| anyhow::anyhow!("--temperature: {e} (see --mode)"))
+/// `p` resolved (links, `..`) as far as it exists, the rest appended: two paths to one file,
+/// existing or not yet, resolve alike.
+fn resolved(p: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut cur = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    loop {
+        if let Ok(mut r) = cur.canonicalize() {
+            r.extend(tail.iter().rev());
+            return r;
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                tail.push(name.to_os_string());
+                cur = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
 }
 
-pub fn run(args: &UpscaleArgs) -> Result<()> {
-    crate::with_backend!(args.device, |B, device| run_on::<B>(args, &device))
-}
-
-fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
-    let (model, cfg) = crate::weights::load_adapted::<B>(args.weights.as_deref(), device)?;
-    let net = model.at(args.lora)?;
-    let inputs = collect_inputs(&args.inputs)?;
+/// Every input's output path, checked before any work: none is an input, no two coincide.
+fn plan_outputs(args: &UpscaleArgs, inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let single = inputs.len() == 1;
     if !single && args.output.extension().is_some() && !args.output.is_dir() {
         bail!(
@@ -176,24 +108,57 @@ fn run_on<B: Backend>(args: &UpscaleArgs, device: &B::Device) -> Result<()> {
             args.output.display()
         );
     }
-    check_temperature(args.temperature, args.mode)?;
-    let opts = SampleOptions {
-        guidance: args.guidance,
-        temperature: args.temperature,
-        lr_projection: true,
-        ..sample_options(
-            args.steps,
-            args.mode.into(),
-            args.seed,
-            args.scale,
-            args.tile,
-            args.overlap,
-        )
-    };
+    let sources: Vec<PathBuf> = inputs.iter().map(|p| resolved(p)).collect();
+    let mut seen = std::collections::HashMap::new();
+    let mut outs = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let out = output_path(args, input, single)?;
+        let r = resolved(&out);
+        if let Some(i) = sources.iter().position(|s| *s == r) {
+            bail!(
+                "the output {} is the input {}: refusing to overwrite it (choose another -o)",
+                out.display(),
+                inputs[i].display()
+            );
+        }
+        if let Some(prev) = seen.insert(r, input) {
+            bail!(
+                "{} and {} would both be written to {}: upscale them into different folders",
+                prev.display(),
+                input.display(),
+                out.display()
+            );
+        }
+        outs.push(out);
+    }
+    Ok(outs)
+}
+
+pub fn run(args: &UpscaleArgs) -> Result<()> {
+    let inputs = collect_inputs(&args.inputs)?;
+    let outputs = plan_outputs(args, &inputs)?;
+    crate::with_backend!(args.model.device, |B, device| run_on::<B>(
+        args, &inputs, &outputs, &device
+    ))
+}
+
+fn run_on<B: Backend>(
+    args: &UpscaleArgs,
+    inputs: &[PathBuf],
+    outputs: &[PathBuf],
+    device: &B::Device,
+) -> Result<()> {
+    let (model, cfg) = crate::weights::load_checked::<B>(&args.model, &args.request, device)?;
+    let net = model.at(args.request.lora)?;
+    for dir in outputs.iter().filter_map(|o| o.parent()) {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     let mut failures = 0;
-    for input in &inputs {
-        match upscale_one(&net, &cfg, args, &opts, input, single, device) {
-            Ok(out) => tracing::info!("{} -> {}", input.display(), out.display()),
+    for (input, out) in inputs.iter().zip(outputs) {
+        match upscale_one(&net, &cfg, args, input, out, device) {
+            Ok(()) => tracing::info!("{} -> {}", input.display(), out.display()),
             Err(e) => {
                 failures += 1;
                 eprintln!("error: {e:#}");
@@ -210,17 +175,13 @@ fn upscale_one<B: Backend>(
     net: &impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &flowmapsr_core::weights::ModelConfig,
     args: &UpscaleArgs,
-    opts: &SampleOptions,
     input: &Path,
-    single: bool,
+    out_path: &Path,
     device: &B::Device,
-) -> Result<PathBuf> {
-    let out_path = output_path(args, input, single)?;
+) -> Result<()> {
     let img = imageio::read(input, args.max_pixels)?;
-    let opts = &SampleOptions {
-        lr_projection: Policy::from(args.projection).applies(img.lossy),
-        ..opts.clone()
-    };
+    let opts = args.request.options(img.lossy);
+    let scale = args.request.scale;
     let pb = ProgressBar::new(0).with_message(input.display().to_string());
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tiles {elapsed}").unwrap(),
@@ -229,8 +190,8 @@ fn upscale_one<B: Backend>(
         net,
         cfg,
         &img.rgb,
-        args.scale,
-        opts,
+        scale,
+        &opts,
         device,
         &mut |done, total| {
             pb.set_length(total as u64);
@@ -240,7 +201,7 @@ fn upscale_one<B: Backend>(
     )
     .with_context(|| format!("upscaling {}", input.display()))?;
     pb.finish_and_clear();
-    let alpha = img.alpha.as_ref().map(|a| upscale_alpha(a, args.scale));
-    imageio::write(&out_path, &rgb, alpha.as_ref(), img.sixteen_bit)?;
-    Ok(out_path)
+    let alpha = img.alpha.as_ref().map(|a| upscale_alpha(a, scale));
+    // Written to a temporary file beside it and renamed: a crash leaves no partial output.
+    imageio::write(out_path, &rgb, alpha.as_ref(), img.sixteen_bit)
 }

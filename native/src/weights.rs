@@ -1,18 +1,42 @@
 //! The shipped weights are compiled into the binary (weights/ at the repository root), so
 //! `flowmapsr upscale` works from any folder; `--weights DIR` loads others.
 
+use crate::backend::DeviceKind;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
+use flowmapsr_core::request::{Limits, SampleRequest};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{load_dir, load_lora, load_lora_dir, load_model, ModelConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const SHIPPED_CONFIG: &[u8] = include_bytes!("../../weights/config.json");
 pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../weights/model.bin");
 /// The shipped adversarial LoRA adapter (`--lora S`), trained on the shipped model.
 pub const SHIPPED_LORA_JSON: &[u8] = include_bytes!("../../weights/lora.json");
 pub const SHIPPED_LORA_BIN: &[u8] = include_bytes!("../../weights/lora.bin");
+
+/// Which weights, on which device: the flags of every command that runs the model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Weights folder (config.json + model.bin [+ lora.json + lora.bin]); default: the shipped weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+/// The weights of `m`, with `req` checked against what they can do (and the command line's
+/// limits) before any work.
+pub fn load_checked<B: Backend>(
+    m: &ModelArgs,
+    req: &SampleRequest,
+    device: &B::Device,
+) -> Result<(Adapted<B>, ModelConfig)> {
+    let (model, cfg) = load_adapted::<B>(m.weights.as_deref(), device)?;
+    req.validate(&Limits::for_model(cfg.w_max(), model.lora.is_some()))?;
+    Ok((model, cfg))
+}
 
 pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<B>, ModelConfig)> {
     match dir {

@@ -237,6 +237,81 @@ fn bad_images_fail_cleanly() {
     assert_fails_cleanly("big.png", &png, &["--max-pixels", "1000"], "too large");
 }
 
+/// No input is ever overwritten, and bad tiles are refused before any work.
+#[test]
+fn never_overwrites_an_input_and_refuses_bad_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.png");
+    picture(8, 8).save(&input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    // The same file, named the same way, through `..`, and through a link.
+    let via_dotdot = dir.path().join("sub/../a.png");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let link = dir.path().join("link.png");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for out in [&input, &via_dotdot, &link] {
+        let o = run(&["upscale", s(&input), "-o", s(out), "--scale", "2"]);
+        assert!(!o.status.success(), "{}", s(out));
+        assert!(
+            stderr(&o).contains("refusing to overwrite"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), before);
+    }
+    // A folder output whose `_x2` name is an input of the same run.
+    let named = dir.path().join("a_x2.png");
+    picture(8, 8).save(&named).unwrap();
+    let o = run(&[
+        "upscale",
+        s(&input),
+        s(&named),
+        "-o",
+        s(dir.path()),
+        "--scale",
+        "2",
+    ]);
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
+    // Two inputs of one name into one folder.
+    let other = dir.path().join("sub/a.png");
+    picture(8, 8).save(&other).unwrap();
+    let outdir = dir.path().join("out");
+    let o = run(&["upscale", s(&input), s(&other), "-o", s(&outdir)]);
+    assert!(
+        stderr(&o).contains("would both be written"),
+        "{}",
+        stderr(&o)
+    );
+    let out = dir.path().join("out.png");
+    for bad in [
+        &["--tile", "0"][..],
+        &["--tile", "8"],
+        &["--tile", "32", "--overlap", "32"],
+    ] {
+        let mut argv = vec!["upscale", s(&input), "-o", s(&out)];
+        argv.extend(bad);
+        let o = run(&argv);
+        assert!(
+            !o.status.success() && stderr(&o).contains("tile"),
+            "{bad:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!out.exists());
+    // Only the finished file is left: no temporary beside it.
+    let o = run(&["upscale", s(&input), "-o", s(&out), "--scale", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+}
+
 #[test]
 fn bad_arguments_and_weights_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();

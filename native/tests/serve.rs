@@ -219,6 +219,21 @@ fn client_mistakes_are_4xx_with_json() {
             400,
             "bad_parameter",
         ),
+        // Tiles: at least 16 input pixels, the overlap below the tile.
+        (
+            u("?tile=0"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?tile=32&overlap=32"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
         (
             u("?format=gif"),
             "image/png",

@@ -180,7 +180,13 @@ fn gpu_sampler_matches_the_cpu_sampler() {
             .collect(),
     )
     .unwrap();
-    let opts = sampler::sample_options(1, flowmapsr_core::bridge::Mode::Fidelity, 0, 2, 16, 4);
+    let opts = flowmapsr_core::request::SampleRequest {
+        scale: 2,
+        tile: 16,
+        overlap: 4,
+        ..Default::default()
+    }
+    .options(false);
     let cpu = sampler::upscale(
         &net_c,
         &cfg,

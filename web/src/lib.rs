@@ -6,8 +6,8 @@
 //! between page and worker, and the pixel conversions, which mirror `flowmapsr upscale`'s (8-bit
 //! RGBA in, alpha upscaled on its own with bicubic, rounded 8-bit out) so both give one answer.
 
-use flowmapsr_core::bridge::Mode;
-use flowmapsr_core::sampler::{check_temperature, sample_options, SampleOptions};
+use flowmapsr_core::request::{Limits, SampleRequest};
+use flowmapsr_core::sampler::SampleOptions;
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
@@ -25,98 +25,50 @@ pub enum ToWorker {
     Upscale(Job),
 }
 
-/// What the user asked for; tile and overlap in input pixels, as `flowmapsr upscale --tile`.
+/// What the user asked for: the image's size and core's [`SampleRequest`] (the knobs of
+/// `flowmapsr upscale`, tile and overlap in input pixels).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Job {
     pub width: usize,
     pub height: usize,
-    pub scale: u32,
-    pub steps: usize,
-    pub tile: usize,
-    pub overlap: usize,
-    pub seed: u64,
-    pub stochastic: bool,
-    /// Guidance scale w (1: faithful); at most the model's `w_max`.
-    #[serde(default = "one")]
-    pub guidance: f32,
-    /// LoRA scale (0: the base model; up to 3, sharper and less faithful); needs an adapter.
-    #[serde(default)]
-    pub lora: f32,
-    /// Stochastic mode: source noise x temperature, in [0, 1] (the page's "grain").
-    #[serde(default = "one")]
-    pub temperature: f32,
-    /// Make the result consistent with the input (its bicubic downscale is the input); no
-    /// network call. Off shows the flow map's raw output.
-    #[serde(default = "yes")]
-    pub projection: bool,
+    pub request: SampleRequest,
 }
 
-fn yes() -> bool {
-    true
-}
-
-fn one() -> f32 {
-    1.0
+/// The demo's limits for a model with this w_max and adapter.
+pub fn web_limits(w_max: f32, lora: bool) -> Limits {
+    Limits {
+        max_steps: 64,
+        max_tile: 512,
+        ..Limits::for_model(w_max, lora)
+    }
 }
 
 impl Job {
-    /// The sampler options `flowmapsr upscale` uses for the same knobs.
+    /// The sampler options `flowmapsr upscale` uses for the same knobs (the page's pixels are
+    /// decoded, so nothing is lossy here: the projection is as asked).
     pub fn options(&self) -> SampleOptions {
-        let mode = self.mode();
-        SampleOptions {
-            guidance: self.guidance,
-            temperature: self.temperature,
-            lr_projection: self.projection,
-            ..sample_options(
-                self.steps,
-                mode,
-                self.seed,
-                self.scale,
-                self.tile,
-                self.overlap,
-            )
-        }
+        self.request.options(false)
     }
 
-    fn mode(&self) -> Mode {
-        if self.stochastic {
-            Mode::Stochastic
-        } else {
-            Mode::Fidelity
-        }
-    }
-
-    /// Size checks before any work: clear errors instead of an out-of-memory tab.
-    pub fn check(&self) -> Result<()> {
+    /// Size and knob checks before any work: clear errors instead of an out-of-memory tab.
+    pub fn check(&self, limits: &Limits) -> Result<()> {
         if self.width == 0 || self.height == 0 {
             return Err(Error::InvalidImage("the image is empty".into()));
         }
-        if !matches!(self.scale, 2 | 4 | 8) {
-            return Err(Error::BadScale(self.scale));
-        }
-        let out = self.width * self.height * (self.scale * self.scale) as usize;
+        self.request.validate(limits)?;
+        let scale = self.request.scale;
+        let out = self.width * self.height * (scale * scale) as usize;
         if out > MAX_OUTPUT_PIXELS {
             return Err(Error::BadParam(format!(
                 "{}x{} at x{} is {:.1} MP of output; the browser demo stops at {} MP (use a \
                  smaller scale or crop, or `flowmapsr upscale`)",
                 self.width,
                 self.height,
-                self.scale,
+                scale,
                 out as f64 / 1e6,
                 MAX_OUTPUT_PIXELS >> 20
             )));
         }
-        if self.steps == 0 || self.steps > 64 {
-            return Err(Error::BadParam("steps must be in 1..=64".into()));
-        }
-        if self.tile < 16 || self.tile > 512 {
-            return Err(Error::BadParam("tile must be 16..=512 input pixels".into()));
-        }
-        if !(self.guidance.is_finite() && self.guidance >= 1.0) {
-            return Err(Error::BadParam("guidance w must be >= 1".into()));
-        }
-        flowmapsr_core::lora::check_scale(self.lora)?;
-        check_temperature(self.temperature, self.mode())?;
         Ok(())
     }
 }
@@ -208,23 +160,25 @@ pub fn js_error(e: wasm_bindgen::JsValue) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowmapsr_core::bridge::Mode;
+    use flowmapsr_core::projection::Policy;
+
+    fn job() -> Job {
+        Job {
+            width: 100,
+            height: 50,
+            request: SampleRequest {
+                mode: Mode::Stochastic,
+                guidance: 1.5,
+                temperature: 0.3,
+                ..Default::default()
+            },
+        }
+    }
 
     #[test]
     fn messages_round_trip_as_json() {
-        let m = ToWorker::Upscale(Job {
-            width: 3,
-            height: 2,
-            scale: 4,
-            steps: 1,
-            tile: 128,
-            overlap: 16,
-            seed: 7,
-            stochastic: false,
-            guidance: 2.5,
-            lora: 1.5,
-            temperature: 0.4,
-            projection: false,
-        });
+        let m = ToWorker::Upscale(job());
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.contains("\"kind\":\"upscale\""), "{s}");
         assert_eq!(serde_json::from_str::<ToWorker>(&s).unwrap(), m);
@@ -233,98 +187,47 @@ mod tests {
                 .unwrap();
         // A worker that does not say is one without an adapter.
         assert!(matches!(r, FromWorker::Ready { w_max, lora: false, .. } if w_max == 3.0));
-        // A job without guidance, LoRA or temperature (an older page): w = 1, LoRA 0, temperature 1.
-        let old = r#"{"kind":"upscale","width":1,"height":1,"scale":2,"steps":1,"tile":64,"overlap":8,"seed":0,"stochastic":false}"#;
-        match serde_json::from_str::<ToWorker>(old).unwrap() {
-            ToWorker::Upscale(j) => {
-                assert_eq!((j.guidance, j.lora, j.temperature), (1.0, 0.0, 1.0));
-                assert!(j.projection);
-            }
-            m => panic!("{m:?}"),
-        }
     }
 
     #[test]
     fn options_match_the_cli_and_sizes_are_checked() {
-        let j = Job {
-            width: 100,
-            height: 50,
-            scale: 4,
-            steps: 1,
-            tile: 128,
-            overlap: 16,
-            seed: 0,
-            stochastic: true,
-            guidance: 1.5,
-            lora: 0.0,
-            temperature: 0.3,
-            projection: true,
-        };
+        let j = job();
+        let lim = web_limits(3.0, true);
         let o = j.options();
         assert_eq!(
             (o.tile, o.overlap, o.steps, o.guidance, o.temperature),
             (512, 64, 1, 1.5, 0.3)
         );
         assert!(o.lr_projection);
-        assert!(
-            !Job {
-                projection: false,
-                ..j.clone()
-            }
-            .options()
-            .lr_projection
-        );
-        assert!(j.check().is_ok());
+        let mut off = j.clone();
+        off.request.projection = Policy::Off;
+        assert!(!off.options().lr_projection);
+        j.check(&lim).unwrap();
         let huge = Job {
             width: 2100,
             height: 2100,
             ..j.clone()
         };
-        let e = huge.check().unwrap_err().to_string();
+        let e = huge.check(&lim).unwrap_err().to_string();
         assert!(e.contains("MP of output"), "{e}");
-        assert!(Job {
-            scale: 3,
-            ..j.clone()
-        }
-        .check()
-        .is_err());
         assert!(Job {
             width: 0,
             ..j.clone()
         }
-        .check()
+        .check(&lim)
         .is_err());
-        assert!(Job {
-            guidance: 0.5,
-            ..j.clone()
-        }
-        .check()
-        .is_err());
-        for lora in [-0.5, 3.5, f32::NAN] {
-            assert!(Job { lora, ..j.clone() }.check().is_err(), "{lora}");
-        }
-        assert!(Job {
-            lora: 3.0,
-            ..j.clone()
-        }
-        .check()
-        .is_ok());
-        for temperature in [-0.1, 1.5, f32::NAN] {
-            let bad = Job {
-                temperature,
-                ..j.clone()
-            };
-            assert!(bad.check().is_err(), "{temperature}");
-        }
-        // The fidelity mode has no source noise: only the neutral temperature 1 goes with it.
-        let fidelity = |temperature| Job {
-            stochastic: false,
-            temperature,
-            ..j.clone()
-        };
-        assert!(fidelity(0.3).check().is_err());
-        assert!(fidelity(1.0).check().is_ok());
-        assert!(Job { steps: 0, ..j }.check().is_err());
+        // The knobs are core's checks with the demo's limits.
+        let mut many = j.clone();
+        many.request.steps = 65;
+        let e = many.check(&lim).unwrap_err().to_string();
+        assert!(e.contains("1..=64"), "{e}");
+        let mut big = j.clone();
+        big.request.tile = 600;
+        assert!(big.check(&lim).is_err());
+        let mut lora = j.clone();
+        lora.request.lora = 1.0;
+        assert!(lora.check(&lim).is_ok());
+        assert!(lora.check(&web_limits(3.0, false)).is_err());
     }
 
     #[test]

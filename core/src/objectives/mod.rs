@@ -355,3 +355,58 @@ fn flow_map_rows<B: Backend>(
     let dt = per_sample::<B>(&dt, &x.device());
     x.narrow(0, 0, rows) + v.narrow(0, 0, rows) * dt
 }
+
+/// The self-distillation objective a run trains with (ALGORITHM.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Objective {
+    Shortcut,
+    Lagrangian,
+    Eulerian,
+    FlowMatching,
+}
+
+/// Each objective's settings, as a training config states them; [`Objective::loss`] uses the
+/// chosen one's.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectiveConfigs<'a> {
+    pub shortcut: &'a shortcut::ShortcutConfig,
+    pub lagrangian: &'a SelfDistillConfig,
+    pub eulerian: &'a SelfDistillConfig,
+    pub flow_matching: &'a flow_matching::FlowMatchingConfig,
+}
+
+impl Objective {
+    /// This objective's loss terms for `student` against the EMA `teacher` (flow matching has
+    /// no teacher).
+    pub fn loss<B, N, T>(
+        self,
+        student: &N,
+        teacher: &T,
+        batch: &Batch<B>,
+        cfgs: &ObjectiveConfigs,
+        bridge: &BridgeConfig,
+        rng: &mut impl Rng,
+    ) -> LossTerms<B>
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+        N: FlowNet<B>,
+        T: FlowNet<B::InnerBackend>,
+    {
+        match self {
+            Self::Shortcut => {
+                shortcut::shortcut(student, teacher, batch, cfgs.shortcut, bridge, rng)
+            }
+            Self::Lagrangian => {
+                lagrangian::lagrangian(student, teacher, batch, cfgs.lagrangian, bridge, rng)
+            }
+            Self::Eulerian => {
+                eulerian::eulerian(student, teacher, batch, cfgs.eulerian, bridge, rng)
+            }
+            Self::FlowMatching => {
+                flow_matching::flow_matching(student, batch, cfgs.flow_matching, bridge, rng)
+            }
+        }
+    }
+}

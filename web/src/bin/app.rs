@@ -17,7 +17,10 @@ fn main() {
 
 #[cfg(target_arch = "wasm32")]
 mod ui {
-    use flowmapsr_web::{download_name, js_error, FromWorker, Job, ToWorker};
+    use flowmapsr_core::bridge::Mode;
+    use flowmapsr_core::projection::Policy;
+    use flowmapsr_core::request::SampleRequest;
+    use flowmapsr_web::{download_name, js_error, web_limits, FromWorker, Job, ToWorker};
     use js_sys::{Array, Uint8Array};
     use leptos::prelude::*;
     use std::cell::RefCell;
@@ -451,33 +454,37 @@ mod ui {
                 let (Some(input), Some(worker), Some(out)) = (&c.input, &c.worker, &c.out) else {
                     return;
                 };
+                let grain_t = grain.get_untracked();
+                let has_lora = sig.has_lora.get_untracked();
                 let job = Job {
                     width: input.width,
                     height: input.height,
-                    scale: scale.get_untracked(),
-                    steps: steps.get_untracked(),
-                    tile: tile.get_untracked(),
-                    overlap: (tile.get_untracked() / 8).max(8),
-                    seed: seed.get_untracked(),
-                    stochastic: grain.get_untracked() > 0.0,
-                    temperature: if grain.get_untracked() > 0.0 {
-                        grain.get_untracked()
-                    } else {
-                        1.0
+                    request: SampleRequest {
+                        scale: scale.get_untracked(),
+                        steps: steps.get_untracked(),
+                        tile: tile.get_untracked(),
+                        overlap: (tile.get_untracked() / 8).max(8),
+                        seed: seed.get_untracked(),
+                        mode: if grain_t > 0.0 {
+                            Mode::Stochastic
+                        } else {
+                            Mode::Fidelity
+                        },
+                        temperature: if grain_t > 0.0 { grain_t } else { 1.0 },
+                        guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
+                        lora: if has_lora { lora.get_untracked() } else { 0.0 },
+                        projection: if projection.get_untracked() {
+                            Policy::On
+                        } else {
+                            Policy::Off
+                        },
                     },
-                    guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
-                    lora: if sig.has_lora.get_untracked() {
-                        lora.get_untracked()
-                    } else {
-                        0.0
-                    },
-                    projection: projection.get_untracked(),
                 };
-                if let Err(e) = job.check() {
+                if let Err(e) = job.check(&web_limits(sig.w_max.get_untracked(), has_lora)) {
                     sig.message.set(e.to_string());
                     return;
                 }
-                let s = job.scale as usize;
+                let s = job.request.scale as usize;
                 out.set_width((input.width * s) as u32);
                 out.set_height((input.height * s) as u32);
                 sig.out_size.set((input.width * s, input.height * s));

@@ -27,7 +27,7 @@ mod wasm {
     use flowmapsr_core::sampler::{upscale_async, CpuBlender, TileDone};
     use flowmapsr_core::weights::{load_lora, load_model, ModelConfig};
     use flowmapsr_shaders::{Gpu, GpuBlender};
-    use flowmapsr_web::{js_error, split_rgba, FromWorker, Job, ToWorker};
+    use flowmapsr_web::{js_error, split_rgba, web_limits, FromWorker, Job, ToWorker};
     use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -262,10 +262,15 @@ mod wasm {
     }
 
     async fn run(job: Job, rgba: Vec<u8>) -> Result<(), String> {
-        job.check().map_err(|e| e.to_string())?;
         let model = MODEL
             .with(|m| m.borrow().clone())
             .ok_or("the model is not loaded yet")?;
+        let has_lora = match &model.engine {
+            Engine::Gpu(a, _) => a.lora.is_some(),
+            Engine::Cpu(a) => a.lora.is_some(),
+        };
+        job.check(&web_limits(model.cfg.w_max(), has_lora))
+            .map_err(|e| e.to_string())?;
         let (rgb, alpha) = split_rgba(&rgba, job.width, job.height).map_err(|e| e.to_string())?;
         drop(rgba);
         let opts = job.options();
@@ -285,11 +290,11 @@ mod wasm {
             );
             true
         };
-        let (cfg, scale) = (&model.cfg, job.scale);
+        let (cfg, scale) = (&model.cfg, job.request.scale);
         let (width, height) = (job.width * scale as usize, job.height * scale as usize);
         let (out, blend) = match &model.engine {
             Engine::Gpu(adapted, dev) => {
-                let net = &adapted.at(job.lora).map_err(|e| e.to_string())?;
+                let net = &adapted.at(job.request.lora).map_err(|e| e.to_string())?;
                 let mut gpu = GpuBlender::new(dev);
                 if gpu.fits(width, height) {
                     let r =
@@ -303,7 +308,7 @@ mod wasm {
                 }
             }
             Engine::Cpu(adapted) => {
-                let net = &adapted.at(job.lora).map_err(|e| e.to_string())?;
+                let net = &adapted.at(job.request.lora).map_err(|e| e.to_string())?;
                 let (dev, mut cpu) = (Default::default(), CpuBlender::default());
                 let r = upscale_async(net, cfg, &rgb, scale, &opts, &dev, &mut cpu, &mut on_tile);
                 (r.await, "CPU")

@@ -1,0 +1,258 @@
+//! One sampling request: the knobs every surface turns (`flowmapsr upscale / eval / bench`, the
+//! server's query, the web worker's job), declared and validated here once. Each surface sets
+//! only its [`Limits`]; the model's own limits (its w_max, whether it has an adapter) come with
+//! the weights ([`Limits::for_model`]).
+//!
+//! Tile and overlap are in input pixels, as a user thinks of them; [`SampleRequest::options`]
+//! turns them into the sampler's full-resolution [`SampleOptions`].
+
+use crate::bridge::Mode;
+use crate::error::{Error, Result};
+use crate::projection::Policy;
+use crate::sampler::{check_temperature, SampleOptions, Solver};
+use serde::{Deserialize, Serialize};
+
+/// The smallest tile side, in input pixels, any surface accepts: below it the network's
+/// receptive field sees mostly padding and the overlaps cost more than the tiles.
+pub const MIN_TILE: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleRequest {
+    /// Upscaling factor: 2, 4 or 8.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
+    pub scale: u32,
+    /// Network calls per tile (flow-map steps; 1 is the one-step map).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
+    pub steps: usize,
+    /// Tile side in input pixels (at least 16).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 128))]
+    pub tile: usize,
+    /// Overlap of neighbouring tiles in input pixels (below the tile side).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 16))]
+    pub overlap: usize,
+    /// fidelity (deterministic, best PSNR) or stochastic (seeded source noise).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Mode::Fidelity))]
+    pub mode: Mode,
+    /// Seed of the stochastic mode's source noise.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
+    pub seed: u64,
+    /// Stochastic mode: source noise = temperature x the trained sigma_0, in [0, 1]; lower keeps
+    /// less grain and more fidelity (SRFlow's temperature).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
+    pub temperature: f32,
+    /// Guidance scale w in [1, w_max of the model]: 1 is faithful, larger is sharper
+    /// (positive/negative prompt guidance, one network call per step at any w).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
+    pub guidance: f32,
+    /// LoRA scale in [0, 3] (adversarial adapters: 0 is the base model, higher is more
+    /// photographic); needs weights with lora.json + lora.bin.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.0))]
+    pub lora: f32,
+    /// LR projection: make the result exactly consistent with the input (its bicubic downscale
+    /// is the input; no network call). auto: on, except for JPEG and lossy WebP inputs (their
+    /// coding noise would come back); off: the flow map's raw output.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Policy::Auto))]
+    pub projection: Policy,
+}
+
+impl Default for SampleRequest {
+    fn default() -> Self {
+        Self {
+            scale: 4,
+            steps: 1,
+            tile: 128,
+            overlap: 16,
+            mode: Mode::Fidelity,
+            seed: 0,
+            temperature: 1.0,
+            guidance: 1.0,
+            lora: 0.0,
+            projection: Policy::Auto,
+        }
+    }
+}
+
+/// What a surface accepts, and what the loaded model can do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub max_steps: usize,
+    pub max_tile: usize,
+    /// The model's largest guidance scale (1: no guidance).
+    pub w_max: f32,
+    /// Whether the model has a LoRA adapter.
+    pub lora: bool,
+}
+
+impl Limits {
+    /// The command line's limits (the sampler's own) for a model.
+    pub fn for_model(w_max: f32, lora: bool) -> Self {
+        Self {
+            max_steps: 1024,
+            max_tile: 4096,
+            w_max,
+            lora,
+        }
+    }
+}
+
+impl SampleRequest {
+    /// Every knob against `limits`, before any work; the message names the knob and the range.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        if !matches!(self.scale, 2 | 4 | 8) {
+            return Err(Error::BadScale(self.scale));
+        }
+        if !(1..=limits.max_steps).contains(&self.steps) {
+            return Err(Error::BadParam(format!(
+                "steps must be in 1..={}, got {}",
+                limits.max_steps, self.steps
+            )));
+        }
+        if !(MIN_TILE..=limits.max_tile).contains(&self.tile) {
+            return Err(Error::BadParam(format!(
+                "tile must be in {MIN_TILE}..={} input pixels, got {}",
+                limits.max_tile, self.tile
+            )));
+        }
+        if self.overlap >= self.tile {
+            return Err(Error::BadParam(format!(
+                "overlap {} must be below the tile side {} (set a smaller overlap)",
+                self.overlap, self.tile
+            )));
+        }
+        let w = self.guidance;
+        if !(w.is_finite() && w >= 1.0 && w <= limits.w_max + 1e-6) {
+            return Err(Error::BadParam(if limits.w_max > 1.0 {
+                format!(
+                    "guidance must be in [1, {}] for this model, got {w}",
+                    limits.w_max
+                )
+            } else {
+                format!("guidance {w}: this model was not trained for guidance (only 1)")
+            }));
+        }
+        crate::lora::check_scale(self.lora)?;
+        if self.lora != 0.0 && !limits.lora {
+            return Err(Error::BadParam(
+                "lora: this model has no LoRA adapter (lora.json + lora.bin)".into(),
+            ));
+        }
+        check_temperature(self.temperature, self.mode)
+    }
+
+    /// The sampler's options for an input whose file was (`lossy_input`) lossily coded.
+    pub fn options(&self, lossy_input: bool) -> SampleOptions {
+        let s = self.scale as usize;
+        SampleOptions {
+            steps: self.steps,
+            solver: Solver::FlowMap,
+            mode: self.mode,
+            seed: self.seed,
+            guidance: self.guidance,
+            temperature: self.temperature,
+            tile: self.tile * s,
+            overlap: self.overlap * s,
+            lr_projection: self.projection.applies(lossy_input),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> Limits {
+        Limits {
+            max_steps: 16,
+            max_tile: 512,
+            w_max: 3.0,
+            lora: true,
+        }
+    }
+
+    #[test]
+    fn defaults_pass_and_each_bad_knob_is_named() {
+        let r = SampleRequest::default();
+        r.validate(&lim()).unwrap();
+        let bad = |f: &dyn Fn(&mut SampleRequest), word: &str| {
+            let mut q = r.clone();
+            f(&mut q);
+            let e = q.validate(&lim()).unwrap_err().to_string();
+            assert!(e.contains(word), "{e} should name {word}");
+        };
+        bad(&|q| q.scale = 3, "scale");
+        bad(&|q| q.steps = 0, "steps");
+        bad(&|q| q.steps = 17, "1..=16");
+        bad(&|q| q.tile = 0, "tile");
+        bad(&|q| q.tile = 513, "16..=512");
+        bad(
+            &|q| (q.tile, q.overlap) = (32, 32),
+            "overlap 32 must be below",
+        );
+        bad(&|q| q.guidance = 0.5, "guidance");
+        bad(&|q| q.guidance = 3.5, "[1, 3]");
+        bad(&|q| q.guidance = f32::NAN, "guidance");
+        bad(&|q| q.lora = 3.5, "LoRA");
+        bad(&|q| q.temperature = 0.3, "temperature");
+        let no_lora = Limits {
+            lora: false,
+            w_max: 1.0,
+            ..lim()
+        };
+        let e = SampleRequest {
+            lora: 1.0,
+            ..r.clone()
+        }
+        .validate(&no_lora)
+        .unwrap_err();
+        assert!(e.to_string().contains("no LoRA adapter"), "{e}");
+        let e = SampleRequest {
+            guidance: 2.0,
+            ..r.clone()
+        }
+        .validate(&no_lora)
+        .unwrap_err();
+        assert!(e.to_string().contains("not trained for guidance"), "{e}");
+        SampleRequest {
+            mode: Mode::Stochastic,
+            temperature: 0.3,
+            tile: 16,
+            overlap: 15,
+            ..r
+        }
+        .validate(&lim())
+        .unwrap();
+    }
+
+    #[test]
+    fn options_scale_tiles_and_follow_the_projection_policy() {
+        let r = SampleRequest {
+            scale: 2,
+            guidance: 1.5,
+            ..Default::default()
+        };
+        let o = r.options(true);
+        assert_eq!((o.tile, o.overlap, o.guidance), (256, 32, 1.5));
+        assert!(!o.lr_projection, "auto leaves lossy inputs raw");
+        assert!(r.options(false).lr_projection);
+        let on = SampleRequest {
+            projection: Policy::On,
+            ..r
+        };
+        assert!(on.options(true).lr_projection);
+    }
+
+    /// The server's query and the web worker's job are this struct in JSON / form encoding:
+    /// absent knobs take the defaults, unknown ones are refused.
+    #[test]
+    fn deserialises_with_defaults_and_refuses_unknown_knobs() {
+        let r: SampleRequest =
+            serde_json::from_str(r#"{"scale":2,"mode":"stochastic","projection":"off"}"#).unwrap();
+        assert_eq!(r.scale, 2);
+        assert_eq!(r.mode, Mode::Stochastic);
+        assert_eq!(r.projection, Policy::Off);
+        assert_eq!(r.tile, 128);
+        assert!(serde_json::from_str::<SampleRequest>(r#"{"stpes":2}"#).is_err());
+    }
+}
