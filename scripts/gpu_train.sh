@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One lent-GPU session (docs/training.md, "Stage 5 attempt on a lent GPU"): a CUDA smoke run, a probe of the training step,
-# a fidelity fine-tune of the shipped weights sized to the time left, and the kernel caches saved
-# for the next session. Run on the device machine from the repo root with `.gpu/` carried:
+# A short run on a lent GPU (docs/training.md): a CUDA smoke run, a probe of the training step,
+# a fine-tune sized to the time left (by default the release recipe's batch-64 stage), and the
+# kernel caches saved for the next run. Run on the device machine from the repo root with `.gpu/` carried:
 #   .gpu/flowmapsr.gz   `cargo build --release -p flowmapsr --features cuda`, stripped and gzipped
 #                       (.cargo/config.toml builds it for the device's CUDA 13.0)
 #   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
@@ -11,17 +11,18 @@
 # $OUT gets: log.txt, train_config.json, model.bin + config.json (final EMA weights, when the
 # schedule finished), ema.bin (latest checkpoint's EMA weights), cubecl-cache.tgz.
 #
-# Session 9 (H200) learnt: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
+# Measured on an H200: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
 # use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
 # then 0.11-0.16 s/step at batch 32 x 128 px. Hence: autotune level "minimal", the PTX and autotune
 # caches kept in target/ and brought back, no validation on the device (eval runs on the CPU here).
-# Session 10 (H200): cold, the first 30 steps at batch 64 still took 374 s; with the caches restored
+# Cold, at batch 64, the first 30 steps at batch 64 still took 374 s; with the caches restored
 # the first steps cost nothing extra, then 0.24-0.28 s/step. Keep .gpu/cubecl-cache.tgz.
 set -uo pipefail
 T0=$(date +%s)
 LIMIT=${LIMIT:?set LIMIT to the call\'s timeout_s}
 HARD=$((T0 + LIMIT - 30))
-CONFIG=${CONFIG:-configs/gpu_fidelity.json}
+# CONFIG: a training config, or a staged one with STAGE naming the stage to run.
+CONFIG=${CONFIG:-configs/release.json} STAGE=${STAGE:-batch64-a}
 OUT=${OUT:-/tmp/gpu_out}
 # SET: extra "key=int" overrides of $CONFIG (e.g. SET="batch=64"); SMOKE=0 skips the inference
 # smoke run (its JIT costs ~80 s of a cold device; the probe is a smoke run of training too).
@@ -36,8 +37,11 @@ left() { echo $((HARD - $(date +%s))); }
 cfg() {
   python3 -c 'import json, sys
 c = json.load(open(sys.argv[1]))
-c.update((k, int(v)) for k, v in (a.split("=") for a in sys.argv[3:]))
-json.dump(c, open(sys.argv[2], "w"), indent=2)' "$CONFIG" "$@"
+if "stages" in c:
+    c = next(s for s in c["stages"] if s["name"] == sys.argv[3])
+    c.pop("name"); c.pop("stop_after", None)
+c.update((k, int(v)) for k, v in (a.split("=") for a in sys.argv[4:]))
+json.dump(c, open(sys.argv[2], "w"), indent=2)' "$CONFIG" "$1" "$STAGE" "${@:2}"
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -6,8 +6,8 @@ and 4-5 px (frequencies 0.4-0.5, 0.35-0.4, 0.3-0.35, 0.25-0.3, 0.2-0.25 cycles/p
 and along rows, each averaged over the other axis; SR / HR per band and axis, the largest of the
 ten; then the mean over the images. 1 = no more energy at any fine scale than the photos; above 1
 = more: a 2-px pattern such as alternating rows, per-pixel noise, or the 3-5 px hatching an
-over-driven adversarial adapter draws on skin and cloth (docs/training.md, session 15), all of
-which the HF ratio would count as detail. Sessions up to 15 used the 2-2.5 px band alone, blind
+over-driven adversarial adapter draws on skin and cloth, all of
+which the HF ratio would count as detail. The 2-2.5 px band alone is blind
 to that hatching (its Set5 outputs at w 3, LoRA 3: 1.86 there, 2.57 with the five bands).
 `local_pattern`: the same in 32-px windows (see WINDOW), for a grid on one region only.
 SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).

@@ -5,6 +5,8 @@
 //! Stage k trains in OUT/NAME, starting from stage k-1's `final/` (the first from `--init`, or
 //! from scratch); each stage is an ordinary resumable run, and a finished one leaves `DONE`, so
 //! `train --resume` on the pipeline continues where it stopped. `--stage NAME` runs one stage.
+//! A stage's `stop_after` ends it at that step of its schedule (a run stopped before its cosine
+//! reached the end, as configs/release.json records).
 
 use crate::train::{TrainArgs, TrainConfig};
 use anyhow::{bail, Context, Result};
@@ -26,8 +28,16 @@ pub fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
-/// The stages of a pipeline config: (name, that stage's full training config).
-pub fn stages(file: &Value) -> Result<Vec<(String, TrainConfig)>> {
+/// One stage: its name, its full training config, and where it stops.
+pub struct Stage {
+    pub name: String,
+    pub cfg: TrainConfig,
+    /// The step it ends at: `stop_after`, or the end of its schedule.
+    pub end: usize,
+}
+
+/// The stages of a pipeline config.
+pub fn stages(file: &Value) -> Result<Vec<Stage>> {
     let list = file
         .get("stages")
         .and_then(Value::as_array)
@@ -36,7 +46,7 @@ pub fn stages(file: &Value) -> Result<Vec<(String, TrainConfig)>> {
     base.as_object_mut()
         .expect("checked above")
         .remove("stages");
-    let mut out: Vec<(String, TrainConfig)> = Vec::new();
+    let mut out: Vec<Stage> = Vec::new();
     for (i, st) in list.iter().enumerate() {
         let name = st
             .get("name")
@@ -47,18 +57,29 @@ pub fn stages(file: &Value) -> Result<Vec<(String, TrainConfig)>> {
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            || out.iter().any(|(n, _)| *n == name)
+            || out.iter().any(|s| s.name == name)
         {
             bail!("stage names must be unique and made of letters, digits, - and _: '{name}'");
         }
         let mut patch = st.clone();
-        patch.as_object_mut().expect("has a name").remove("name");
+        let fields = patch.as_object_mut().expect("has a name");
+        fields.remove("name");
+        let stop = match fields.remove("stop_after") {
+            None => None,
+            Some(v) => Some(v.as_u64().filter(|s| *s > 0).with_context(|| {
+                format!("stage '{name}': stop_after must be a positive number of steps")
+            })? as usize),
+        };
         let mut cfg = base.clone();
         merge(&mut cfg, &patch);
         let cfg: TrainConfig = serde_json::from_value(cfg)
             .with_context(|| format!("stage '{name}': the merged config"))?;
         cfg.check().with_context(|| format!("stage '{name}'"))?;
-        out.push((name, cfg));
+        if stop.is_some_and(|s| s > cfg.steps) {
+            bail!("stage '{name}': stop_after is beyond its {} steps", cfg.steps);
+        }
+        let end = stop.unwrap_or(cfg.steps);
+        out.push(Stage { name, cfg, end });
     }
     if out.is_empty() {
         bail!("`stages` is empty");
@@ -74,13 +95,18 @@ pub fn run(args: &TrainArgs, file: &Value) -> Result<()> {
     }
     let stages = stages(file)?;
     if let Some(s) = &args.stage {
-        if !stages.iter().any(|(n, _)| n == s) {
-            let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+        if !stages.iter().any(|st| st.name == *s) {
+            let names: Vec<&str> = stages.iter().map(|st| st.name.as_str()).collect();
             bail!("no stage '{s}' (stages: {})", names.join(", "));
         }
     }
     let mut prev: Option<std::path::PathBuf> = args.init.clone();
-    for (name, mut cfg) in stages {
+    for Stage {
+        name,
+        mut cfg,
+        end,
+    } in stages
+    {
         let out = args.out.join(&name);
         let selected = args.stage.as_deref().is_none_or(|s| s == name);
         if !selected {
@@ -108,16 +134,24 @@ pub fn run(args: &TrainArgs, file: &Value) -> Result<()> {
             init.as_ref()
                 .map_or("scratch".into(), |p| p.display().to_string())
         );
+        // --max-steps counts from where the stage is; a stage never runs past its end.
+        let done = if args.resume {
+            crate::train::latest_step(&out)?
+        } else {
+            0
+        };
+        let left = end.saturating_sub(done);
         let stage_args = TrainArgs {
             out: out.clone(),
             init,
             stage: None,
+            max_steps: Some(args.max_steps.map_or(left, |m| m.min(left))),
             ..args.clone()
         };
         crate::train::run_config(&stage_args, cfg.clone())?;
         let state = crate::train::latest_step(&out)?;
-        if state < cfg.steps {
-            tracing::info!("stage '{name}' stopped at step {state} of {}", cfg.steps);
+        if state < end {
+            tracing::info!("stage '{name}' stopped at step {state} of {end}");
             return Ok(());
         }
         std::fs::write(out.join(DONE), format!("{state}\n"))?;

@@ -407,6 +407,74 @@ fn staged_pipeline_runs_every_stage_from_the_last() {
     assert!(format!("{:#}", run(&a).unwrap_err()).contains("no stage 'nope'"));
 }
 
+/// configs/release.json, the recipe of the shipped weights, end to end at a toy size: every stage
+/// as written (objectives, guidance, deepening, the adversarial adapter) at 2 steps of batch 2,
+/// crops of 64 px and a narrow network; and at full size it ends in the shipped architecture.
+#[test]
+fn release_recipe_runs_end_to_end_at_toy_size() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("configs/release.json")).unwrap())
+            .unwrap();
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("weights/config.json")).unwrap())
+            .unwrap();
+    let stages = v["stages"].as_array_mut().unwrap();
+    let last = &stages.last().unwrap()["model"];
+    for k in ["unet", "bridge", "w_max"] {
+        assert_eq!(last[k], shipped[k], "the recipe's last stage must build the shipped {k}");
+    }
+    let names: Vec<String> = stages
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    for st in stages.iter_mut() {
+        st["model"]["unet"]["widths"] = serde_json::json!([8, 16, 16]);
+        st["model"]["unet"]["cond"]["dim"] = 16.into();
+        if st.get("stop_after").is_some() {
+            st["steps"] = 3.into();
+            st["stop_after"] = 2.into();
+        } else {
+            st["steps"] = 2.into();
+        }
+        st["warmup"] = 1.into();
+        st["batch"] = 2.into();
+        st["crop"] = 64.into();
+        for k in ["log_every", "val_every", "ckpt_every"] {
+            st[k] = 1.into();
+        }
+        if st.get("adversarial").is_some() {
+            st["adversarial"]["discriminator"]["widths"] = serde_json::json!([8, 8]);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 2);
+    // Crops of 64 px need images at least that big.
+    for i in 0..2 {
+        let img = image::RgbImage::from_fn(80, 72, |x, y| {
+            image::Rgb([(x * 3 + i) as u8, (y * 5) as u8, ((x * y) % 251) as u8])
+        });
+        img.save(d.join("data").join(format!("big{i}.png"))).unwrap();
+    }
+    synthetic_images(&d.join("val"), 1);
+    save_config(d, &v);
+    run(&args(d, "release", false, None)).unwrap();
+    for st in &names {
+        let done = std::fs::read_to_string(d.join("release").join(st).join("DONE"))
+            .unwrap_or_else(|e| panic!("{st}: {e}"));
+        // Two steps each; the guidance stage stops at 2 of its 3 (`stop_after`).
+        assert_eq!(done.trim(), "2", "{st}");
+    }
+    let fin = d.join("release").join(names.last().unwrap()).join("final");
+    assert!(fin.join("lora.bin").exists());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fin.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["unet"]["blocks"], shipped["unet"]["blocks"]);
+    assert_eq!(cfg["w_max"], shipped["w_max"]);
+}
+
 #[test]
 fn bad_training_config_is_a_clear_error() {
     let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());

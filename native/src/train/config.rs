@@ -181,47 +181,55 @@ impl TrainConfig {
     }
 }
 
+/// One stage of configs/release.json (tests).
+#[cfg(test)]
+pub(crate) fn release_stage(name: &str) -> TrainConfig {
+    let v = serde_json::from_str(include_str!("../../../configs/release.json")).unwrap();
+    crate::pipeline::stages(&v)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no stage {name}"))
+        .cfg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Every config in the repo still loads (fields added later must be optional) and passes
-    /// its checks; the pipeline's stages too.
+    /// its checks; the release recipe's stages too.
     #[test]
     fn every_config_in_the_repo_loads() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut n = 0;
-        for dir in [root.clone(), root.join("pilots")] {
-            for e in std::fs::read_dir(&dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.extension().is_none_or(|x| x != "json") {
-                    continue;
-                }
-                let v: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-                if v.get("stages").is_some() {
-                    assert!(!crate::pipeline::stages(&v).unwrap().is_empty());
-                } else {
-                    // Adversarial configs without `model` are checked on the shipped base.
-                    TrainConfig::from_value(v, || {
-                        crate::adversarial::base_model(&root.join("../weights"), None)
-                    })
-                    .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
-                }
-                n += 1;
+        for e in std::fs::read_dir(&root).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
             }
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            if v.get("stages").is_some() {
+                assert!(!crate::pipeline::stages(&v).unwrap().is_empty());
+            } else {
+                TrainConfig::from_value(v, || {
+                    crate::adversarial::base_model(&root.join("../weights"), None)
+                })
+                .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            }
+            n += 1;
         }
-        assert!(n >= 10, "{n} configs");
-        let c = TrainConfig::load(&root.join("fidelity_range_ft.json")).unwrap();
+        assert!(n >= 2, "{n} configs");
+        let c = release_stage("range");
         assert_eq!(c.shortcut.range_weight(), 0.25);
-        let c = TrainConfig::load(&root.join("fidelity_ft.json")).unwrap();
+        let c = release_stage("fidelity");
         assert_eq!(c.shortcut.range_weight(), 1.0);
     }
 
     #[test]
     fn image_weight_power_is_checked() {
-        let mut cfg: TrainConfig =
-            serde_json::from_str(include_str!("../../../configs/fidelity_ft.json")).unwrap();
+        let mut cfg = release_stage("fidelity");
         cfg.image_weight_power = Some(-1.0);
         assert!(cfg.check().is_err());
     }

@@ -22,7 +22,6 @@ pub fn load_images(dirs: &[PathBuf], min_side: usize) -> Result<Vec<Image>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::TrainConfig;
     use flowmapsr_core::batch::make_batch;
     use flowmapsr_core::Image;
 
@@ -31,8 +30,7 @@ mod tests {
     #[test]
     fn batch_rows_are_independent_and_reproducible() {
         type B = burn::backend::Autodiff<burn::backend::Flex>;
-        let mut cfg: TrainConfig =
-            serde_json::from_str(include_str!("../../../configs/fidelity_ft.json")).unwrap();
+        let mut cfg = super::super::config::release_stage("fidelity");
         cfg.crop = 32;
         // Two images of different content, so the image draw matters too.
         let img = |k: usize| {
