@@ -4,7 +4,8 @@
 //!   (shortcut + `guidance`) -> adversarial LoRA (`adversarial`).
 //! Stage k trains in OUT/NAME, starting from stage k-1's `final/` (the first from `--init`, or
 //! from scratch); each stage is an ordinary resumable run, and a finished one leaves `DONE`, so
-//! `train --resume` on the pipeline continues where it stopped. `--stage NAME` runs one stage.
+//! `train --resume` on the pipeline continues where it stopped. `--stage NAME` runs one stage
+//! (from the previous stage's `final/`, or from `--init DIR` when given).
 //! A stage's `stop_after` ends it at that step of its schedule (a run stopped before its cosine
 //! reached the end, as configs/release.json records).
 
@@ -76,7 +77,10 @@ pub fn stages(file: &Value) -> Result<Vec<Stage>> {
             .with_context(|| format!("stage '{name}': the merged config"))?;
         cfg.check().with_context(|| format!("stage '{name}'"))?;
         if stop.is_some_and(|s| s > cfg.steps) {
-            bail!("stage '{name}': stop_after is beyond its {} steps", cfg.steps);
+            bail!(
+                "stage '{name}': stop_after is beyond its {} steps",
+                cfg.steps
+            );
         }
         let end = stop.unwrap_or(cfg.steps);
         out.push(Stage { name, cfg, end });
@@ -101,12 +105,7 @@ pub fn run(args: &TrainArgs, file: &Value) -> Result<()> {
         }
     }
     let mut prev: Option<std::path::PathBuf> = args.init.clone();
-    for Stage {
-        name,
-        mut cfg,
-        end,
-    } in stages
-    {
+    for Stage { name, mut cfg, end } in stages {
         let out = args.out.join(&name);
         let selected = args.stage.as_deref().is_none_or(|s| s == name);
         if !selected {
@@ -121,7 +120,12 @@ pub fn run(args: &TrainArgs, file: &Value) -> Result<()> {
         if let Some(p) = args.precision {
             cfg.precision = p;
         }
-        let init = match &prev {
+        // `--stage NAME --init DIR` runs that stage from the given weights.
+        let from = match (&args.stage, &args.init) {
+            (Some(_), Some(dir)) => Some(dir.clone()),
+            _ => prev.clone(),
+        };
+        let init = match &from {
             Some(p) if !p.join("model.bin").exists() => bail!(
                 "stage '{name}' starts from {}, which does not exist yet: run the stages before it",
                 p.display()

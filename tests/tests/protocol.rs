@@ -1,5 +1,6 @@
 //! Our resampler and metrics against the reference scorer (`../shared/tools/sr_score.py`).
-//! Fixtures in tests/fixtures were written by that tool from our own synthetic picture:
+//! tests/fixtures/photos holds two small photographs; the other fixtures were written by that
+//! tool from our own synthetic picture:
 //!   sr_score.py make-lr HR LR --scale 2|4 ; sr_score.py bicubic HR SR --scale 4
 //! and the reference numbers below are `sr_score.y_metrics(sr, hr, 4, gray, extra=True)`.
 
@@ -63,15 +64,25 @@ fn metrics_match_the_reference_scorer() {
     }
 }
 
-/// Bicubic x4 on Set5 and Set14 as `sr_score.py bicubic` + `score` print them (MEAN rows), when
-/// ../shared/data is present.
+/// The eval sets beside the repo (../shared/data/eval), where present: the test sets themselves are
+/// not in the repo; the photos of the fixture cover the same checks everywhere.
+fn eval_sets() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval");
+    if root.exists() {
+        Some(root)
+    } else {
+        eprintln!(
+            "{} not present: the fixture's photos stand in",
+            root.display()
+        );
+        None
+    }
+}
+
+/// Bicubic x4 on Set5 and Set14 as `sr_score.py bicubic` + `score` print them (MEAN rows).
 #[test]
 fn bicubic_baseline_on_set5_and_set14() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval");
-    if !root.exists() {
-        eprintln!("skipping: {} not present", root.display());
-        return;
-    }
+    let Some(root) = eval_sets() else { return };
     for (set, psnr, ssim) in [("Set5", 28.429, 0.8111), ("Set14", 25.994, 0.7029)] {
         let images = load_folder(&root.join(set)).unwrap();
         let r = evaluate(&images, 4, None, bicubic_fn(4)).unwrap();
@@ -80,37 +91,77 @@ fn bicubic_baseline_on_set5_and_set14() {
     }
 }
 
-/// The shipped weights against bicubic on Set5 x4 (when ../shared/data is present): the product's
-/// reason to exist, checked on every test run. The gate numbers themselves come from `flowmapsr eval`.
+/// Two photographs in no folder of ../shared (crops of scikit-image's `chelsea`, CC0, and
+/// `astronaut`, public domain), with the reference scorer's numbers for bicubic x4:
+/// `sr_score.py bicubic tests/fixtures/photos OUT --scale 4`, then `sr_score.y_metrics(sr, hr, 4,
+/// extra=True)` per image: (PSNR-Y, SSIM-Y, GMSD, HF ratio).
+const PHOTOS_BICUBIC: [(&str, [f64; 4]); 2] = [
+    ("astronaut", [26.863670, 0.830924, 0.099804, 0.048046]),
+    ("cat", [28.701349, 0.703567, 0.095824, 0.018425]),
+];
+
 #[test]
-fn shipped_weights_beat_bicubic_on_set5() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval/Set5");
-    if !root.exists() {
-        eprintln!("skipping: {} not present", root.display());
-        return;
+fn protocol_on_photos_matches_the_reference_scorer() {
+    let images = load_folder(&fixture("photos")).unwrap();
+    let r = evaluate(&images, 4, None, bicubic_fn(4)).unwrap();
+    assert_eq!(r.images.len(), PHOTOS_BICUBIC.len());
+    for (img, (name, [psnr, ssim, gmsd, hf])) in r.images.iter().zip(PHOTOS_BICUBIC) {
+        assert_eq!(img.name, name);
+        let s = &img.scores;
+        assert!((s.psnr_y - psnr).abs() < 0.01, "{name} PSNR {}", s.psnr_y);
+        assert!((s.ssim_y - ssim).abs() < 5e-4, "{name} SSIM {}", s.ssim_y);
+        assert!((s.gmsd - gmsd).abs() < 5e-4, "{name} GMSD {}", s.gmsd);
+        assert!((s.hf_ratio - hf).abs() < 5e-4, "{name} HF {}", s.hf_ratio);
     }
-    let images = load_folder(&root).unwrap();
-    let dev = burn::backend::flex::FlexDevice;
-    let (net, cfg) = flowmapsr_cli::weights::load::<burn::backend::Flex>(None, &dev).unwrap();
-    let opts = flowmapsr_core::sampler::SampleOptions::default();
-    let model = evaluate(
-        &images,
-        4,
-        None,
-        flowmapsr_cli::eval::model_fn(&net, &cfg, 4, opts, &dev),
-    )
-    .unwrap();
-    let bicubic = evaluate(&images, 4, None, bicubic_fn(4)).unwrap();
+}
+
+/// The shipped weights against bicubic x4 on the two photos of the fixture: the product's reason
+/// to exist, checked on every test run (`flowmapsr eval --data tests/fixtures/photos` printed
+/// 28.786 / 0.7947 / 0.0799 against bicubic's 27.783 / 0.7672 / 0.0978).
+#[test]
+fn shipped_weights_beat_bicubic_on_the_photos() {
+    let images = load_folder(&fixture("photos")).unwrap();
+    let (model, bicubic) = model_and_bicubic(&images);
     assert!(
         model.psnr_y > bicubic.psnr_y + 0.5,
         "model {:.3} vs bicubic {:.3}",
         model.psnr_y,
         bicubic.psnr_y
     );
+    assert!(model.ssim_y > bicubic.ssim_y + 0.01);
+    assert!(model.gmsd < bicubic.gmsd - 0.01);
+}
+
+/// The same on Set5 (the test set the product reports on).
+#[test]
+fn shipped_weights_beat_bicubic_on_set5() {
+    let Some(root) = eval_sets() else { return };
+    let (model, bicubic) = model_and_bicubic(&load_folder(&root.join("Set5")).unwrap());
     assert!(
-        model.ssim_y > bicubic.ssim_y,
-        "model {:.4} vs bicubic {:.4}",
-        model.ssim_y,
-        bicubic.ssim_y
+        model.psnr_y > bicubic.psnr_y + 1.0,
+        "model {:.3} vs bicubic {:.3}",
+        model.psnr_y,
+        bicubic.psnr_y
     );
+    assert!(model.ssim_y > bicubic.ssim_y);
+}
+
+/// Mean scores of the shipped weights (default settings) and of bicubic, x4.
+fn model_and_bicubic(
+    images: &[(String, imageio::Decoded)],
+) -> (
+    flowmapsr_cli::eval::EvalReport,
+    flowmapsr_cli::eval::EvalReport,
+) {
+    let dev = burn::backend::flex::FlexDevice;
+    let (net, cfg) = flowmapsr_cli::weights::load::<burn::backend::Flex>(None, &dev).unwrap();
+    let opts = flowmapsr_core::request::SampleRequest::default().options(false);
+    let model = evaluate(
+        images,
+        4,
+        None,
+        flowmapsr_cli::eval::model_fn(&net, &cfg, 4, opts, &dev),
+    )
+    .unwrap();
+    (model, evaluate(images, 4, None, bicubic_fn(4)).unwrap())
 }

@@ -1,7 +1,7 @@
 //! flowmapsr-shaders' WGSL kernels against core's CPU reference, launched exactly as the browser
 //! worker launches them (GpuBlender on burn's wgpu device), here on Vulkan (Mesa lavapipe on
-//! CPU-only machines). Needs a Vulkan driver: `.ci/run` installs mesa-vulkan-drivers and sets
-//! FLOWMAPSR_TEST_WGPU=1; without it the tests say they are skipped.
+//! CPU-only machines). Needs a Vulkan driver, so the tests are `#[ignore]`d: `.ci/run` installs
+//! mesa-vulkan-drivers and runs them with `--include-ignored`, where a missing driver fails.
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::Flex;
@@ -13,12 +13,8 @@ use flowmapsr_core::Image;
 use flowmapsr_shaders::{Gpu, GpuBlender};
 use std::path::Path;
 
-fn device() -> Option<WgpuDevice> {
-    if std::env::var("FLOWMAPSR_TEST_WGPU").as_deref() != Ok("1") {
-        eprintln!("skipping: set FLOWMAPSR_TEST_WGPU=1 where a Vulkan driver is installed");
-        return None;
-    }
-    Some(WgpuDevice::default())
+fn device() -> WgpuDevice {
+    WgpuDevice::default()
 }
 
 struct Unpark(std::thread::Thread);
@@ -83,8 +79,9 @@ fn byte_diffs(a: &[u8], b: &[u8]) -> (usize, u8) {
 /// Every tile's preview (planar_to_rgba), the blended image (blend_add, blend_normalize) and the
 /// final 8-bit result agree with CpuBlender (Blend::add / finish, to_unit, to_rgba).
 #[test]
+#[ignore = "needs a Vulkan driver (mesa-vulkan-drivers: .ci/run installs it and runs --include-ignored)"]
 fn gpu_blender_matches_the_cpu_blender() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let (w, h) = (70usize, 50usize);
     let plan = TilePlan::new(w, h, 32, 8, 2).unwrap();
     assert!(plan.tiles.len() >= 6);
@@ -142,8 +139,9 @@ fn gpu_blender_matches_the_cpu_blender() {
 }
 
 #[test]
+#[ignore = "needs a Vulkan driver (mesa-vulkan-drivers: .ci/run installs it and runs --include-ignored)"]
 fn gpu_blender_rejects_bad_tiles() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let plan = TilePlan::new(20, 12, 16, 4, 2).unwrap();
     let mut gpu = GpuBlender::new(&dev);
     let img = Image::new(16, 12, 3, signed(3 * 16 * 12, 1)).unwrap();
@@ -164,8 +162,9 @@ fn gpu_blender_rejects_bad_tiles() {
 /// GpuBlender) against `flowmapsr upscale`'s path (flex, CPU blending): 8-bit results agree
 /// within one level (the network itself differs by float rounding between backends).
 #[test]
+#[ignore = "needs a Vulkan driver (mesa-vulkan-drivers: .ci/run installs it and runs --include-ignored)"]
 fn gpu_sampler_matches_the_cpu_sampler() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights");
     let (net_g, cfg) = load_dir::<Gpu>(&weights, &dev).unwrap();
     let (net_c, _) = load_dir::<Flex>(&weights, &Default::default()).unwrap();

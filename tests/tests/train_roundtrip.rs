@@ -423,7 +423,10 @@ fn release_recipe_runs_end_to_end_at_toy_size() {
     let stages = v["stages"].as_array_mut().unwrap();
     let last = &stages.last().unwrap()["model"];
     for k in ["unet", "bridge", "w_max"] {
-        assert_eq!(last[k], shipped[k], "the recipe's last stage must build the shipped {k}");
+        assert_eq!(
+            last[k], shipped[k],
+            "the recipe's last stage must build the shipped {k}"
+        );
     }
     let names: Vec<String> = stages
         .iter()
@@ -456,7 +459,8 @@ fn release_recipe_runs_end_to_end_at_toy_size() {
         let img = image::RgbImage::from_fn(80, 72, |x, y| {
             image::Rgb([(x * 3 + i) as u8, (y * 5) as u8, ((x * y) % 251) as u8])
         });
-        img.save(d.join("data").join(format!("big{i}.png"))).unwrap();
+        img.save(d.join("data").join(format!("big{i}.png")))
+            .unwrap();
     }
     synthetic_images(&d.join("val"), 1);
     save_config(d, &v);
