@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The flow-map ablation of issue 3: objective (shortcut, lagrangian, eulerian, flow-matching) x
+# The flow-map ablation: objective (shortcut, lagrangian, eulerian, flow-matching) x
 # weighting (uniform, learned), every run with the same config and budget (configs/ablation.json),
 # scored at NFE 1, 2, 4 on Set5 and Set14 (fidelity mode, whole images) and against the 64-step
 # ODE of its own diagonal velocity (stochastic mode, centre crops of --max-side px). Writes

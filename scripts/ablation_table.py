@@ -116,7 +116,7 @@ for s in ["Set5", "Set14"]:
                 )
 
 print()
-print("## Gate lines (issue 3), computed from the tables above")
+print("## Gate lines, computed from the tables above")
 print()
 
 

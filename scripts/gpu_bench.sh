@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark, one prepared command for a lent GPU (issue: GPU training at scale).
+# GPU benchmark, one prepared command for a lent GPU.
 # Build here first:  cargo build --release -p flowmapsr --features cuda
 # then carry target/release/flowmapsr to the GPU machine and run:  scripts/gpu_bench.sh [BIN]
 # Prints: a cuda smoke run, then for f32 and bf16 compute (f32 master weights): training steps/s

@@ -5,7 +5,7 @@
 #   .gpu/flowmapsr.gz   `cargo build --release -p flowmapsr --features cuda`, stripped and gzipped
 #                       (.cargo/config.toml builds it for the device's CUDA 13.0)
 #   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
-#   .gpu/cubecl-cache.tgz (optional)  the caches an earlier session brought back (see below)
+#   .gpu/cubecl-cache.tgz (optional)  the caches an earlier run brought back (see below)
 # LIMIT must be the call's timeout_s: everything here ends 30 s before it, and whatever the run
 # has by then is already under $OUT (the latest checkpoint's EMA weights are copied as they come).
 # $OUT gets: log.txt, train_config.json, model.bin + config.json (final EMA weights, when the

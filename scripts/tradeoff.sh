@@ -121,7 +121,7 @@ def pick(s):
     bic = next((r for r in rows if r["set"] == s and r["method"] == "bicubic"), None)
     fid = next((r for r in det if r["w"] == 1 and r["lora"] == 0 and r["nfe"] == 1), None)
     return ok, det, bic, fid
-# The gate of the guidance/LoRA issue, computed from the rows above (not asserted by hand).
+# The dial's gate (HF ratio within PSNR and GMSD bounds), computed from the rows above (not asserted by hand).
 md += ["## Gate", "",
        "Some setting with HF ratio >= 0.8, GMSD <= bicubic's and PSNR-Y at most 1.5 dB below the "
        "fidelity setting (w 1, LoRA 0, NFE 1); HF ratio rising with w (LoRA 0) and with LoRA "

@@ -1,4 +1,4 @@
-//! Adversarial LoRA fine-tuning (ALGORITHM.md §5): the flow map is frozen, LoRA adapters
+//! Adversarial LoRA fine-tuning (docs/algorithm.md §5): the flow map is frozen, LoRA adapters
 //! (lora.rs) are trained with the relativistic pairing GAN loss (RPGAN, R3GAN 2501.05441),
 //!   L_D = E softplus(D(fake) - D(real)) + gamma/2 (R1 + R2),
 //!   L_G = E softplus(D(real) - D(fake)) + lambda_rec || fake - real ||^2

@@ -1,4 +1,4 @@
-//! Training batches (ALGORITHM.md §7): a random HR crop under one of the 8 dihedral transforms,
+//! Training batches (docs/algorithm.md §7): a random HR crop under one of the 8 dihedral transforms,
 //! degraded online at a scale drawn from x2/x4/x8, gives x0 = unshuffle(up(LR)) and
 //! x1 = unshuffle(HR) (the degraded HR on negative-prompt rows). Every row is a pure function of
 //! (seed, step, row): a data-parallel worker builds exactly its share of the global batch, and a

@@ -1,4 +1,4 @@
-//! The bridge path (ALGORITHM.md §1): from the source x0 = up(LR) (optionally x0 + sigma_0 eps,
+//! The bridge path (docs/algorithm.md §1): from the source x0 = up(LR) (optionally x0 + sigma_0 eps,
 //! the stochastic mode) to the target x1 = HR,
 //!   I_t = (1 - t) x0 + t x1 + sigma_b sqrt(t (1 - t)) eps,   dI_t/dt = x1 - x0.
 

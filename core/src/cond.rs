@@ -1,4 +1,4 @@
-//! Conditioning embedding: Fourier features of s, t - s and the guidance w (ALGORITHM.md §2, §4),
+//! Conditioning embedding: Fourier features of s, t - s and the guidance w (docs/algorithm.md §2, §4),
 //! plus a learned prompt embedding {positive, negative, null}, mixed by a small MLP.
 
 use burn::config::Config;

@@ -1,4 +1,4 @@
-//! Training degradations (ALGORITHM.md §7), BasicSR-style: seeded pure functions whose
+//! Training degradations (docs/algorithm.md §7), BasicSR-style: seeded pure functions whose
 //! probabilities and ranges live in a serialisable [`DegradeConfig`].
 //!
 //! With probability `p_bicubic` the LR image is the benchmark's MATLAB bicubic downscale; otherwise
@@ -218,7 +218,7 @@ pub fn jpeg_round_trip(img: &Image, quality: u8) -> Result<Image> {
 }
 
 /// A blurred version of `hr` at the same size (down then up by `scale`): the "negative" target of
-/// prompt guidance (ALGORITHM.md §4).
+/// prompt guidance (docs/algorithm.md §4).
 pub fn down_up(hr: &Image, scale: u32) -> Result<Image> {
     let lr = downscale_lr(hr, scale)?;
     Ok(imresize(&lr, scale as f64, false))

@@ -1,4 +1,4 @@
-//! LoRA adapters for the adversarial fine-tuning (ALGORITHM.md §5; Hu et al. 2106.09685):
+//! LoRA adapters for the adversarial fine-tuning (docs/algorithm.md §5; Hu et al. 2106.09685):
 //! a frozen layer W plus a low-rank update, y = W x + scale * up(down(x)), with `up`
 //! zero-initialised so a fresh adapter changes nothing. For a k x k convolution `down` is a k x k
 //! convolution C_in -> r with the base's stride and padding and `up` a 1 x 1 convolution

@@ -1,4 +1,4 @@
-//! Image-quality metrics of the standard SR protocol (ALGORITHM.md §8), computed on the luma
+//! Image-quality metrics of the standard SR protocol (docs/algorithm.md §8), computed on the luma
 //! Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 (RGB in [0, 1], Y in [16, 235]) after shaving
 //! `shave` pixels from every border; grayscale images are scored on their gray level (0..255).
 //!

@@ -1,5 +1,5 @@
 //! MATLAB-style bicubic `imresize` (Keys cubic, a = -0.5; antialiased when shrinking; symmetric
-//! padding), the resampler of the standard SR benchmark protocol (ALGORITHM.md §8).
+//! padding), the resampler of the standard SR benchmark protocol (docs/algorithm.md §8).
 //!
 //! For a scale s the output index x (1-based) samples the input at u = x/s + (1 - 1/s)/2 with the
 //! kernel s·k(s·d) when s < 1 (antialiasing) and k(d) otherwise. Rows are resized first, then

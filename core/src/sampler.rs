@@ -1,4 +1,4 @@
-//! Samplers (ALGORITHM.md §2, §6): pure functions of (model, source, options) with a
+//! Samplers (docs/algorithm.md §2, §6): pure functions of (model, source, options) with a
 //! progress/cancel callback, over a whole image with tiled network calls.
 //!
 //! - Flow map, N steps (NFE = N): t_k = k / N, x <- X_{t_k, t_k+1}(x) = x + (1/N) v(x, t_k, t_k+1).

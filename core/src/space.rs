@@ -1,4 +1,4 @@
-//! The pixel-unshuffle space (ALGORITHM.md §1): [n, c, h, w] <-> [n, c r^2, h / r, w / r], a free,
+//! The pixel-unshuffle space (docs/algorithm.md §1): [n, c, h, w] <-> [n, c r^2, h / r, w / r], a free,
 //! exactly invertible "latent" in which the network runs at half resolution.
 
 use burn::tensor::{backend::Backend, Tensor};

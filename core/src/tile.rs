@@ -1,4 +1,4 @@
-//! Tiling (ALGORITHM.md §6): geometry first, blending second.
+//! Tiling (docs/algorithm.md §6): geometry first, blending second.
 //!
 //! A [`TilePlan`] covers an image with overlapping tiles of at most `tile` pixels a side whose
 //! origins and sizes are multiples of `align` (the network's downsampling factor). Each tile is cut

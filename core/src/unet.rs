@@ -1,4 +1,4 @@
-//! The compact conditional UNet v_theta(x, s, t, c, w) of ALGORITHM.md §1-2.
+//! The compact conditional UNet v_theta(x, s, t, c, w) of docs/algorithm.md §1-2.
 //!
 //! Input: the current point x and the source x0 = unshuffle(up(LR)), concatenated (2 x 12 channels
 //! at half resolution). Levels of residual blocks (no normalisation, as in EDSR: it costs PSNR)

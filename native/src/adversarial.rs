@@ -1,5 +1,5 @@
 //! `flowmapsr train` with an `adversarial` section: LoRA adapters on a frozen flow map, trained
-//! with RPGAN + finite-difference R1/R2 + reconstruction (core adversarial.rs, ALGORITHM.md §5).
+//! with RPGAN + finite-difference R1/R2 + reconstruction (core adversarial.rs, docs/algorithm.md §5).
 //! The base weights come from `--init` (the previous stage); checkpoints hold the adapters, the
 //! discriminator and both optimisers, so a killed run resumes exactly; `final/` holds the base
 //! weights with lora.json + lora.bin beside them. No `best/`: PSNR falls as the adapters learn

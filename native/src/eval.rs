@@ -1,8 +1,8 @@
-//! `flowmapsr eval`: the standard SR protocol (ALGORITHM.md §8) on a folder of HR images.
+//! `flowmapsr eval`: the standard SR protocol (docs/algorithm.md §8) on a folder of HR images.
 //! HR cropped to a multiple of the scale -> MATLAB-bicubic LR (8-bit) -> SR (8-bit) -> PSNR-Y /
 //! SSIM-Y with the border shaved by `scale`, GMSD, HF ratio. Matches `sr_score.py score`.
 //!
-//! `--consistency` measures the paper's core claim (ALGORITHM.md §2): from the same source noise
+//! `--consistency` measures the paper's core claim (docs/algorithm.md §2): from the same source noise
 //! (stochastic mode), the flow map at NFE 1, 2 and 4 against the N-step Euler ODE of the model's
 //! own diagonal velocity v(x, t, t): agreement PSNR-Y between the two outputs, and each one's
 //! scores against HR.

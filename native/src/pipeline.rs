@@ -1,4 +1,4 @@
-//! The staged training pipeline (ALGORITHM.md §1-5) from one config: a training config with a
+//! The staged training pipeline (docs/algorithm.md §1-5) from one config: a training config with a
 //! `stages` list, each stage a named patch merged over the rest of the file, e.g.
 //!   diagonal warm-start (flow-matching) -> self-distillation (shortcut) -> guidance
 //!   (shortcut + `guidance`) -> adversarial LoRA (`adversarial`).

@@ -11,21 +11,10 @@ use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, Tensor};
 use flowmapsr_cli::train::{run, NodeArgs, TrainArgs};
+use flowmapsr_tests::synthetic_images;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-fn synthetic_images(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let img = image::RgbImage::from_fn(48, 40, |x, y| {
-            let f = 0.2 + 0.1 * i as f32;
-            let v = ((x as f32 * f).sin() + (y as f32 * f * 0.7).cos()) * 60.0 + 128.0;
-            image::Rgb([v as u8, (255.0 - v) as u8, ((x + y) * 3 % 256) as u8])
-        });
-        img.save(dir.join(format!("img{i}.png"))).unwrap();
-    }
-}
 
 fn setup(d: &Path) {
     synthetic_images(&d.join("data"), 3);

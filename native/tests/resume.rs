@@ -2,6 +2,7 @@
 //! between a checkpoint and the first validation, after a validation) resume with `--resume` to
 //! exactly the result of the uninterrupted run: for the flow-map trainer and the adversarial one.
 
+use flowmapsr_tests::synthetic_images;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
@@ -11,18 +12,6 @@ fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flowmapsr"));
     c.env("RUST_LOG", "info");
     c
-}
-
-fn synthetic_images(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let img = image::RgbImage::from_fn(48, 40, |x, y| {
-            let f = 0.2 + 0.1 * i as f32;
-            let v = ((x as f32 * f).sin() + (y as f32 * f * 0.7).cos()) * 60.0 + 128.0;
-            image::Rgb([v as u8, (255.0 - v) as u8, ((x + y) * 3 % 256) as u8])
-        });
-        img.save(dir.join(format!("img{i}.png"))).unwrap();
-    }
 }
 
 /// Checkpoints every 2 steps, validation every 3, a log line every step.

@@ -1,4 +1,4 @@
-//! The web app in a real browser (issue: web demo). Builds the app with `trunk build --release`,
+//! The web app in a real browser. Builds the app with `trunk build --release`,
 //! upscales a small image natively with `flowmapsr upscale`, and runs tests/web/browser.mjs:
 //! Debian's chromium, headless, drives the page (CPU fallback, offline reload, WebGPU) and
 //! compares its pixels with the native output.

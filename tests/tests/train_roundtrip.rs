@@ -2,24 +2,13 @@
 //! load -> upscale, and the resumed run equals the uninterrupted one.
 
 use flowmapsr_cli::train::{run, TrainArgs};
+use flowmapsr_tests::synthetic_images;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// `train` seeds burn's process-wide generator before drawing the initial weights; tests that
 /// train run one at a time so that parallel runs cannot reseed it between seed and draw.
 static TRAINING: Mutex<()> = Mutex::new(());
-
-fn synthetic_images(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let img = image::RgbImage::from_fn(48, 40, |x, y| {
-            let f = 0.2 + 0.1 * i as f32;
-            let v = ((x as f32 * f).sin() + (y as f32 * f * 0.7).cos()) * 60.0 + 128.0;
-            image::Rgb([v as u8, (255.0 - v) as u8, ((x + y) * 3 % 256) as u8])
-        });
-        img.save(dir.join(format!("img{i}.png"))).unwrap();
-    }
-}
 
 fn config(dir: &Path, steps: usize) -> PathBuf {
     let cfg = serde_json::json!({

@@ -1,4 +1,4 @@
-//! Eulerian self-distillation (ESD; ALGORITHM.md §3, Boffi et al. 2505.18825):
+//! Eulerian self-distillation (ESD; docs/algorithm.md §3, Boffi et al. 2505.18825):
 //!   L = || d/ds X_{s,t}(I_s) + grad_x X_{s,t}(I_s) . sg[b_s(I_s)] ||^2,
 //! the flow map is constant along the characteristics of the diagonal field b_s = v(., s, s).
 //! Both derivatives together are one directional derivative along the characteristic, which we

@@ -1,4 +1,4 @@
-//! The diagonal (tangent) loss, i.e. plain bridge matching (ALGORITHM.md §2):
+//! The diagonal (tangent) loss, i.e. plain bridge matching (docs/algorithm.md §2):
 //!   L_diag = || v(I_t, t, t) - (x1 - x0) ||^2,  t ~ U[0, 1).
 //! On its own it is the flow-matching baseline; the self-distillation objectives add to it.
 

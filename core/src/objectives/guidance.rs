@@ -1,4 +1,4 @@
-//! Positive / negative prompt guidance (ALGORITHM.md §4).
+//! Positive / negative prompt guidance (docs/algorithm.md §4).
 //!
 //! Three learned prompt embeddings (cond.rs): positive pairs with the clean HR target, negative
 //! with a degraded one ([`negative_target`]: blurred or down-up-sampled HR), null is dropped-out

@@ -1,4 +1,4 @@
-//! Lagrangian self-distillation (LSD; ALGORITHM.md §3, Boffi et al. 2505.18825):
+//! Lagrangian self-distillation (LSD; docs/algorithm.md §3, Boffi et al. 2505.18825):
 //!   L = || d/dt X_{s,t}(I_s) - sg[ v(X_{s,t}(I_s), t, t) ] ||^2,
 //! the flow map must move along the diagonal (instantaneous) field at its own end point.
 //! burn has no forward-mode JVP: d/dt X_{s,t} is a central difference in t,

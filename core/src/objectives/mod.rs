@@ -1,4 +1,4 @@
-//! Training objectives (ALGORITHM.md §2-3). Each is a pure function of (model, batch, rng) that
+//! Training objectives (docs/algorithm.md §2-3). Each is a pure function of (model, batch, rng) that
 //! returns its named loss terms; the training loop only sums and logs them.
 
 pub mod eulerian;
@@ -205,7 +205,7 @@ pub fn off_diagonal_times(n: usize, rng: &mut impl Rng) -> (Vec<f32>, Vec<f32>) 
 }
 
 /// Rows of a batch for the self-distillation objectives: [sd | anchor | diag], sizes from the
-/// fractions (the diagonal share is what is left: ~75% in ALGORITHM.md §3 when anchor is 0).
+/// fractions (the diagonal share is what is left).
 pub fn split_rows(n: usize, sd_fraction: f32, anchor_fraction: f32) -> (usize, usize) {
     let sd = ((n as f32 * sd_fraction).round() as usize).min(n);
     let anchor = ((n as f32 * anchor_fraction).round() as usize).min(n - sd);
@@ -356,7 +356,7 @@ fn flow_map_rows<B: Backend>(
     x.narrow(0, 0, rows) + v.narrow(0, 0, rows) * dt
 }
 
-/// The self-distillation objective a run trains with (ALGORITHM.md §3).
+/// The self-distillation objective a run trains with (docs/algorithm.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]

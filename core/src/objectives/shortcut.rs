@@ -1,4 +1,4 @@
-//! Shortcut (progressive) self-distillation (ALGORITHM.md §3; Frans et al. 2410.12557):
+//! Shortcut (progressive) self-distillation (docs/algorithm.md §3; Frans et al. 2410.12557):
 //! for a step d on the dyadic grid and t on the d-grid, the target of v(x_t, t, t + 2d) is
 //!   (v_T(x_t, t, t + d) + v_T(x', t + d, t + 2d)) / 2,   x' = x_t + d v_T(x_t, t, t + d),
 //! with the EMA teacher T under stop-gradient (it runs on the inner, non-autodiff backend).

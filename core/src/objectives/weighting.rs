@@ -1,4 +1,4 @@
-//! Learned dynamic loss weighting (ALGORITHM.md §3; EDM2, Karras et al. 2312.02696 §5): every
+//! Learned dynamic loss weighting (docs/algorithm.md §3; EDM2, Karras et al. 2312.02696 §5): every
 //! per-sample loss L_i, trained at times (s_i, t_i), becomes
 //!   exp(-u(s_i, t_i)) L_i + u(s_i, t_i),
 //! with u a small MLP on Fourier features of s and t - s, trained jointly. For a fixed network the
