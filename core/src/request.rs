@@ -3,6 +3,9 @@
 //! only its [`Limits`]; the model's own limits (its w_max, whether it has an adapter) come with
 //! the weights ([`Limits::for_model`]).
 //!
+//! A [`Preset`] names a setting of the fidelity <-> realism knobs (steps, guidance, LoRA scale);
+//! a knob given explicitly overrides the preset's value.
+//!
 //! Tile and overlap are in input pixels, as a user thinks of them; [`SampleRequest::options`]
 //! turns them into the sampler's full-resolution [`SampleOptions`].
 
@@ -16,6 +19,29 @@ use serde::{Deserialize, Serialize};
 /// receptive field sees mostly padding and the overlaps cost more than the tiles.
 pub const MIN_TILE: usize = 16;
 
+/// A named setting of the knobs that trade fidelity for realism.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Preset {
+    /// The best PSNR: one step, w 1, no adapter.
+    #[default]
+    Faithful,
+    /// The dial's sharpest setting: one step, w 3 with the adversarial adapter at scale 3 (needs
+    /// weights with w_max >= 3 and an adapter, as the shipped ones).
+    Realistic,
+}
+
+impl Preset {
+    /// (steps, guidance w, LoRA scale).
+    pub fn knobs(self) -> (usize, f32, f32) {
+        match self {
+            Self::Faithful => (1, 1.0, 0.0),
+            Self::Realistic => (1, 3.0, 3.0),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
@@ -23,9 +49,13 @@ pub struct SampleRequest {
     /// Upscaling factor: 2, 4 or 8.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 4))]
     pub scale: u32,
-    /// Network calls per tile (flow-map steps; 1 is the one-step map).
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
-    pub steps: usize,
+    /// faithful (best PSNR) or realistic (sharper, less faithful): a setting of --steps,
+    /// --guidance and --lora; any of those given explicitly overrides the preset's value.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Preset::Faithful))]
+    pub preset: Preset,
+    /// Network calls per tile (flow-map steps; 1 is the one-step map) [default: the preset's].
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub steps: Option<usize>,
     /// Tile side in input pixels (at least 16).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 128))]
     pub tile: usize,
@@ -43,13 +73,14 @@ pub struct SampleRequest {
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
     pub temperature: f32,
     /// Guidance scale w in [1, w_max of the model]: 1 is faithful, larger is sharper
-    /// (positive/negative prompt guidance, one network call per step at any w).
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1.0))]
-    pub guidance: f32,
+    /// (positive/negative prompt guidance, one network call per step at any w) [default: the
+    /// preset's].
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub guidance: Option<f32>,
     /// LoRA scale in [0, 3] (adversarial adapters: 0 is the base model, higher is more
-    /// photographic); needs weights with lora.json + lora.bin.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.0))]
-    pub lora: f32,
+    /// photographic); needs weights with lora.json + lora.bin [default: the preset's].
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub lora: Option<f32>,
     /// LR projection: make the result exactly consistent with the input (its bicubic downscale
     /// is the input; no network call). auto: on, except for JPEG and lossy WebP inputs (their
     /// coding noise would come back); off: the flow map's raw output.
@@ -61,14 +92,15 @@ impl Default for SampleRequest {
     fn default() -> Self {
         Self {
             scale: 4,
-            steps: 1,
+            preset: Preset::Faithful,
+            steps: None,
             tile: 128,
             overlap: 16,
             mode: Mode::Fidelity,
             seed: 0,
             temperature: 1.0,
-            guidance: 1.0,
-            lora: 0.0,
+            guidance: None,
+            lora: None,
             projection: Policy::Auto,
         }
     }
@@ -98,15 +130,31 @@ impl Limits {
 }
 
 impl SampleRequest {
+    /// Network calls per tile: as given, or the preset's.
+    pub fn steps(&self) -> usize {
+        self.steps.unwrap_or(self.preset.knobs().0)
+    }
+
+    /// Guidance w: as given, or the preset's.
+    pub fn guidance(&self) -> f32 {
+        self.guidance.unwrap_or(self.preset.knobs().1)
+    }
+
+    /// LoRA scale: as given, or the preset's.
+    pub fn lora(&self) -> f32 {
+        self.lora.unwrap_or(self.preset.knobs().2)
+    }
+
     /// Every knob against `limits`, before any work; the message names the knob and the range.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let (steps, w, lora) = (self.steps(), self.guidance(), self.lora());
         if !matches!(self.scale, 2 | 4 | 8) {
             return Err(Error::BadScale(self.scale));
         }
-        if !(1..=limits.max_steps).contains(&self.steps) {
+        if !(1..=limits.max_steps).contains(&steps) {
             return Err(Error::BadParam(format!(
-                "steps must be in 1..={}, got {}",
-                limits.max_steps, self.steps
+                "steps must be in 1..={}, got {steps}",
+                limits.max_steps
             )));
         }
         if !(MIN_TILE..=limits.max_tile).contains(&self.tile) {
@@ -121,22 +169,31 @@ impl SampleRequest {
                 self.overlap, self.tile
             )));
         }
-        let w = self.guidance;
+        // Said with the preset when the value is the preset's, so the fix is clear.
+        let from_preset = |given: bool| {
+            if given {
+                String::new()
+            } else {
+                format!(" (the {:?} preset's)", self.preset).to_lowercase()
+            }
+        };
         if !(w.is_finite() && w >= 1.0 && w <= limits.w_max + 1e-6) {
+            let why = from_preset(self.guidance.is_some());
             return Err(Error::BadParam(if limits.w_max > 1.0 {
                 format!(
-                    "guidance must be in [1, {}] for this model, got {w}",
+                    "guidance must be in [1, {}] for this model, got {w}{why}",
                     limits.w_max
                 )
             } else {
-                format!("guidance {w}: this model was not trained for guidance (only 1)")
+                format!("guidance {w}{why}: this model was not trained for guidance (only 1)")
             }));
         }
-        crate::lora::check_scale(self.lora)?;
-        if self.lora != 0.0 && !limits.lora {
-            return Err(Error::BadParam(
-                "lora: this model has no LoRA adapter (lora.json + lora.bin)".into(),
-            ));
+        crate::lora::check_scale(lora)?;
+        if lora != 0.0 && !limits.lora {
+            return Err(Error::BadParam(format!(
+                "lora {lora}{}: this model has no LoRA adapter (lora.json + lora.bin)",
+                from_preset(self.lora.is_some())
+            )));
         }
         check_temperature(self.temperature, self.mode)
     }
@@ -145,11 +202,11 @@ impl SampleRequest {
     pub fn options(&self, lossy_input: bool) -> SampleOptions {
         let s = self.scale as usize;
         SampleOptions {
-            steps: self.steps,
+            steps: self.steps(),
             solver: Solver::FlowMap,
             mode: self.mode,
             seed: self.seed,
-            guidance: self.guidance,
+            guidance: self.guidance(),
             temperature: self.temperature,
             tile: self.tile * s,
             overlap: self.overlap * s,
@@ -182,18 +239,18 @@ mod tests {
             assert!(e.contains(word), "{e} should name {word}");
         };
         bad(&|q| q.scale = 3, "scale");
-        bad(&|q| q.steps = 0, "steps");
-        bad(&|q| q.steps = 17, "1..=16");
+        bad(&|q| q.steps = Some(0), "steps");
+        bad(&|q| q.steps = Some(17), "1..=16");
         bad(&|q| q.tile = 0, "tile");
         bad(&|q| q.tile = 513, "16..=512");
         bad(
             &|q| (q.tile, q.overlap) = (32, 32),
             "overlap 32 must be below",
         );
-        bad(&|q| q.guidance = 0.5, "guidance");
-        bad(&|q| q.guidance = 3.5, "[1, 3]");
-        bad(&|q| q.guidance = f32::NAN, "guidance");
-        bad(&|q| q.lora = 3.5, "LoRA");
+        bad(&|q| q.guidance = Some(0.5), "guidance");
+        bad(&|q| q.guidance = Some(3.5), "[1, 3]");
+        bad(&|q| q.guidance = Some(f32::NAN), "guidance");
+        bad(&|q| q.lora = Some(3.5), "LoRA");
         bad(&|q| q.temperature = 0.3, "temperature");
         let no_lora = Limits {
             lora: false,
@@ -201,14 +258,22 @@ mod tests {
             ..lim()
         };
         let e = SampleRequest {
-            lora: 1.0,
+            lora: Some(1.0),
             ..r.clone()
         }
         .validate(&no_lora)
         .unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{e}");
+        // The realistic preset needs guidance and an adapter, and says so by name.
         let e = SampleRequest {
-            guidance: 2.0,
+            preset: Preset::Realistic,
+            ..r.clone()
+        }
+        .validate(&no_lora)
+        .unwrap_err();
+        assert!(e.to_string().contains("the realistic preset's"), "{e}");
+        let e = SampleRequest {
+            guidance: Some(2.0),
             ..r.clone()
         }
         .validate(&no_lora)
@@ -229,7 +294,7 @@ mod tests {
     fn options_scale_tiles_and_follow_the_projection_policy() {
         let r = SampleRequest {
             scale: 2,
-            guidance: 1.5,
+            guidance: Some(1.5),
             ..Default::default()
         };
         let o = r.options(true);
@@ -241,6 +306,28 @@ mod tests {
             ..r
         };
         assert!(on.options(true).lr_projection);
+    }
+
+    /// A preset sets steps, w and LoRA scale; a knob given explicitly wins.
+    #[test]
+    fn presets_set_the_knobs_and_explicit_ones_override() {
+        let f = SampleRequest::default();
+        assert_eq!((f.steps(), f.guidance(), f.lora()), (1, 1.0, 0.0));
+        let r = SampleRequest {
+            preset: Preset::Realistic,
+            ..Default::default()
+        };
+        assert_eq!((r.steps(), r.guidance(), r.lora()), (1, 3.0, 3.0));
+        r.validate(&lim()).unwrap();
+        assert_eq!(r.options(false).guidance, 3.0);
+        let mine = SampleRequest {
+            lora: Some(1.0),
+            steps: Some(2),
+            ..r
+        };
+        assert_eq!((mine.steps(), mine.guidance(), mine.lora()), (2, 3.0, 1.0));
+        let q: SampleRequest = serde_json::from_str(r#"{"preset":"realistic","lora":0}"#).unwrap();
+        assert_eq!((q.guidance(), q.lora()), (3.0, 0.0));
     }
 
     /// The server's query and the web worker's job are this struct in JSON / form encoding:

@@ -131,7 +131,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         ..args.request.clone()
     };
     let (model, cfg) = crate::weights::load_checked::<B>(&args.model, req, device)?;
-    if req.lora != 0.0 && args.precision != Precision::F32 {
+    if req.lora() != 0.0 && args.precision != Precision::F32 {
         anyhow::bail!("--lora is timed in f32 (the adapters have no half-precision path)");
     }
     let t = req.tile;
@@ -145,9 +145,9 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         lr_projection: false,
         ..req.options(false)
     };
-    let secs = if req.lora != 0.0 {
+    let secs = if req.lora() != 0.0 {
         time_tile(
-            &model.at(req.lora)?,
+            &model.at(req.lora())?,
             &cfg,
             &lr,
             req.scale,
@@ -160,7 +160,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         time_tile(&net, &cfg, &lr, req.scale, &opts, args.reps, device)?
     };
     let px = (out * out) as f64;
-    let fpp = cfg.unet.flops_per_pixel() * req.steps as f64;
+    let fpp = cfg.unet.flops_per_pixel() * req.steps() as f64;
     let model_gflops = fpp * px / secs / 1e9;
     let peak = matmul_gflops::<B>(device);
     let sr = upscale(
@@ -182,7 +182,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         precision: args.precision.to_string(),
         tile: t,
         scale: req.scale,
-        steps: req.steps,
+        steps: req.steps(),
         ms_per_tile: secs * 1e3,
         output_mp_per_s: px / secs / 1e6,
         model_flops_per_output_pixel: fpp,

@@ -254,7 +254,7 @@ fn run_consistency(args: &EvalArgs, images: &[(String, imageio::Decoded)]) -> Re
     let scale = req.scale;
     let r = crate::with_backend!(args.model.device, |B, device| {
         let (model, cfg) = crate::weights::load_checked::<B>(&args.model, &req, &device)?;
-        let net = model.at(req.lora)?;
+        let net = model.at(req.lora())?;
         let sr = |lr: &Image, steps: usize, solver: Solver| {
             let opts = SampleOptions {
                 steps,
@@ -324,7 +324,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Method::Model => crate::with_backend!(args.model.device, |B, device| {
             let (model, cfg) =
                 crate::weights::load_checked::<B>(&args.model, &args.request, &device)?;
-            let net = model.at(args.request.lora)?;
+            let net = model.at(args.request.lora())?;
             let opts = args.request.options(false);
             evaluate(
                 &images,
@@ -345,7 +345,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         println!(
             "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  {:8.1} ms/image  (n={}, x{}, {:?}, steps {})",
-            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.ms_per_image, report.n, scale, args.method, args.request.steps
+            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.ms_per_image, report.n, scale, args.method, args.request.steps()
         );
     }
     Ok(())

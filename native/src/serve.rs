@@ -282,7 +282,7 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         }
     })?;
     drop(bytes);
-    let (scale, lora, opts) = (q.scale, q.lora, q.options(img.lossy));
+    let (scale, lora, opts) = (q.scale, q.lora(), q.options(img.lossy));
 
     // Admission: at most `concurrency` running + `queue` waiting.
     if st.admitted.fetch_add(1, Ordering::SeqCst) >= st.capacity {

@@ -149,7 +149,7 @@ fn run_on<B: Backend>(
     device: &B::Device,
 ) -> Result<()> {
     let (model, cfg) = crate::weights::load_checked::<B>(&args.model, &args.request, device)?;
-    let net = model.at(args.request.lora)?;
+    let net = model.at(args.request.lora())?;
     for dir in outputs.iter().filter_map(|o| o.parent()) {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -60,6 +60,15 @@ fn the_shipped_dial_moves_the_output() {
     };
     let base = up("base.png", &[]);
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
+    assert_eq!(base, up("faithful.png", &["--preset", "faithful"]));
+    // The realistic preset is w 3 with the adapter at 3; an explicit knob overrides it.
+    let realistic = up("realistic.png", &["--preset", "realistic"]);
+    assert_ne!(base, realistic);
+    assert_eq!(realistic, up("w3l3.png", &["--guidance", "3", "--lora", "3"]));
+    assert_eq!(
+        up("w3.png", &["--guidance", "3"]),
+        up("real-l0.png", &["--preset", "realistic", "--lora", "0"])
+    );
     // The LR projection (auto, the default, is on for a PNG): the result shrinks back to the
     // input, up to the 8-bit rounding and the clamp; the raw flow map (`--projection off`) does not.
     let lr =

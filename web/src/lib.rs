@@ -169,7 +169,7 @@ mod tests {
             height: 50,
             request: SampleRequest {
                 mode: Mode::Stochastic,
-                guidance: 1.5,
+                guidance: Some(1.5),
                 temperature: 0.3,
                 ..Default::default()
             },
@@ -218,14 +218,14 @@ mod tests {
         .is_err());
         // The knobs are core's checks with the demo's limits.
         let mut many = j.clone();
-        many.request.steps = 65;
+        many.request.steps = Some(65);
         let e = many.check(&lim).unwrap_err().to_string();
         assert!(e.contains("1..=64"), "{e}");
         let mut big = j.clone();
         big.request.tile = 600;
         assert!(big.check(&lim).is_err());
         let mut lora = j.clone();
-        lora.request.lora = 1.0;
+        lora.request.lora = Some(1.0);
         assert!(lora.check(&lim).is_ok());
         assert!(lora.check(&web_limits(3.0, false)).is_err());
     }

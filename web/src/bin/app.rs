@@ -19,7 +19,7 @@ fn main() {
 mod ui {
     use flowmapsr_core::bridge::Mode;
     use flowmapsr_core::projection::Policy;
-    use flowmapsr_core::request::SampleRequest;
+    use flowmapsr_core::request::{Preset, SampleRequest};
     use flowmapsr_web::{download_name, js_error, web_limits, FromWorker, Job, ToWorker};
     use js_sys::{Array, Uint8Array};
     use leptos::prelude::*;
@@ -380,6 +380,8 @@ mod ui {
         let seed = RwSignal::new(0u64);
         let guidance = RwSignal::new(1.0f32);
         let lora = RwSignal::new(0.0f32);
+        // The Result menu: it sets steps, guidance and LoRA, which stay adjustable after.
+        let preset = RwSignal::new(Preset::Faithful);
         // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
         let grain = RwSignal::new(0.0f32);
         let projection = sig.projection;
@@ -461,7 +463,8 @@ mod ui {
                     height: input.height,
                     request: SampleRequest {
                         scale: scale.get_untracked(),
-                        steps: steps.get_untracked(),
+                        preset: preset.get_untracked(),
+                        steps: Some(steps.get_untracked()),
                         tile: tile.get_untracked(),
                         overlap: (tile.get_untracked() / 8).max(8),
                         seed: seed.get_untracked(),
@@ -471,8 +474,8 @@ mod ui {
                             Mode::Fidelity
                         },
                         temperature: if grain_t > 0.0 { grain_t } else { 1.0 },
-                        guidance: guidance.get_untracked().min(sig.w_max.get_untracked()),
-                        lora: if has_lora { lora.get_untracked() } else { 0.0 },
+                        guidance: Some(guidance.get_untracked().min(sig.w_max.get_untracked())),
+                        lora: Some(if has_lora { lora.get_untracked() } else { 0.0 }),
                         projection: if projection.get_untracked() {
                             Policy::On
                         } else {
@@ -577,6 +580,24 @@ mod ui {
                         <span>"Drop, paste or pick an image (PNG, JPEG, WebP)"</span>
                     </label>
                     <div class="row">
+                        <label title="Faithful: the closest to what the photo can tell. Realistic: sharper detail, less faithful. Each sets Steps, Guidance and LoRA, which you can still adjust">
+                            "Result "
+                            <select id="preset" on:change=move |ev| {
+                                let p = if event_target_value(&ev) == "realistic" {
+                                    Preset::Realistic
+                                } else {
+                                    Preset::Faithful
+                                };
+                                preset.set(p);
+                                let (n, w, l) = p.knobs();
+                                steps.set(n);
+                                guidance.set(w.min(sig.w_max.get_untracked().max(1.0)));
+                                lora.set(if sig.has_lora.get_untracked() { l } else { 0.0 });
+                            }>
+                                <option value="faithful" selected>"Faithful"</option>
+                                <option value="realistic">"Realistic"</option>
+                            </select>
+                        </label>
                         <label>"Scale "
                             <select id="scale" on:change=move |ev| scale.set(event_target_value(&ev).parse().unwrap_or(4))>
                                 <option value="2">"x2"</option>

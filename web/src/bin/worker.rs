@@ -294,7 +294,7 @@ mod wasm {
         let (width, height) = (job.width * scale as usize, job.height * scale as usize);
         let (out, blend) = match &model.engine {
             Engine::Gpu(adapted, dev) => {
-                let net = &adapted.at(job.request.lora).map_err(|e| e.to_string())?;
+                let net = &adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
                 let mut gpu = GpuBlender::new(dev);
                 if gpu.fits(width, height) {
                     let r =
@@ -308,7 +308,7 @@ mod wasm {
                 }
             }
             Engine::Cpu(adapted) => {
-                let net = &adapted.at(job.request.lora).map_err(|e| e.to_string())?;
+                let net = &adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
                 let (dev, mut cpu) = (Default::default(), CpuBlender::default());
                 let r = upscale_async(net, cfg, &rgb, scale, &opts, &dev, &mut cpu, &mut on_tile);
                 (r.await, "CPU")
