@@ -64,7 +64,10 @@ fn the_shipped_dial_moves_the_output() {
     // The realistic preset is w 3 with the adapter at 3; an explicit knob overrides it.
     let realistic = up("realistic.png", &["--preset", "realistic"]);
     assert_ne!(base, realistic);
-    assert_eq!(realistic, up("w3l3.png", &["--guidance", "3", "--lora", "3"]));
+    assert_eq!(
+        realistic,
+        up("w3l3.png", &["--guidance", "3", "--lora", "3"])
+    );
     assert_eq!(
         up("w3.png", &["--guidance", "3"]),
         up("real-l0.png", &["--preset", "realistic", "--lora", "0"])

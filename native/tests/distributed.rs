@@ -39,6 +39,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         config: d.join("train.json"),
         data: vec![d.join("data")],
         val: None,
+        holdout: 0,
         out: d.join(out),
         resume: false,
         device: "cpu".parse().unwrap(),

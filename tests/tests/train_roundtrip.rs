@@ -49,6 +49,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         config: dir.join("train.json"),
         data: vec![dir.join("data")],
         val: Some(dir.join("val")),
+        holdout: 0,
         out: dir.join(out),
         resume,
         device: "cpu".parse().unwrap(),

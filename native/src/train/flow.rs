@@ -4,7 +4,7 @@
 use super::checkpoint::{Checkpoint, RunState, ValPoint};
 use super::distributed::{all_reduce_mean, Topology};
 use super::log::StepLog;
-use super::{load_images, TrainArgs, TrainConfig, Weighting};
+use super::{load_split, TrainArgs, TrainConfig, Weighting};
 use crate::imageio;
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
@@ -68,12 +68,7 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<()> {
     let topo = Topology::new(&args.node, devices.len(), cfg.batch)?;
     std::fs::create_dir_all(&args.out)?;
-    let images = load_images(&args.data, cfg.crop)?;
-    let val = args
-        .val
-        .as_deref()
-        .map(crate::eval::load_folder)
-        .transpose()?;
+    let (images, val) = load_split(&args.data, cfg.crop, args.val.as_deref(), args.holdout)?;
     if topo.first_rank == 0 {
         tracing::info!(
             "{} training images, {} validation images, {} device(s) here, {} in the run, {}",

@@ -17,7 +17,7 @@ pub mod log;
 
 pub use checkpoint::{latest_step, Checkpoint, RunState, ValPoint};
 pub use config::{TrainConfig, Weighting};
-pub use data::load_images;
+pub use data::load_split;
 pub use flow::validate;
 pub use flowmapsr_core::objectives::Objective;
 
@@ -34,9 +34,13 @@ pub struct TrainArgs {
     /// Folders of HR training images.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// Folder of HR validation images (scored x4, NFE 1, fidelity mode).
+    /// Folder of HR validation images (scored x4, NFE 1, fidelity mode). Never a test set.
     #[arg(long)]
     pub val: Option<PathBuf>,
+    /// Validate on this many of the --data images instead, spread evenly over their sorted list
+    /// and kept out of training.
+    #[arg(long, default_value_t = 0, conflicts_with = "val")]
+    pub holdout: usize,
     /// Run folder: checkpoints, logs, best/ and final/ weights.
     #[arg(long)]
     pub out: PathBuf,
