@@ -2,7 +2,7 @@
 // weights cache-first (large, and versioned with the app). VERSION is a hash of the shipped weights
 // (web/src/lib.rs test `sw_cache_version_follows_the_weights` computes it and fails when it is
 // stale), so new weights get a new cache: old caches are deleted on activation.
-const VERSION = "w-32c985e1a37f4a41";
+const VERSION = "w-37eb2e29f112fde1";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker.js", "worker_bg.wasm",
