@@ -4,7 +4,8 @@
 //        [--native-dial NATIVE_W_L_G.png --guidance W --lora L --grain G]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
-// within 1/255 per pixel; then, with the server stopped, a reload must still load the app, its
+// within 1/255 per pixel; a cancel mid-run clears the partial result, a rejected file after a
+// good one clears the image and disables Upscale; then, with the server stopped, a reload must still load the app, its
 // wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
 // (--enable-unsafe-webgpu: SwiftShader on a CPU-only machine): WebGPU must be chosen and match
 // within --gpu-tol levels, at guidance W, LoRA scale L and grain G (the stochastic mode at
@@ -159,11 +160,29 @@ try {
       && /^[1-9]/.test(document.querySelector("#progress").textContent), null, { timeout: 60_000 });
     await page.click("#cancel");
     await page.waitForFunction(() => document.querySelector("#status").dataset.state === "idle", null, { timeout: 120_000 });
-    const after = await page.evaluate(() => ({ download: document.querySelector("#download").disabled,
-      progress: document.querySelector("#progress").textContent }));
+    const after = await page.evaluate(() => {
+      const out = document.querySelector("#out");
+      const px = out.width && out.height ? out.getContext("2d").getImageData(0, 0, out.width, out.height).data : [];
+      return { download: document.querySelector("#download").disabled,
+        progress: document.querySelector("#progress").textContent, painted: px.some((v) => v !== 0) };
+    });
     console.log(JSON.stringify({ label: "cancel", ...after }));
     if (!after.download) fail("after a cancel there must be no result to download");
     if (!after.progress.startsWith("0 / 0")) fail(`progress must reset after a cancel: ${after.progress}`);
+    if (after.painted) fail("after a cancel the half-painted result must be cleared");
+    // A rejected file after a good one: the old image goes, Upscale is disabled, the error shows.
+    const bad = path.join(os.tmpdir(), `flowmapsr-not-an-image-${process.pid}.png`);
+    fs.writeFileSync(bad, "definitely not a png");
+    await page.setInputFiles("#file", bad);
+    await page.waitForFunction(() => document.querySelector("#status").dataset.state === "failed", null, { timeout: 30_000 });
+    const rejected = await page.evaluate(() => ({ upscale: document.querySelector("#upscale").disabled,
+      before: document.querySelector("#before").width, out: document.querySelector("#out").width,
+      message: document.querySelector("#status").textContent }));
+    fs.rmSync(bad, { force: true });
+    console.log(JSON.stringify({ label: "rejected file", ...rejected }));
+    if (!rejected.upscale) fail("after a rejected file Upscale must be disabled");
+    if (rejected.before !== 0 || rejected.out !== 0) fail("after a rejected file the previous image must be cleared");
+    if (!/not an image/.test(rejected.message)) fail(`the rejected file's error must say why: ${rejected.message}`);
     // Offline: wait until the service worker controls the page and has cached everything,
     // stop the server, reload.
     await page.evaluate(async () => { await navigator.serviceWorker.ready; });

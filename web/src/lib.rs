@@ -134,6 +134,15 @@ pub fn split_rgba(rgba: &[u8], width: usize, height: usize) -> Result<(Image, Op
 pub use flowmapsr_core::image::to_rgba;
 pub use flowmapsr_core::sampler::tile_preview;
 
+/// An error as the page shows it: in the visitor's words, without the library's category prefix
+/// ("invalid parameter: ...").
+pub fn user_message(e: &Error) -> String {
+    match e {
+        Error::BadParam(m) | Error::InvalidImage(m) => m.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// `photo.jpg` at x4 -> `photo_x4.png` (the page always saves PNG).
 pub fn download_name(input: &str, scale: u32) -> String {
     let base = input.rsplit(['/', '\\']).next().unwrap_or(input);
@@ -208,8 +217,8 @@ mod tests {
             height: 2100,
             ..j.clone()
         };
-        let e = huge.check(&lim).unwrap_err().to_string();
-        assert!(e.contains("MP of output"), "{e}");
+        let e = user_message(&huge.check(&lim).unwrap_err());
+        assert!(e.starts_with("2100x2100 at x4 is 70.6 MP of output"), "{e}");
         assert!(Job {
             width: 0,
             ..j.clone()

@@ -20,7 +20,9 @@ mod ui {
     use flowmapsr_core::bridge::Mode;
     use flowmapsr_core::projection::Policy;
     use flowmapsr_core::request::{Preset, SampleRequest};
-    use flowmapsr_web::{download_name, js_error, web_limits, FromWorker, Job, ToWorker};
+    use flowmapsr_web::{
+        download_name, js_error, user_message, web_limits, FromWorker, Job, ToWorker,
+    };
     use js_sys::{Array, Uint8Array};
     use leptos::prelude::*;
     use std::cell::RefCell;
@@ -282,7 +284,11 @@ mod ui {
             return Err(format!("{name} is empty"));
         }
         if w * h > 16 << 20 {
-            return Err(format!("{name} is {w}x{h}: too large for the browser demo"));
+            return Err(format!(
+                "{name} is {w}x{h} = {:.1} MP: the browser demo takes images up to 16 MP \
+                 (crop or shrink it, or use `flowmapsr upscale`)",
+                (w * h) as f64 / 1e6
+            ));
         }
         let doc = window.document().ok_or("no document")?;
         let c: HtmlCanvasElement = doc
@@ -345,6 +351,22 @@ mod ui {
                     }
                 }
                 Err(e) => {
+                    // A rejected file replaces the previous one: nothing of that one stays on
+                    // screen or can be upscaled by mistake under the new file's name.
+                    ctl.borrow_mut().input = None;
+                    let canvases = [ctl.borrow().before.clone(), ctl.borrow().out.clone()];
+                    for c in canvases.into_iter().flatten() {
+                        c.set_width(0);
+                        c.set_height(0);
+                    }
+                    sig.has_input.set(false);
+                    sig.has_output.set(false);
+                    sig.done.set(0);
+                    sig.total.set(0);
+                    sig.out_size.set((0, 0));
+                    if !matches!(sig.state.get_untracked(), State::Loading | State::Running) {
+                        sig.state.set(State::Failed);
+                    }
                     sig.message.set(e);
                 }
             }
@@ -484,7 +506,7 @@ mod ui {
                     },
                 };
                 if let Err(e) = job.check(&web_limits(sig.w_max.get_untracked(), has_lora)) {
-                    sig.message.set(e.to_string());
+                    sig.message.set(user_message(&e));
                     return;
                 }
                 let s = job.request.scale as usize;
@@ -504,6 +526,11 @@ mod ui {
             move |_| {
                 // The worker may be deep in a CPU tile: terminating it is the only prompt stop.
                 spawn_worker(&ctl, sig);
+                // The half-painted result goes too: only a finished result is ever shown.
+                if let Some(o) = ctl.borrow().out.clone() {
+                    o.set_width(o.width());
+                }
+                sig.has_output.set(false);
                 sig.done.set(0);
                 sig.total.set(0);
                 sig.message.set("cancelled; reloading the model…".into());

@@ -27,7 +27,9 @@ mod wasm {
     use flowmapsr_core::sampler::{upscale_async, CpuBlender, TileDone};
     use flowmapsr_core::weights::{load_lora, load_model, ModelConfig};
     use flowmapsr_shaders::{Gpu, GpuBlender};
-    use flowmapsr_web::{js_error, split_rgba, web_limits, FromWorker, Job, ToWorker};
+    use flowmapsr_web::{
+        js_error, split_rgba, user_message, web_limits, FromWorker, Job, ToWorker,
+    };
     use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -270,7 +272,7 @@ mod wasm {
             Engine::Cpu(a) => a.lora.is_some(),
         };
         job.check(&web_limits(model.cfg.w_max(), has_lora))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| user_message(&e))?;
         let (rgb, alpha) = split_rgba(&rgba, job.width, job.height).map_err(|e| e.to_string())?;
         drop(rgba);
         let opts = job.options();
