@@ -587,7 +587,7 @@ mod ui {
         view! {
             <header>
                 <h1>"flowmapsr"</h1>
-                <p class="tag">"One-step flow-map super-resolution, running in your browser."</p>
+                <p class="tag">"One-step flow-map super-resolution, running in your browser: your image is processed on your device and never uploaded."</p>
                 <p id="backend" data-backend=move || sig.backend.get()>
                     {move || {
                         let b = sig.backend.get();
@@ -643,8 +643,10 @@ mod ui {
                                 <option value="256">"256"</option>
                             </select>
                         </label>
-                        <label>"Seed "
+                        <label class:muted=move || grain.get() <= 0.0
+                            title="Seed of the grain (the stochastic mode's noise); used only when Grain is above 0">"Seed "
                             <input id="seed" type="number" min="0" prop:value=move || seed.get().to_string()
+                                disabled=move || grain.get() <= 0.0
                                 on:change=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0)) />
                         </label>
                     </div>
