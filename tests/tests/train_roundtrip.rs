@@ -390,6 +390,16 @@ fn staged_pipeline_runs_every_stage_from_the_last() {
     );
     let cfg: serde_json::Value = serde_json::from_slice(&read(fin.join("config.json"))).unwrap();
     assert_eq!(cfg["w_max"], 2.0);
+    // --stage NAME --init DIR runs that stage alone from the given weights.
+    let mut one = args(d, "one", false, None);
+    one.stage = Some("adversarial".into());
+    one.init = Some(d.join("pipe/guidance/final"));
+    run(&one).unwrap();
+    assert!(!d.join("one/guidance").exists());
+    assert_eq!(
+        read(d.join("one/adversarial/final/model.bin")),
+        read(d.join("pipe/guidance/final/model.bin"))
+    );
     // --resume on a finished pipeline skips every stage; --stage reruns one.
     run(&args(d, "pipe", true, None)).unwrap();
     let mut a = args(d, "pipe", false, None);
