@@ -21,6 +21,9 @@ pub enum Error {
     BadWeights(String),
     #[error("cancelled")]
     Cancelled,
+    /// A worker of a [`crate::pool::TilePool`] failed or went away.
+    #[error("worker: {0}")]
+    Worker(String),
     #[error("tile {index} at ({x}, {y}) failed: {source}")]
     Tile {
         index: usize,

@@ -15,6 +15,7 @@ pub mod image;
 pub mod lora;
 pub mod metrics;
 pub mod objectives;
+pub mod pool;
 pub mod precision;
 pub mod projection;
 pub mod request;

@@ -109,7 +109,11 @@ pub fn source_noise(w: usize, h: usize, sigma: f32, seed: u64) -> Image {
 }
 
 /// The tile plan and the starting point (x0, plus seeded source noise in the stochastic mode).
-fn prepare(cfg: &ModelConfig, x0: &Image, opts: &SampleOptions) -> Result<(TilePlan, Image)> {
+pub(crate) fn prepare(
+    cfg: &ModelConfig,
+    x0: &Image,
+    opts: &SampleOptions,
+) -> Result<(TilePlan, Image)> {
     if opts.steps == 0 || opts.steps > 1024 {
         return Err(Error::BadParam(format!(
             "steps must be in 1..=1024, got {}",
@@ -157,7 +161,7 @@ pub fn check_temperature(temperature: f32, mode: Mode) -> Result<()> {
 }
 
 /// Step k of N on one tile: the network call, in image layout [1, 3, h, w] (not read back).
-fn tile_step<B: Backend>(
+pub(crate) fn tile_step<B: Backend>(
     net: &impl FlowNet<B>,
     cut: &[Image],
     k: usize,

@@ -73,6 +73,7 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
   await feed(page, how);
   await page.waitForSelector("#upscale:not([disabled])", { timeout: 60_000 });
   await page.selectOption("#scale", scale);
+  await page.$eval("#advanced", (e) => { e.open = true; }); // the expert knobs
   await page.selectOption("#tile", tile);
   if (knobs) {
     for (const [id, v] of [["guidance", knobs.guidance], ["lora", knobs.lora], ["grain", knobs.grain]]) {

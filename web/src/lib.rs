@@ -8,21 +8,162 @@
 
 use flowmapsr_core::request::{Limits, SampleRequest};
 use flowmapsr_core::sampler::SampleOptions;
+use flowmapsr_core::tile::TilePlan;
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
 /// Largest output the worker accepts (float buffers of a few times this many pixels live in
 /// wasm memory, which is limited to 4 GiB and often much less on phones).
 pub const MAX_OUTPUT_PIXELS: usize = 16 << 20;
+/// Largest input the page decodes.
+pub const MAX_INPUT_PIXELS: usize = 16 << 20;
 
-/// Page -> worker.
+/// The width and height a PNG, JPEG or WebP file's header declares, without decoding it (so a
+/// 20000 x 20000 image gets the size limit's message, not a failed decode). None: not one of
+/// those, or a header this does not follow.
+pub fn header_size(b: &[u8]) -> Option<(usize, usize)> {
+    let be16 = |i: usize| Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize);
+    let le16 = |i: usize| Some(u16::from_le_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize);
+    let le24 = |i: usize| Some(le16(i)? | (*b.get(i + 2)? as usize) << 16);
+    let be32 = |i: usize| Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize);
+    if b.starts_with(b"\x89PNG\r\n\x1a\n") && b.get(12..16)? == b"IHDR" {
+        return Some((be32(16)?, be32(20)?));
+    }
+    if b.starts_with(&[0xff, 0xd8]) {
+        // Walk the markers to the first start-of-frame (SOF0..SOF15 but DHT, JPG and DAC).
+        let mut i = 2;
+        while i + 9 < b.len() {
+            if b[i] != 0xff {
+                return None;
+            }
+            let m = b[i + 1];
+            if m == 0xff {
+                i += 1;
+                continue;
+            }
+            if (0xc0..=0xcf).contains(&m) && ![0xc4, 0xc8, 0xcc].contains(&m) {
+                return Some((be16(i + 7)?, be16(i + 5)?));
+            }
+            if m == 0xd8 || (0xd0..=0xd7).contains(&m) || m == 0x01 {
+                i += 2;
+                continue;
+            }
+            i += 2 + be16(i + 2)?;
+        }
+        return None;
+    }
+    if b.get(0..4)? == b"RIFF" && b.get(8..12)? == b"WEBP" {
+        return match b.get(12..16)? {
+            b"VP8 " => Some((le16(26)? & 0x3fff, le16(28)? & 0x3fff)),
+            b"VP8L" => {
+                let v = u32::from_le_bytes(b.get(21..25)?.try_into().ok()?) as usize;
+                Some(((v & 0x3fff) + 1, ((v >> 14) & 0x3fff) + 1))
+            }
+            b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// Page -> worker (and the lead worker -> the workers of its CPU pool).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ToWorker {
     /// Pick the backend and load the weights (from the service worker's cache when offline).
-    Init { force_cpu: bool },
+    /// `workers`: the CPU pool's size (None: as many as the device affords, [`pool_size`]).
+    Init {
+        #[serde(default)]
+        device: DeviceChoice,
+        #[serde(default)]
+        workers: Option<usize>,
+    },
     /// Upscale the RGBA pixels that travel next to this message.
     Upscale(Job),
+    /// Become a worker of the lead's CPU pool: load the model on the CPU, then run [`ToWorker::Tile`]s.
+    Helper,
+    /// One network call of a pooled run (core's `pool::TileCall`): the tile's cuts of x and x0
+    /// travel next to it as two Float32Arrays (RGB planes, `width` x `height`).
+    Tile {
+        id: u64,
+        step: usize,
+        width: usize,
+        height: usize,
+        request: SampleRequest,
+    },
+}
+
+/// Where the worker runs the network: `Auto` takes WebGPU on a hardware adapter and the CPU
+/// otherwise (a software adapter such as SwiftShader is slower than the CPU path).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Webgpu,
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "webgpu" | "gpu" => Some(Self::Webgpu),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Webgpu => "webgpu",
+        }
+    }
+}
+
+/// Why a WebGPU adapter is a software rasteriser (SwiftShader, llvmpipe, lavapipe, WARP), from
+/// what `GPUAdapter.info` says; None for a hardware adapter.
+pub fn software_adapter(info: &str, is_fallback: bool) -> Option<String> {
+    let lower = info.to_lowercase();
+    const NAMES: [&str; 7] = [
+        "swiftshader",
+        "llvmpipe",
+        "lavapipe",
+        "softpipe",
+        "microsoft basic render",
+        "warp",
+        "software",
+    ];
+    if let Some(n) = NAMES.iter().find(|n| lower.contains(*n)) {
+        return Some(format!(
+            "the WebGPU adapter ({info}) is a software renderer ({n})"
+        ));
+    }
+    is_fallback.then(|| format!("the WebGPU adapter ({info}) is a fallback (software) adapter"))
+}
+
+/// Memory one CPU worker may need at the demo's largest tile (the model, the tile's activations
+/// and wasm's own overhead), to cap the pool on small devices.
+pub const WORKER_MEMORY_GB: f64 = 0.5;
+/// Beyond this many workers, tile hand-over costs more than the extra cores give.
+pub const MAX_WORKERS: usize = 8;
+
+/// The CPU pool's size: `requested` (clamped to 1..=[`MAX_WORKERS`]) or one worker per core
+/// (`navigator.hardwareConcurrency`), capped by `navigator.deviceMemory` (GB; browsers round it
+/// and Chrome reports at most 8) at [`WORKER_MEMORY_GB`] each.
+pub fn pool_size(requested: Option<usize>, cores: Option<f64>, memory_gb: Option<f64>) -> usize {
+    if let Some(n) = requested {
+        return n.clamp(1, MAX_WORKERS);
+    }
+    let cores = cores.filter(|c| c.is_finite() && *c >= 1.0).unwrap_or(1.0) as usize;
+    let by_memory = memory_gb
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .map_or(MAX_WORKERS, |m| {
+            (m / WORKER_MEMORY_GB).floor().max(1.0) as usize
+        });
+    cores.min(by_memory).clamp(1, MAX_WORKERS)
 }
 
 /// What the user asked for: the image's size and core's [`SampleRequest`] (the knobs of
@@ -88,6 +229,24 @@ pub enum FromWorker {
         /// Whether an adversarial LoRA adapter was loaded beside the weights.
         #[serde(default)]
         lora: bool,
+        /// How many workers run tiles at once (the CPU pool; 1 on WebGPU).
+        #[serde(default = "one")]
+        workers: usize,
+        /// Measured speed of one worker: ms per output megapixel and step (0: not measured).
+        #[serde(default)]
+        ms_per_mpx: f64,
+        /// The model's tile alignment (tile sizes are rounded to it).
+        #[serde(default = "one")]
+        align: usize,
+    },
+    /// A pooled call's signed output: a Float32Array of RGB planes travels next to this message.
+    TileOut {
+        id: u64,
+    },
+    /// A pooled call failed (the pool's worker stays usable).
+    TileFailed {
+        id: u64,
+        message: String,
     },
     /// A finished tile: its RGBA pixels travel next to this message.
     Tile {
@@ -109,6 +268,45 @@ pub enum FromWorker {
     Error {
         message: String,
     },
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Expected time of `job` in ms: every tile's padded area at every step, in rounds of `workers`
+/// tiles, at `ms_per_mpx` (ms per output megapixel and step of one worker) — tiles are the unit a
+/// worker takes, so a small image on many workers is no faster than its largest tile.
+pub fn estimate_ms(job: &Job, align: usize, ms_per_mpx: f64, workers: usize) -> Option<f64> {
+    if ms_per_mpx <= 0.0 {
+        return None;
+    }
+    let o = job.options();
+    let s = job.request.scale as usize;
+    let tile = (o.tile / align.max(1)).max(1) * align.max(1);
+    let overlap = o.overlap.min(tile / 2) / 2 * 2;
+    let plan = TilePlan::new(job.width * s, job.height * s, tile, overlap, align.max(1)).ok()?;
+    let mut areas: Vec<f64> = plan
+        .tiles
+        .iter()
+        .map(|t| (t.padded_w * t.padded_h) as f64 / 1e6)
+        .collect();
+    areas.sort_by(|a, b| b.total_cmp(a));
+    // Largest first, each round as long as its largest tile.
+    let rounds: f64 = areas.chunks(workers.max(1)).map(|c| c[0]).sum();
+    Some(rounds * o.steps as f64 * ms_per_mpx)
+}
+
+/// "about 40 s", "about 3 min": a duration as a visitor reads it.
+pub fn human_ms(ms: f64) -> String {
+    let s = ms / 1e3;
+    if s < 1.0 {
+        "under a second".into()
+    } else if s < 90.0 {
+        format!("about {:.0} s", s.max(1.0))
+    } else {
+        format!("about {:.0} min", (s / 60.0).round().max(2.0))
+    }
 }
 
 /// 8-bit RGBA (as canvases give it) to RGB in [0, 1], and alpha when any pixel is not opaque.
@@ -265,6 +463,70 @@ mod tests {
             tile_preview(&t, 2, 1),
             vec![0, 128, 128, 255, 255, 128, 128, 255]
         );
+    }
+
+    #[test]
+    fn header_sizes_without_decoding() {
+        let enc = |f: image::ImageFormat| {
+            let img = image::RgbImage::from_fn(37, 21, |x, y| image::Rgb([x as u8, y as u8, 9]));
+            let mut v = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut v, f).unwrap();
+            v.into_inner()
+        };
+        for f in [
+            image::ImageFormat::Png,
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::WebP,
+        ] {
+            assert_eq!(header_size(&enc(f)), Some((37, 21)), "{f:?}");
+        }
+        // A header alone: a 20000 x 20000 PNG's first 33 bytes.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend(20000u32.to_be_bytes());
+        png.extend(20000u32.to_be_bytes());
+        assert_eq!(header_size(&png), Some((20000, 20000)));
+        assert!(20000 * 20000 > MAX_INPUT_PIXELS);
+        assert_eq!(header_size(b"definitely not a png"), None);
+        assert_eq!(header_size(&png[..18]), None);
+        assert_eq!(header_size(&[0xff, 0xd8, 0xff]), None);
+    }
+
+    #[test]
+    fn software_adapters_and_pool_sizes() {
+        assert!(software_adapter("google swiftshader Google SwiftShader", false).is_some());
+        assert!(software_adapter("mesa llvmpipe (LLVM 19.1.7, 256 bits)", false).is_some());
+        assert!(software_adapter("Microsoft Basic Render Driver", false).is_some());
+        assert!(software_adapter("nvidia ampere NVIDIA GeForce RTX 3060", false).is_none());
+        assert!(software_adapter("adapter", true).is_some());
+        assert_eq!(pool_size(None, Some(2.0), Some(8.0)), 2);
+        assert_eq!(pool_size(None, Some(16.0), Some(8.0)), MAX_WORKERS);
+        assert_eq!(pool_size(None, Some(8.0), Some(1.0)), 2);
+        assert_eq!(pool_size(None, Some(8.0), Some(0.25)), 1);
+        assert_eq!(pool_size(None, None, None), 1);
+        assert_eq!(pool_size(Some(1), Some(8.0), None), 1);
+        assert_eq!(pool_size(Some(99), None, None), MAX_WORKERS);
+        assert_eq!(DeviceChoice::parse("webgpu"), Some(DeviceChoice::Webgpu));
+        assert_eq!(DeviceChoice::parse("tpu"), None);
+    }
+
+    #[test]
+    fn estimates_follow_tiles_steps_and_workers() {
+        let mut j = job();
+        j.width = 256;
+        j.height = 256;
+        j.request.tile = 128;
+        j.request.overlap = 16;
+        // x4: 1024 px with 512 px tiles and 64 px overlaps: 3 x 3 tiles.
+        let one = estimate_ms(&j, 8, 1000.0, 1).unwrap();
+        let two = estimate_ms(&j, 8, 1000.0, 2).unwrap();
+        assert!((one - 9.0 * 512.0 * 512.0 / 1e3).abs() < 1e-6, "{one}");
+        assert!(two < one * 0.6 && two > one * 0.4, "{one} {two}");
+        j.request.steps = Some(2);
+        assert!((estimate_ms(&j, 8, 1000.0, 1).unwrap() - 2.0 * one).abs() < 1e-9);
+        assert_eq!(estimate_ms(&j, 8, 0.0, 1), None);
+        assert_eq!(human_ms(400.0), "under a second");
+        assert_eq!(human_ms(12_400.0), "about 12 s");
+        assert_eq!(human_ms(200_000.0), "about 3 min");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The page: pick, drop or paste an image; upscale it in the worker (WebGPU or CPU) with each
-//! finished tile painted as it arrives; cancel; compare before/after with a slider and zoom;
+//! The page: pick, drop or paste an image; upscale it in the worker (WebGPU, or the CPU with a
+//! pool of workers) with each finished tile painted as it arrives, an estimate before and the time
+//! left during; cancel; compare before/after with a divider on the image, wheel zoom and drag pan;
 //! download. Leptos (client-side) for the controls; the canvases and the worker are driven
 //! directly, since they are imperative by nature.
 
@@ -21,7 +22,8 @@ mod ui {
     use flowmapsr_core::projection::Policy;
     use flowmapsr_core::request::{Preset, SampleRequest};
     use flowmapsr_web::{
-        download_name, js_error, user_message, web_limits, FromWorker, Job, ToWorker,
+        download_name, estimate_ms, header_size, human_ms, js_error, user_message, web_limits,
+        DeviceChoice, FromWorker, Job, ToWorker, MAX_INPUT_PIXELS,
     };
     use js_sys::{Array, Uint8Array};
     use leptos::prelude::*;
@@ -52,7 +54,10 @@ mod ui {
         input: Option<Input>,
         out: Option<HtmlCanvasElement>,
         before: Option<HtmlCanvasElement>,
-        force_cpu: bool,
+        /// Where the visitor wants the network to run (Advanced, or `?device=` in the URL).
+        device: DeviceChoice,
+        /// The CPU pool's size from `?workers=N` (None: one per core).
+        workers: Option<usize>,
         gpu_failure: Option<String>,
     }
 
@@ -95,6 +100,20 @@ mod ui {
         /// The LR projection ("Consistent"): set on each load as `flowmapsr upscale --projection
         /// auto` decides (off for JPEG / lossy WebP files), then the user's.
         projection: RwSignal<bool>,
+        /// Workers running tiles at once, and one worker's measured ms per output MP and step.
+        workers: RwSignal<usize>,
+        ms_per_mpx: RwSignal<f64>,
+        align: RwSignal<usize>,
+        /// When the running job started (performance.now(), ms).
+        started: RwSignal<f64>,
+        /// Before/after divider, % of the width from the left.
+        split: RwSignal<f64>,
+    }
+
+    fn now() -> f64 {
+        web_sys::window()
+            .and_then(|w| w.performance())
+            .map_or(0.0, |p| p.now())
     }
 
     fn ctx2d(c: &HtmlCanvasElement) -> CanvasRenderingContext2d {
@@ -149,12 +168,13 @@ mod ui {
         let on_err =
             Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
                 let why = ev.message();
+                let cpu = c.borrow().device == DeviceChoice::Cpu;
                 let was_gpu = sig.backend.get_untracked() == "WebGPU"
-                    || (sig.backend.get_untracked().is_empty() && !c.borrow().force_cpu);
-                if was_gpu && !c.borrow().force_cpu {
+                    || (sig.backend.get_untracked().is_empty() && !cpu);
+                if was_gpu && !cpu {
                     {
                         let mut b = c.borrow_mut();
-                        b.force_cpu = true;
+                        b.device = DeviceChoice::Cpu;
                         b.gpu_failure = Some(why.clone());
                     }
                     sig.message
@@ -198,7 +218,8 @@ mod ui {
                     send(
                         w,
                         &ToWorker::Init {
-                            force_cpu: c.force_cpu,
+                            device: c.device,
+                            workers: c.workers,
                         },
                         None,
                     );
@@ -209,9 +230,15 @@ mod ui {
                 detail,
                 w_max,
                 lora,
+                workers,
+                ms_per_mpx,
+                align,
             } => {
                 sig.w_max.set(w_max);
                 sig.has_lora.set(lora);
+                sig.workers.set(workers.max(1));
+                sig.ms_per_mpx.set(ms_per_mpx);
+                sig.align.set(align.max(1));
                 let detail = match ctl.borrow().gpu_failure.clone() {
                     Some(f) => format!("WebGPU failed in this tab ({f})"),
                     None => detail,
@@ -235,6 +262,9 @@ mod ui {
             } => {
                 sig.done.set(done);
                 sig.total.set(total);
+                if done == 1 {
+                    sig.split.set(50.0);
+                }
                 if let (Some(c), Some(px)) = (ctl.borrow().out.clone(), px) {
                     paint(&c, &px.to_vec(), x, y, w, h);
                 }
@@ -249,6 +279,7 @@ mod ui {
                     paint(&c, &px.to_vec(), 0, 0, width, height);
                 }
                 sig.has_output.set(true);
+                sig.split.set(50.0);
                 sig.state.set(State::Done);
                 sig.message
                     .set(format!("done in {ms:.0} ms (tiles blended on the {blend})"));
@@ -257,7 +288,18 @@ mod ui {
                 sig.state.set(State::Failed);
                 sig.message.set(message);
             }
+            // Between the lead worker and its pool only.
+            FromWorker::TileOut { .. } | FromWorker::TileFailed { .. } => {}
         }
+    }
+
+    fn too_big(name: &str, w: usize, h: usize) -> String {
+        format!(
+            "{name} is {w}x{h} = {:.1} MP: the browser demo takes images up to {} MP (crop or \
+             shrink it, or use `flowmapsr upscale`)",
+            (w * h) as f64 / 1e6,
+            MAX_INPUT_PIXELS >> 20
+        )
     }
 
     /// Decode an image file (or pasted blob) to RGBA without colour management, so the pixels
@@ -283,12 +325,8 @@ mod ui {
         if w == 0 || h == 0 {
             return Err(format!("{name} is empty"));
         }
-        if w * h > 16 << 20 {
-            return Err(format!(
-                "{name} is {w}x{h} = {:.1} MP: the browser demo takes images up to 16 MP \
-                 (crop or shrink it, or use `flowmapsr upscale`)",
-                (w * h) as f64 / 1e6
-            ));
+        if w * h > MAX_INPUT_PIXELS {
+            return Err(too_big(&name, w, h));
         }
         let doc = window.document().ok_or("no document")?;
         let c: HtmlCanvasElement = doc
@@ -317,13 +355,19 @@ mod ui {
         spawn_local(async move {
             // The projection's `auto`: sniff the file's coding (an unreadable blob counts as
             // lossless; decoding it below reports the real problem).
-            let lossy = match JsFuture::from(blob.array_buffer()).await {
-                Ok(buf) => {
-                    flowmapsr_core::projection::lossy_encoding(&Uint8Array::new(&buf).to_vec())
-                }
-                Err(_) => false,
+            let head = match JsFuture::from(blob.array_buffer()).await {
+                Ok(buf) => Uint8Array::new(&buf).to_vec(),
+                Err(_) => Vec::new(),
             };
-            match decode(blob, name).await {
+            let lossy = flowmapsr_core::projection::lossy_encoding(&head);
+            // The size is in the header: a huge image is refused before the browser tries (and
+            // fails, with a generic message) to decode it.
+            let decoded = match header_size(&head) {
+                Some((w, h)) if w * h > MAX_INPUT_PIXELS => Err(too_big(&name, w, h)),
+                _ => decode(blob, name).await,
+            };
+            drop(head);
+            match decoded {
                 Ok(input) => {
                     sig.projection.set(!lossy);
                     let (w, h) = (input.width, input.height);
@@ -334,6 +378,8 @@ mod ui {
                         paint(&b, &input.rgba, 0, 0, w, h);
                     }
                     ctl.borrow_mut().input = Some(input);
+                    // The new input whole, until a result comes.
+                    sig.split.set(100.0);
                     sig.has_input.set(true);
                     sig.has_output.set(false);
                     sig.done.set(0);
@@ -380,6 +426,86 @@ mod ui {
         let _ = sw.register("./sw.js");
     }
 
+    /// `?device=cpu|webgpu|auto&workers=N` in the page's URL: the Advanced choice, preset.
+    fn url_choices() -> (DeviceChoice, Option<usize>) {
+        let q = web_sys::window()
+            .and_then(|w| w.location().search().ok())
+            .unwrap_or_default();
+        let mut device = DeviceChoice::Auto;
+        let mut workers = None;
+        for kv in q.trim_start_matches('?').split('&') {
+            match kv.split_once('=') {
+                Some(("device", v)) => device = DeviceChoice::parse(v).unwrap_or_default(),
+                Some(("workers", v)) => workers = v.parse().ok().filter(|&n: &usize| n >= 1),
+                _ => {}
+            }
+        }
+        (device, workers)
+    }
+
+    /// What the knobs say, as the worker's job (None without an input).
+    #[derive(Clone, Copy)]
+    struct Knobs {
+        scale: RwSignal<u32>,
+        steps: RwSignal<usize>,
+        tile: RwSignal<usize>,
+        seed: RwSignal<u64>,
+        guidance: RwSignal<f32>,
+        lora: RwSignal<f32>,
+        preset: RwSignal<Preset>,
+        grain: RwSignal<f32>,
+    }
+
+    impl Knobs {
+        fn job(&self, sig: Signals, width: usize, height: usize) -> Job {
+            let grain_t = self.grain.get_untracked();
+            let has_lora = sig.has_lora.get_untracked();
+            Job {
+                width,
+                height,
+                request: SampleRequest {
+                    scale: self.scale.get_untracked(),
+                    preset: self.preset.get_untracked(),
+                    steps: Some(self.steps.get_untracked()),
+                    tile: self.tile.get_untracked(),
+                    overlap: (self.tile.get_untracked() / 8).max(8),
+                    seed: self.seed.get_untracked(),
+                    mode: if grain_t > 0.0 {
+                        Mode::Stochastic
+                    } else {
+                        Mode::Fidelity
+                    },
+                    temperature: if grain_t > 0.0 { grain_t } else { 1.0 },
+                    guidance: Some(self.guidance.get_untracked().min(sig.w_max.get_untracked())),
+                    lora: Some(if has_lora {
+                        self.lora.get_untracked()
+                    } else {
+                        0.0
+                    }),
+                    projection: if sig.projection.get_untracked() {
+                        Policy::On
+                    } else {
+                        Policy::Off
+                    },
+                },
+            }
+        }
+    }
+
+    /// The viewer's zoom (1: the image fits the stage) and pan (CSS px).
+    #[derive(Clone, Copy, PartialEq)]
+    struct View {
+        zoom: f64,
+        x: f64,
+        y: f64,
+    }
+
+    const FIT: View = View {
+        zoom: 1.0,
+        x: 0.0,
+        y: 0.0,
+    };
+
     #[component]
     pub fn App() -> impl IntoView {
         let sig = Signals {
@@ -395,24 +521,50 @@ mod ui {
             w_max: RwSignal::new(1.0),
             has_lora: RwSignal::new(false),
             projection: RwSignal::new(true),
+            workers: RwSignal::new(1),
+            ms_per_mpx: RwSignal::new(0.0),
+            align: RwSignal::new(1),
+            started: RwSignal::new(0.0),
+            split: RwSignal::new(50.0),
         };
-        let scale = RwSignal::new(4u32);
-        let steps = RwSignal::new(1usize);
-        let tile = RwSignal::new(128usize);
-        let seed = RwSignal::new(0u64);
-        let guidance = RwSignal::new(1.0f32);
-        let lora = RwSignal::new(0.0f32);
-        // The Result menu: it sets steps, guidance and LoRA, which stay adjustable after.
-        let preset = RwSignal::new(Preset::Faithful);
-        // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
-        let grain = RwSignal::new(0.0f32);
+        let knobs = Knobs {
+            scale: RwSignal::new(4u32),
+            steps: RwSignal::new(1usize),
+            tile: RwSignal::new(128usize),
+            seed: RwSignal::new(0u64),
+            guidance: RwSignal::new(1.0f32),
+            lora: RwSignal::new(0.0f32),
+            // The Result menu: it sets steps, guidance and LoRA, which stay adjustable after.
+            preset: RwSignal::new(Preset::Faithful),
+            // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
+            grain: RwSignal::new(0.0f32),
+        };
+        let Knobs {
+            scale,
+            steps,
+            tile,
+            seed,
+            guidance,
+            lora,
+            preset,
+            grain,
+        } = knobs;
         let projection = sig.projection;
-        let split = RwSignal::new(50.0f64);
-        let zoom = RwSignal::new("fit".to_string());
-        let ctl = Rc::new(RefCell::new(Ctl::default()));
+        let split = sig.split;
+        let view = RwSignal::new(FIT);
+        let (url_device, url_workers) = url_choices();
+        let device = RwSignal::new(url_device);
+        let ctl = Rc::new(RefCell::new(Ctl {
+            device: url_device,
+            workers: url_workers,
+            ..Ctl::default()
+        }));
         let out_ref = NodeRef::<leptos::html::Canvas>::new();
         let before_ref = NodeRef::<leptos::html::Canvas>::new();
         let file_ref = NodeRef::<leptos::html::Input>::new();
+        let stage_ref = NodeRef::<leptos::html::Div>::new();
+        // The input's size, for the estimate (it is outside the reactive graph otherwise).
+        let in_size = RwSignal::new((0usize, 0usize));
 
         {
             let ctl = ctl.clone();
@@ -426,6 +578,15 @@ mod ui {
                         spawn_worker(&ctl, sig);
                     }
                 }
+            });
+        }
+        {
+            let ctl = ctl.clone();
+            Effect::new(move |_| {
+                // Track the input through has_input; its size is read untracked.
+                let _ = sig.has_input.get();
+                let c = ctl.borrow();
+                in_size.set(c.input.as_ref().map_or((0, 0), |i| (i.width, i.height)));
             });
         }
         // Paste anywhere on the page.
@@ -454,6 +615,7 @@ mod ui {
             move |_| {
                 let Some(input) = file_ref.get() else { return };
                 if let Some(f) = input.files().and_then(|l| l.get(0)) {
+                    view.set(FIT);
                     load_blob(ctl.clone(), sig, f.clone().into(), f.name());
                 }
             }
@@ -467,6 +629,7 @@ mod ui {
                     .and_then(|d| d.files())
                     .and_then(|l| l.get(0))
                 {
+                    view.set(FIT);
                     load_blob(ctl.clone(), sig, f.clone().into(), f.name());
                 }
             }
@@ -478,34 +641,10 @@ mod ui {
                 let (Some(input), Some(worker), Some(out)) = (&c.input, &c.worker, &c.out) else {
                     return;
                 };
-                let grain_t = grain.get_untracked();
+                let job = knobs.job(sig, input.width, input.height);
                 let has_lora = sig.has_lora.get_untracked();
-                let job = Job {
-                    width: input.width,
-                    height: input.height,
-                    request: SampleRequest {
-                        scale: scale.get_untracked(),
-                        preset: preset.get_untracked(),
-                        steps: Some(steps.get_untracked()),
-                        tile: tile.get_untracked(),
-                        overlap: (tile.get_untracked() / 8).max(8),
-                        seed: seed.get_untracked(),
-                        mode: if grain_t > 0.0 {
-                            Mode::Stochastic
-                        } else {
-                            Mode::Fidelity
-                        },
-                        temperature: if grain_t > 0.0 { grain_t } else { 1.0 },
-                        guidance: Some(guidance.get_untracked().min(sig.w_max.get_untracked())),
-                        lora: Some(if has_lora { lora.get_untracked() } else { 0.0 }),
-                        projection: if projection.get_untracked() {
-                            Policy::On
-                        } else {
-                            Policy::Off
-                        },
-                    },
-                };
                 if let Err(e) = job.check(&web_limits(sig.w_max.get_untracked(), has_lora)) {
+                    sig.state.set(State::Failed);
                     sig.message.set(user_message(&e));
                     return;
                 }
@@ -516,6 +655,7 @@ mod ui {
                 sig.done.set(0);
                 sig.total.set(0);
                 sig.has_output.set(false);
+                sig.started.set(now());
                 sig.state.set(State::Running);
                 sig.message.set("upscaling…".into());
                 send(worker, &ToWorker::Upscale(job), Some(&input.rgba));
@@ -524,7 +664,8 @@ mod ui {
         let on_cancel = {
             let ctl = ctl.clone();
             move |_| {
-                // The worker may be deep in a CPU tile: terminating it is the only prompt stop.
+                // The worker may be deep in a CPU tile: terminating it (and with it its pool)
+                // is the only prompt stop.
                 spawn_worker(&ctl, sig);
                 // The half-painted result goes too: only a finished result is ever shown.
                 if let Some(o) = ctl.borrow().out.clone() {
@@ -533,7 +674,26 @@ mod ui {
                 sig.has_output.set(false);
                 sig.done.set(0);
                 sig.total.set(0);
+                sig.split.set(100.0);
                 sig.message.set("cancelled; reloading the model…".into());
+            }
+        };
+        let on_device = {
+            let ctl = ctl.clone();
+            move |ev| {
+                let d = DeviceChoice::parse(&event_target_value(&ev)).unwrap_or_default();
+                device.set(d);
+                {
+                    let mut c = ctl.borrow_mut();
+                    c.device = d;
+                    c.gpu_failure = None;
+                }
+                sig.backend.set(String::new());
+                sig.detail.set(String::new());
+                sig.has_output.set(false);
+                sig.done.set(0);
+                sig.total.set(0);
+                spawn_worker(&ctl, sig);
             }
         };
         let on_download = {
@@ -575,20 +735,175 @@ mod ui {
                 100.0 * sig.done.get() as f64 / t as f64
             }
         };
-        let view_width = move || {
-            let (w, _) = sig.out_size.get();
-            match zoom.get().as_str() {
-                "1" => format!("{w}px"),
-                "2" => format!("{}px", 2 * w),
-                _ => "100%".to_string(),
+        // Before a job: the expected time on this device; during one: the time left.
+        let estimate = move || {
+            let (w, h) = in_size.get();
+            if w == 0 || sig.backend.get().is_empty() {
+                return String::new();
+            }
+            // Track every knob that changes the work.
+            let _ = (
+                scale.get(),
+                steps.get(),
+                tile.get(),
+                sig.workers.get(),
+                sig.ms_per_mpx.get(),
+            );
+            let job = knobs.job(sig, w, h);
+            let workers = sig.workers.get_untracked();
+            match estimate_ms(
+                &job,
+                sig.align.get_untracked(),
+                sig.ms_per_mpx.get_untracked(),
+                workers,
+            ) {
+                Some(ms) => format!(
+                    "Expected time: {} on this device ({})",
+                    human_ms(ms),
+                    if sig.backend.get_untracked() == "WebGPU" {
+                        "WebGPU".to_string()
+                    } else if workers > 1 {
+                        format!("{workers} CPU workers")
+                    } else {
+                        "1 CPU worker".to_string()
+                    }
+                ),
+                None => String::new(),
             }
         };
+        let progress_text = move || {
+            let (d, t) = (sig.done.get(), sig.total.get());
+            if d == 0 || t == 0 || d >= t || sig.state.get() != State::Running {
+                return format!("{d} / {t} tiles");
+            }
+            let elapsed = now() - sig.started.get_untracked();
+            format!(
+                "{d} / {t} tiles · {} left",
+                human_ms(elapsed / d as f64 * (t - d) as f64)
+            )
+        };
+        let zoom_to = move |z: &str| {
+            // "fit" is zoom 1; "100%" is one image pixel per screen pixel.
+            let Some(stage) = stage_ref.get_untracked() else {
+                return;
+            };
+            let fit_w = stage
+                .query_selector("canvas#out")
+                .ok()
+                .flatten()
+                .map_or(0.0, |c| {
+                    c.get_bounding_client_rect().width() / view.get_untracked().zoom
+                });
+            let (w, _) = sig.out_size.get_untracked();
+            let zoom = match z {
+                "1" if fit_w > 0.0 => w as f64 / fit_w,
+                "2" if fit_w > 0.0 => 2.0 * w as f64 / fit_w,
+                _ => 1.0,
+            };
+            view.set(View {
+                zoom: zoom.clamp(1.0, 64.0),
+                x: 0.0,
+                y: 0.0,
+            });
+        };
+        // Wheel zoom about the cursor; drag pans, or moves the divider when it is grabbed.
+        let on_wheel = move |ev: web_sys::WheelEvent| {
+            let Some(stage) = stage_ref.get_untracked() else {
+                return;
+            };
+            ev.prevent_default();
+            let r = stage.get_bounding_client_rect();
+            let (cx, cy) = (
+                ev.client_x() as f64 - r.left(),
+                ev.client_y() as f64 - r.top(),
+            );
+            let v = view.get_untracked();
+            let zoom = (v.zoom * (-ev.delta_y() / 500.0).exp()).clamp(1.0, 64.0);
+            let k = zoom / v.zoom;
+            view.set(if zoom == 1.0 {
+                FIT
+            } else {
+                View {
+                    zoom,
+                    x: cx - (cx - v.x) * k,
+                    y: cy - (cy - v.y) * k,
+                }
+            });
+        };
+        let drag = Rc::new(RefCell::new(None::<(bool, f64, f64, View)>));
+        let on_down = {
+            let drag = drag.clone();
+            move |ev: web_sys::PointerEvent| {
+                let divider = ev
+                    .target()
+                    .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+                    .is_some_and(|e| e.closest(".divider").ok().flatten().is_some());
+                if let Some(stage) = stage_ref.get_untracked() {
+                    let _ = stage.set_pointer_capture(ev.pointer_id());
+                }
+                *drag.borrow_mut() = Some((
+                    divider,
+                    ev.client_x() as f64,
+                    ev.client_y() as f64,
+                    view.get_untracked(),
+                ));
+            }
+        };
+        let on_move = {
+            let drag = drag.clone();
+            move |ev: web_sys::PointerEvent| {
+                let Some((divider, x0, y0, v)) = *drag.borrow() else {
+                    return;
+                };
+                let (dx, dy) = (ev.client_x() as f64 - x0, ev.client_y() as f64 - y0);
+                if divider {
+                    let Some(stage) = stage_ref.get_untracked() else {
+                        return;
+                    };
+                    let Some(out) = stage.query_selector("canvas#out").ok().flatten() else {
+                        return;
+                    };
+                    let r = out.get_bounding_client_rect();
+                    if r.width() > 0.0 {
+                        let p = (ev.client_x() as f64 - r.left()) / r.width() * 100.0;
+                        split.set(p.clamp(0.0, 100.0));
+                    }
+                } else if v.zoom > 1.0 {
+                    view.set(View {
+                        x: v.x + dx,
+                        y: v.y + dy,
+                        ..v
+                    });
+                }
+            }
+        };
+        let on_up = {
+            let drag = drag.clone();
+            move |_: web_sys::PointerEvent| {
+                *drag.borrow_mut() = None;
+            }
+        };
+        // Fit: as wide as the stage, or as tall as its height allows (--aspect, style.css).
+        let layers_style = move || {
+            let v = view.get();
+            let (w, h) = sig.out_size.get();
+            let aspect = if w > 0 && h > 0 {
+                w as f64 / h as f64
+            } else {
+                1.5
+            };
+            format!(
+                "--aspect: {aspect:.5}; transform: translate({}px, {}px) scale({})",
+                v.x, v.y, v.zoom
+            )
+        };
+        let show_labels = move || sig.has_output.get() || running();
 
         view! {
             <header>
                 <h1>"flowmapsr"</h1>
-                <p class="tag">"One-step flow-map super-resolution, running in your browser: your image is processed on your device and never uploaded."</p>
-                <p id="backend" data-backend=move || sig.backend.get()>
+                <p class="tag">"One-step flow-map super-resolution in your browser. It runs on your device: nothing is uploaded."</p>
+                <p id="backend" data-backend=move || sig.backend.get() data-workers=move || sig.workers.get().to_string()>
                     {move || {
                         let b = sig.backend.get();
                         if b.is_empty() { "backend: starting…".to_string() } else { format!("backend: {b}") }
@@ -607,7 +922,7 @@ mod ui {
                         <span>"Drop, paste or pick an image (PNG, JPEG, WebP)"</span>
                     </label>
                     <div class="row">
-                        <label title="Faithful: the closest to what the photo can tell. Realistic: sharper detail, less faithful. Each sets Steps, Guidance and LoRA, which you can still adjust">
+                        <label>
                             "Result "
                             <select id="preset" on:change=move |ev| {
                                 let p = if event_target_value(&ev) == "realistic" {
@@ -632,95 +947,136 @@ mod ui {
                                 <option value="8">"x8"</option>
                             </select>
                         </label>
-                        <label>"Steps "
-                            <input id="steps" type="number" min="1" max="8" prop:value=move || steps.get().to_string()
-                                on:change=move |ev| steps.set(event_target_value(&ev).parse().unwrap_or(1).clamp(1, 8)) />
-                        </label>
-                        <label>"Tile "
-                            <select id="tile" on:change=move |ev| tile.set(event_target_value(&ev).parse().unwrap_or(128))>
-                                <option value="64">"64"</option>
-                                <option value="128" selected>"128"</option>
-                                <option value="256">"256"</option>
-                            </select>
-                        </label>
-                        <label class:muted=move || grain.get() <= 0.0
-                            title="Seed of the grain (the stochastic mode's noise); used only when Grain is above 0">"Seed "
-                            <input id="seed" type="number" min="0" prop:value=move || seed.get().to_string()
-                                disabled=move || grain.get() <= 0.0
-                                on:change=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0)) />
-                        </label>
                     </div>
-                    <div class="row">
-                        <label class:muted=move || sig.w_max.get() <= 1.0
-                            title="Guidance: 1 is faithful, higher is sharper (one network call at any w)">
-                            "Guidance w "
-                            <input id="guidance" type="range" min="1" step="0.25"
-                                prop:max=move || sig.w_max.get().max(1.0).to_string()
-                                prop:value=move || guidance.get().to_string()
-                                disabled=move || sig.w_max.get() <= 1.0
-                                on:input=move |ev| guidance.set(event_target_value(&ev).parse().unwrap_or(1.0)) />
-                            <span id="guidance-value">{move || format!("{:.2}", guidance.get())}</span>
-                        </label>
-                        <label class:muted=move || !sig.has_lora.get()
-                            title="LoRA: 0 is the faithful base model, higher adds the adversarially trained detail">
-                            "LoRA "
-                            <input id="lora" type="range" min="0" max="3" step="0.25"
-                                prop:value=move || lora.get().to_string()
-                                disabled=move || !sig.has_lora.get()
-                                on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
-                            <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
-                        </label>
-                        <label title="Grain: 0 is the deterministic (faithful) result; above 0 the source carries seeded noise of that temperature (see Seed), for photographic grain">
-                            "Grain "
-                            <input id="grain" type="range" min="0" max="1" step="0.05"
-                                prop:value=move || grain.get().to_string()
-                                on:input=move |ev| grain.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
-                            <span id="grain-value">{move || format!("{:.2}", grain.get())}</span>
-                        </label>
-                        <label title="Consistent with the input: the result is corrected so that shrinking it gives back your image exactly (no extra network call); off shows the network's raw output">
-                            <input id="projection" type="checkbox" prop:checked=move || projection.get()
-                                on:change=move |ev| projection.set(event_target_checked(&ev)) />
-                            " Consistent"
-                        </label>
-                        <span class="note">{move || match (sig.w_max.get() > 1.0, sig.has_lora.get()) {
+                    <p class="hint">{move || if preset.get() == Preset::Realistic {
+                        "Realistic: sharper edges and texture; some detail is the model's guess."
+                    } else {
+                        "Faithful: only detail the image supports; smooth where it is unsure."
+                    }}</p>
+                    <details id="advanced">
+                        <summary>"Advanced"</summary>
+                        <div class="knob">
+                            <label>"Device "
+                                <select id="device" on:change=on_device prop:value=move || device.get().as_str().to_string()>
+                                    <option value="auto">"Auto"</option>
+                                    <option value="cpu">"CPU"</option>
+                                    <option value="webgpu">"WebGPU"</option>
+                                </select>
+                            </label>
+                            <small>"Auto uses a hardware GPU when there is one, else all CPU cores."</small>
+                        </div>
+                        <div class="knob">
+                            <label>"Steps "
+                                <input id="steps" type="number" min="1" max="8" prop:value=move || steps.get().to_string()
+                                    on:change=move |ev| steps.set(event_target_value(&ev).parse().unwrap_or(1).clamp(1, 8)) />
+                            </label>
+                            <small>"Network calls per tile: 1 is the model's design; more costs time."</small>
+                        </div>
+                        <div class="knob">
+                            <label class:muted=move || sig.w_max.get() <= 1.0>
+                                "Guidance w "
+                                <input id="guidance" type="range" min="1" step="0.25"
+                                    prop:max=move || sig.w_max.get().max(1.0).to_string()
+                                    prop:value=move || guidance.get().to_string()
+                                    disabled=move || sig.w_max.get() <= 1.0
+                                    on:input=move |ev| guidance.set(event_target_value(&ev).parse().unwrap_or(1.0)) />
+                                <span id="guidance-value">{move || format!("{:.2}", guidance.get())}</span>
+                            </label>
+                            <small>"1 is faithful; higher sharpens (same cost)."</small>
+                        </div>
+                        <div class="knob">
+                            <label class:muted=move || !sig.has_lora.get()>
+                                "LoRA "
+                                <input id="lora" type="range" min="0" max="3" step="0.25"
+                                    prop:value=move || lora.get().to_string()
+                                    disabled=move || !sig.has_lora.get()
+                                    on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
+                                <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
+                            </label>
+                            <small>"Strength of the adversarially trained detail (0: none)."</small>
+                        </div>
+                        <div class="knob">
+                            <label>
+                                "Grain "
+                                <input id="grain" type="range" min="0" max="1" step="0.05"
+                                    prop:value=move || grain.get().to_string()
+                                    on:input=move |ev| grain.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
+                                <span id="grain-value">{move || format!("{:.2}", grain.get())}</span>
+                            </label>
+                            <small>"Photographic grain from seeded noise (0: none, the same every time)."</small>
+                        </div>
+                        <div class="knob">
+                            <label class:muted=move || grain.get() <= 0.0>"Seed "
+                                <input id="seed" type="number" min="0" prop:value=move || seed.get().to_string()
+                                    disabled=move || grain.get() <= 0.0
+                                    on:change=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0)) />
+                            </label>
+                            <small>"Which grain: used only when Grain is above 0."</small>
+                        </div>
+                        <div class="knob">
+                            <label>
+                                <input id="projection" type="checkbox" prop:checked=move || projection.get()
+                                    on:change=move |ev| projection.set(event_target_checked(&ev)) />
+                                " Consistent"
+                            </label>
+                            <small>"Shrinking the result gives back your image exactly (off for JPEG)."</small>
+                        </div>
+                        <div class="knob">
+                            <label>"Tile "
+                                <select id="tile" on:change=move |ev| tile.set(event_target_value(&ev).parse().unwrap_or(128))>
+                                    <option value="64">"64"</option>
+                                    <option value="128" selected>"128"</option>
+                                    <option value="256">"256"</option>
+                                </select>
+                            </label>
+                            <small>"Input pixels per network call: smaller uses less memory."</small>
+                        </div>
+                        <p class="note">{move || match (sig.w_max.get() > 1.0, sig.has_lora.get()) {
                             (false, false) => "(guidance and LoRA: not in the loaded model)",
                             (true, false) => "(LoRA: no adapter beside the loaded model)",
                             (false, true) => "(guidance: not in the loaded model)",
                             (true, true) => "",
-                        }}</span>
-                    </div>
+                        }}</p>
+                    </details>
                     <div class="row">
                         <button id="upscale" on:click=on_upscale disabled=move || busy() || !sig.has_input.get()>"Upscale"</button>
                         <button id="cancel" on:click=on_cancel disabled=move || !running()>"Cancel"</button>
                         <button id="download" on:click=on_download disabled=move || !sig.has_output.get()>"Download PNG"</button>
                     </div>
+                    <p id="estimate">{estimate}</p>
                     <div class="row">
                         <progress max="100" value=move || percent().to_string()></progress>
-                        <span id="progress">{move || format!("{} / {} tiles", sig.done.get(), sig.total.get())}</span>
+                        <span id="progress">{progress_text}</span>
                     </div>
                     <p id="status" data-state=move || sig.state.get().as_str()>{move || sig.message.get()}</p>
                 </section>
                 <section class="viewer">
                     <div class="row">
-                        <label>"Before | after "
-                            <input id="split" type="range" min="0" max="100" prop:value=move || split.get().to_string()
-                                on:input=move |ev| split.set(event_target_value(&ev).parse().unwrap_or(50.0)) />
-                        </label>
                         <label>"Zoom "
-                            <select id="zoom" on:change=move |ev| zoom.set(event_target_value(&ev))>
+                            <select id="zoom" on:change=move |ev| zoom_to(&event_target_value(&ev))>
                                 <option value="fit" selected>"fit"</option>
                                 <option value="1">"100%"</option>
                                 <option value="2">"200%"</option>
                             </select>
                         </label>
+                        <span class="note">"Drag the divider to compare; scroll to zoom, drag to pan, double-click to fit."</span>
                     </div>
-                    <div class="stage">
-                        <div class="layers" style:width=view_width>
+                    <div class="stage" node_ref=stage_ref
+                        on:wheel=on_wheel on:pointerdown=on_down on:pointermove=on_move
+                        on:pointerup=on_up.clone() on:pointercancel=on_up
+                        on:dblclick=move |_| view.set(FIT)>
+                        <div class="layers" style=layers_style>
                             <canvas id="out" node_ref=out_ref></canvas>
                             <canvas id="before" node_ref=before_ref
                                 style:clip-path=move || format!("inset(0 {}% 0 0)", 100.0 - split.get())
                                 style:display=move || if sig.has_input.get() { "block" } else { "none" }></canvas>
+                            <div class="divider" style:left=move || format!("{}%", split.get())
+                                style:display=move || if show_labels() { "block" } else { "none" }>
+                                <span class="handle" title="Drag to compare">"⇆"</span>
+                            </div>
                         </div>
+                        <span class="label left" style:display=move || if sig.has_input.get() { "block" } else { "none" }>"Before"</span>
+                        <span class="label right" style:display=move || if show_labels() { "block" } else { "none" }>"After"</span>
                     </div>
                 </section>
             </main>

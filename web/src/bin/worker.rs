@@ -1,10 +1,18 @@
 //! The upscaler, in a dedicated web worker: picks WebGPU (burn wgpu) or the CPU (burn flex),
 //! loads the shipped weights (and the adversarial LoRA adapter when one is shipped beside them),
 //! and runs core's sampler tile by tile, posting each finished tile.
-//! On WebGPU the tiles are blended on the GPU by our WGSL kernels (flowmapsr-shaders) and only
-//! 8-bit previews and the 8-bit result come back, asynchronously (a blocking read panics in a
-//! browser); images whose accumulator exceeds the device's storage-buffer limit blend on the CPU.
-//! Cancel is `Worker.terminate()` on the page's side: nothing here needs to poll for it.
+//!
+//! - WebGPU (a hardware adapter, or one the visitor chose): the tiles are blended on the GPU by
+//!   our WGSL kernels (flowmapsr-shaders) and only 8-bit previews and the 8-bit result come back,
+//!   asynchronously (a blocking read panics in a browser); images whose accumulator exceeds the
+//!   device's storage-buffer limit blend on the CPU.
+//! - CPU: wasm has one thread per worker, so this worker (the lead) starts a pool of workers
+//!   (this same script, told [`ToWorker::Helper`]), one per core, and hands them the network
+//!   calls of core's `pool::upscale_pooled`; it cuts, blends and projects itself. With one
+//!   worker it runs the calls itself.
+//!
+//! Cancel is `Worker.terminate()` on the page's side: the pool's workers are the lead's children
+//! and end with it, so nothing here needs to poll for it.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -24,19 +32,28 @@ mod wasm {
     use burn::tensor::backend::Backend;
     use flowmapsr_core::image::set_alpha;
     use flowmapsr_core::lora::Adapted;
-    use flowmapsr_core::sampler::{upscale_async, CpuBlender, TileDone};
+    use flowmapsr_core::pool::{run_call, upscale_pooled, TileCall, TilePool};
+    use flowmapsr_core::request::SampleRequest;
+    use flowmapsr_core::sampler::{upscale_async, CpuBlender, SampleOptions, TileDone};
     use flowmapsr_core::weights::{load_lora, load_model, ModelConfig};
+    use flowmapsr_core::{Error, Image};
     use flowmapsr_shaders::{Gpu, GpuBlender};
     use flowmapsr_web::{
-        js_error, split_rgba, user_message, web_limits, FromWorker, Job, ToWorker,
+        js_error, pool_size, software_adapter, split_rgba, user_message, web_limits, DeviceChoice,
+        FromWorker, Job, ToWorker,
     };
-    use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+    use js_sys::{Array, Float32Array, Function, Promise, Reflect, Uint8Array};
     use std::cell::RefCell;
+    use std::collections::{HashMap, VecDeque};
+    use std::future::Future;
+    use std::pin::Pin;
     use std::rc::Rc;
     use wasm_bindgen::prelude::*;
     use wasm_bindgen::JsCast;
     use wasm_bindgen_futures::{spawn_local, JsFuture};
-    use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+    use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Worker, WorkerOptions, WorkerType};
+
+    const WORKER_URL: &str = "./worker_loader.js";
 
     enum Engine {
         Gpu(Adapted<Gpu>, WgpuDevice),
@@ -46,6 +63,17 @@ mod wasm {
     struct Model {
         engine: Engine,
         cfg: ModelConfig,
+        /// The CPU pool (two or more workers); None: this worker runs every call.
+        pool: Option<Pool>,
+    }
+
+    impl Model {
+        fn has_lora(&self) -> bool {
+            match &self.engine {
+                Engine::Gpu(a, _) => a.lora.is_some(),
+                Engine::Cpu(a) => a.lora.is_some(),
+            }
+        }
     }
 
     thread_local! {
@@ -56,20 +84,33 @@ mod wasm {
         js_sys::global().unchecked_into()
     }
 
-    /// Messages are [json, pixels?]; pixel buffers are transferred, not copied.
-    fn post(msg: &FromWorker, pixels: Option<Vec<u8>>) {
+    /// Messages are [json, buffers...]; buffers are transferred, not copied.
+    fn message(msg: &impl serde::Serialize, buffers: &[JsValue]) -> (Array, Array) {
         let arr = Array::new();
         arr.push(&JsValue::from_str(
             &serde_json::to_string(msg).expect("plain data"),
         ));
         let transfer = Array::new();
-        if let Some(p) = pixels {
-            let u = Uint8Array::from(&p[..]);
-            transfer.push(&u.buffer());
-            arr.push(&u);
+        for b in buffers {
+            arr.push(b);
+            if let Ok(buf) = Reflect::get(b, &"buffer".into()) {
+                transfer.push(&buf);
+            }
         }
+        (arr, transfer)
+    }
+
+    fn post_with(msg: &FromWorker, buffers: &[JsValue]) {
+        let (arr, transfer) = message(msg, buffers);
         if let Err(e) = scope().post_message_with_transfer(&arr, &transfer) {
             web_sys::console::error_2(&"postMessage failed".into(), &e);
+        }
+    }
+
+    fn post(msg: &FromWorker, pixels: Option<Vec<u8>>) {
+        match pixels {
+            Some(p) => post_with(msg, &[Uint8Array::from(&p[..]).into()]),
+            None => post_with(msg, &[]),
         }
     }
 
@@ -77,14 +118,31 @@ mod wasm {
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
             let data: Array = ev.data().unchecked_into();
             let msg = data.get(0).as_string().unwrap_or_default();
-            let pixels = data
-                .get(1)
-                .dyn_into::<Uint8Array>()
-                .ok()
-                .map(|u| u.to_vec());
+            let buffers: Vec<JsValue> = data.iter().skip(1).collect();
             spawn_local(async move {
-                if let Err(e) = handle(&msg, pixels).await {
-                    post(&FromWorker::Error { message: e }, None);
+                match serde_json::from_str::<ToWorker>(&msg) {
+                    Ok(ToWorker::Tile {
+                        id,
+                        step,
+                        width,
+                        height,
+                        request,
+                    }) => {
+                        if let Err(message) = tile(id, step, width, height, &request, &buffers) {
+                            post(&FromWorker::TileFailed { id, message }, None);
+                        }
+                    }
+                    Ok(m) => {
+                        if let Err(e) = handle(m, buffers).await {
+                            post(&FromWorker::Error { message: e }, None);
+                        }
+                    }
+                    Err(e) => post(
+                        &FromWorker::Error {
+                            message: format!("bad message: {e}"),
+                        },
+                        None,
+                    ),
                 }
             });
         });
@@ -93,13 +151,19 @@ mod wasm {
         post(&FromWorker::Loaded, None);
     }
 
-    async fn handle(msg: &str, pixels: Option<Vec<u8>>) -> Result<(), String> {
-        match serde_json::from_str::<ToWorker>(msg).map_err(|e| format!("bad message: {e}"))? {
-            ToWorker::Init { force_cpu } => init(force_cpu).await,
+    async fn handle(msg: ToWorker, buffers: Vec<JsValue>) -> Result<(), String> {
+        match msg {
+            ToWorker::Init { device, workers } => init(device, workers).await,
+            ToWorker::Helper => helper().await,
             ToWorker::Upscale(job) => {
-                let px = pixels.ok_or("an upscale message needs its pixels")?;
+                let px = buffers
+                    .first()
+                    .and_then(|b| b.dyn_ref::<Uint8Array>())
+                    .ok_or("an upscale message needs its pixels")?
+                    .to_vec();
                 run(job, px).await
             }
+            ToWorker::Tile { .. } => unreachable!("handled in start"),
         }
     }
 
@@ -134,17 +198,40 @@ mod wasm {
         body(resp, url).await.map(Some)
     }
 
+    /// The shipped files: config, weights, and the adapter when both of its files came.
+    struct Files {
+        cfg: Vec<u8>,
+        bin: Vec<u8>,
+        lora: Option<(Vec<u8>, Vec<u8>)>,
+    }
+
+    async fn fetch_files() -> Result<Files, String> {
+        let base = "weights/";
+        let cfg = fetch_bytes(&format!("{base}config.json")).await?;
+        let bin = fetch_bytes(&format!("{base}model.bin")).await?;
+        let lora = match (
+            fetch_optional(&format!("{base}lora.json")).await?,
+            fetch_optional(&format!("{base}lora.bin")).await?,
+        ) {
+            (Some(j), Some(b)) => Some((j, b)),
+            _ => None,
+        };
+        Ok(Files { cfg, bin, lora })
+    }
+
     /// The base model, with its LoRA adapter when both adapter files came. A broken adapter
     /// leaves the base model usable; why it was left out is returned for the page to show.
     fn load<B: Backend>(
-        cfg_bytes: &[u8],
-        bin: &[u8],
-        lora: Option<&(Vec<u8>, Vec<u8>)>,
+        files: &Files,
         device: &B::Device,
     ) -> Result<(Adapted<B>, ModelConfig, Option<String>), String> {
         let (net, cfg) =
-            load_model::<B>(cfg_bytes, bin, device).map_err(|e| format!("weights: {e}"))?;
-        let (lora, why) = match lora.map(|(j, b)| load_lora(&net, j, b, device)) {
+            load_model::<B>(&files.cfg, &files.bin, device).map_err(|e| format!("weights: {e}"))?;
+        let (lora, why) = match files
+            .lora
+            .as_ref()
+            .map(|(j, b)| load_lora(&net, j, b, device))
+        {
             Some(Ok((l, _))) => (Some(l), None),
             Some(Err(e)) => (None, Some(format!("LoRA adapter left out: {e}"))),
             None => (None, None),
@@ -152,9 +239,10 @@ mod wasm {
         Ok((Adapted { net, lora }, cfg, why))
     }
 
-    /// Ok(adapter description) when WebGPU can give us an adapter; Err(why not) otherwise.
-    /// Probed here first because burn's own init panics (aborting the worker) without one.
-    async fn probe_webgpu() -> Result<String, String> {
+    /// What WebGPU offers here: Ok(adapter description, why it is software if it is), or
+    /// Err(why there is none). Probed here first because burn's own init panics (aborting the
+    /// worker) without an adapter.
+    async fn probe_webgpu() -> Result<(String, Option<String>), String> {
         let nav = Reflect::get(&scope(), &"navigator".into()).map_err(js_error)?;
         let gpu = Reflect::get(&nav, &"gpu".into()).map_err(js_error)?;
         if gpu.is_undefined() || gpu.is_null() {
@@ -187,62 +275,93 @@ mod wasm {
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
-        Ok(if desc.is_empty() {
-            "adapter".into()
+        let desc = if desc.is_empty() {
+            "adapter".to_string()
         } else {
             desc
-        })
+        };
+        // `isFallbackAdapter` moved from the adapter to its info; either may say so.
+        let fallback = [&info, &adapter].iter().any(|o| {
+            Reflect::get(o, &"isFallbackAdapter".into())
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+        });
+        let software = software_adapter(&desc, fallback);
+        Ok((desc, software))
     }
 
-    async fn init(force_cpu: bool) -> Result<(), String> {
-        let base = "weights/";
-        let cfg_bytes = fetch_bytes(&format!("{base}config.json")).await?;
-        let bin = fetch_bytes(&format!("{base}model.bin")).await?;
-        let lora = match (
-            fetch_optional(&format!("{base}lora.json")).await?,
-            fetch_optional(&format!("{base}lora.bin")).await?,
-        ) {
-            (Some(j), Some(b)) => Some((j, b)),
-            _ => None,
-        };
-        let gpu = if force_cpu {
-            Err("the CPU was chosen (WebGPU failed earlier in this tab)".to_string())
-        } else {
-            probe_webgpu().await
+    fn navigator_number(key: &str) -> Option<f64> {
+        let nav = Reflect::get(&scope(), &"navigator".into()).ok()?;
+        Reflect::get(&nav, &key.into()).ok()?.as_f64()
+    }
+
+    async fn init(device: DeviceChoice, workers: Option<usize>) -> Result<(), String> {
+        let files = fetch_files().await?;
+        let gpu = match device {
+            DeviceChoice::Cpu => Err("the CPU was chosen".to_string()),
+            DeviceChoice::Webgpu => probe_webgpu().await.map(|(d, soft)| match soft {
+                Some(s) => format!("{d}; chosen although {s}"),
+                None => d,
+            }),
+            DeviceChoice::Auto => match probe_webgpu().await {
+                Ok((_, Some(soft))) => Err(format!(
+                    "{soft}, slower than the CPU path: choose WebGPU under Advanced to use it"
+                )),
+                Ok((d, None)) => Ok(d),
+                Err(why) => Err(why),
+            },
         };
         let (model, backend, detail) = match gpu {
             Ok(adapter) => {
                 let device = WgpuDevice::default();
                 init_setup_async::<WebGpu>(&device, Default::default()).await;
-                let (net, cfg, why) = load::<Gpu>(&cfg_bytes, &bin, lora.as_ref(), &device)?;
+                let (net, cfg, why) = load::<Gpu>(&files, &device)?;
                 let m = Model {
                     engine: Engine::Gpu(net, device),
                     cfg,
+                    pool: None,
                 };
                 (m, "WebGPU", with_note(adapter, why))
             }
             Err(why) => {
-                let (net, cfg, note) =
-                    load::<Flex>(&cfg_bytes, &bin, lora.as_ref(), &Default::default())?;
+                let (net, cfg, note) = load::<Flex>(&files, &Default::default())?;
+                let n = pool_size(
+                    workers,
+                    navigator_number("hardwareConcurrency"),
+                    navigator_number("deviceMemory"),
+                );
+                let (pool, path) = if n >= 2 {
+                    match Pool::start(n).await {
+                        Ok(p) => (Some(p), format!("{n} workers, wasm SIMD")),
+                        Err(e) => (None, format!("1 worker, wasm SIMD (the pool failed: {e})")),
+                    }
+                } else {
+                    (None, "1 worker, wasm SIMD".to_string())
+                };
                 let m = Model {
                     engine: Engine::Cpu(net),
                     cfg,
+                    pool,
                 };
-                (m, "CPU", with_note(why, note))
+                (m, "CPU", with_note(format!("{path}; WebGPU: {why}"), note))
             }
         };
+        let ms_per_mpx = calibrate(&model).await.unwrap_or(0.0);
         let w_max = model.cfg.w_max();
-        let has_lora = match &model.engine {
-            Engine::Gpu(a, _) => a.lora.is_some(),
-            Engine::Cpu(a) => a.lora.is_some(),
-        };
+        let lora = model.has_lora();
+        let workers = model.pool.as_ref().map_or(1, |p| p.size);
+        let align = model.cfg.align();
         MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
         post(
             &FromWorker::Ready {
                 backend: backend.into(),
                 detail,
                 w_max,
-                lora: has_lora,
+                lora,
+                workers,
+                ms_per_mpx,
+                align,
             },
             None,
         );
@@ -263,15 +382,360 @@ mod wasm {
             .map_or(0.0, |p| p.now())
     }
 
+    /// One worker's speed, for the page's time estimates: a 128 x 128 output tile at NFE 1, timed
+    /// on its second run (the first compiles shaders and grows memory).
+    async fn calibrate(model: &Model) -> Result<f64, Error> {
+        let lr = Image::new(
+            32,
+            32,
+            3,
+            (0..3 * 32 * 32).map(|i| (i % 17) as f32 / 16.0).collect(),
+        )?;
+        let opts = SampleOptions {
+            tile: 128,
+            overlap: 0,
+            lr_projection: false,
+            ..Default::default()
+        };
+        let mut ms = 0.0;
+        for _ in 0..2 {
+            let t0 = now();
+            let mut blender = CpuBlender::default();
+            match &model.engine {
+                Engine::Gpu(a, dev) => {
+                    let net = a.at(0.0)?;
+                    upscale_async(
+                        &net,
+                        &model.cfg,
+                        &lr,
+                        4,
+                        &opts,
+                        dev,
+                        &mut blender,
+                        &mut |_| true,
+                    )
+                    .await?;
+                }
+                Engine::Cpu(a) => {
+                    let net = a.at(0.0)?;
+                    let dev = Default::default();
+                    upscale_async(
+                        &net,
+                        &model.cfg,
+                        &lr,
+                        4,
+                        &opts,
+                        &dev,
+                        &mut blender,
+                        &mut |_| true,
+                    )
+                    .await?;
+                }
+            }
+            ms = now() - t0;
+        }
+        Ok(ms / (128.0 * 128.0 / 1e6))
+    }
+
+    // ---- the CPU pool (lead side) ----
+
+    /// A call waiting for a worker, or running on one.
+    struct Queued {
+        id: u64,
+        header: String,
+        x: Float32Array,
+        x0: Float32Array,
+    }
+
+    struct Waiting {
+        resolve: Function,
+        reject: Function,
+        worker: Option<usize>,
+    }
+
+    #[derive(Default)]
+    struct PoolState {
+        workers: Vec<Option<Worker>>,
+        idle: Vec<usize>,
+        queue: VecDeque<Queued>,
+        waiting: HashMap<u64, Waiting>,
+        next_id: u64,
+        /// The running job's request (the workers need its knobs with each call).
+        request: Option<SampleRequest>,
+    }
+
+    struct Pool {
+        size: usize,
+        state: Rc<RefCell<PoolState>>,
+    }
+
+    /// Hand queued calls to idle workers.
+    fn pump(state: &Rc<RefCell<PoolState>>) {
+        let mut s = state.borrow_mut();
+        while !s.queue.is_empty() {
+            let Some(w) = s.idle.pop() else { break };
+            let q = s.queue.pop_front().expect("not empty");
+            let Some(worker) = s.workers[w].clone() else {
+                s.queue.push_front(q);
+                continue;
+            };
+            if let Some(wt) = s.waiting.get_mut(&q.id) {
+                wt.worker = Some(w);
+            }
+            let (arr, transfer) = {
+                let arr = Array::new();
+                arr.push(&JsValue::from_str(&q.header));
+                arr.push(&q.x);
+                arr.push(&q.x0);
+                let t = Array::new();
+                t.push(&q.x.buffer());
+                t.push(&q.x0.buffer());
+                (arr, t)
+            };
+            if let Err(e) = worker.post_message_with_transfer(&arr, &transfer) {
+                if let Some(wt) = s.waiting.remove(&q.id) {
+                    let _ = wt.reject.call1(&JsValue::NULL, &e);
+                }
+            }
+        }
+    }
+
+    /// A worker of the pool failed for good: fail its call, and every queued call when none is left.
+    fn lose_worker(state: &Rc<RefCell<PoolState>>, w: usize, why: &str) {
+        let mut s = state.borrow_mut();
+        s.workers[w] = None;
+        s.idle.retain(|&i| i != w);
+        let reason = JsValue::from_str(&format!("a CPU worker stopped: {why}"));
+        let mine: Vec<u64> = s
+            .waiting
+            .iter()
+            .filter(|(_, wt)| wt.worker == Some(w))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut failed: Vec<Waiting> = mine.iter().filter_map(|id| s.waiting.remove(id)).collect();
+        if s.workers.iter().all(Option::is_none) {
+            let queued: Vec<u64> = s.queue.drain(..).map(|q| q.id).collect();
+            failed.extend(queued.iter().filter_map(|id| s.waiting.remove(id)));
+        }
+        drop(s);
+        for wt in failed {
+            let _ = wt.reject.call1(&JsValue::NULL, &reason);
+        }
+    }
+
+    impl Pool {
+        /// Start `n` workers and wait until each has loaded the model.
+        async fn start(n: usize) -> Result<Pool, String> {
+            let state = Rc::new(RefCell::new(PoolState::default()));
+            let mut ready = Vec::new();
+            for w in 0..n {
+                let opts = WorkerOptions::new();
+                opts.set_type(WorkerType::Classic);
+                let worker = Worker::new_with_options(WORKER_URL, &opts).map_err(js_error)?;
+                let mut settle: Option<(Function, Function)> = None;
+                let p = Promise::new(&mut |res, rej| settle = Some((res, rej)));
+                let settle = Rc::new(RefCell::new(settle));
+                let (st, st_err, set, set_err) =
+                    (state.clone(), state.clone(), settle.clone(), settle.clone());
+                let me = worker.clone();
+                let on_msg = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+                    let data: Array = ev.data().unchecked_into();
+                    let text = data.get(0).as_string().unwrap_or_default();
+                    match serde_json::from_str::<FromWorker>(&text) {
+                        Ok(FromWorker::Loaded) => {
+                            let (arr, t) = message(&ToWorker::Helper, &[]);
+                            let _ = me.post_message_with_transfer(&arr, &t);
+                        }
+                        Ok(FromWorker::Ready { .. }) => {
+                            if let Some((res, _)) = set.borrow_mut().take() {
+                                let _ = res.call0(&JsValue::NULL);
+                            }
+                        }
+                        Ok(FromWorker::TileOut { id }) => {
+                            let wt = st.borrow_mut().waiting.remove(&id);
+                            if let Some(wt) = wt {
+                                let _ = wt.resolve.call1(&JsValue::NULL, &data.get(1));
+                            }
+                            st.borrow_mut().idle.push(w);
+                            pump(&st);
+                        }
+                        Ok(FromWorker::TileFailed { id, message }) => {
+                            let wt = st.borrow_mut().waiting.remove(&id);
+                            if let Some(wt) = wt {
+                                let _ = wt.reject.call1(&JsValue::NULL, &message.into());
+                            }
+                            st.borrow_mut().idle.push(w);
+                            pump(&st);
+                        }
+                        Ok(FromWorker::Error { message }) => {
+                            if let Some((_, rej)) = set.borrow_mut().take() {
+                                let _ = rej.call1(&JsValue::NULL, &message.clone().into());
+                            }
+                            lose_worker(&st, w, &message);
+                        }
+                        Ok(_) => {}
+                        Err(e) => web_sys::console::error_1(
+                            &format!("bad message from a CPU worker: {e}").into(),
+                        ),
+                    }
+                });
+                worker.set_onmessage(Some(on_msg.as_ref().unchecked_ref()));
+                on_msg.forget();
+                let on_err = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(
+                    move |ev: web_sys::ErrorEvent| {
+                        let why = ev.message();
+                        if let Some((_, rej)) = set_err.borrow_mut().take() {
+                            let _ = rej.call1(&JsValue::NULL, &why.clone().into());
+                        }
+                        lose_worker(&st_err, w, &why);
+                    },
+                );
+                worker.set_onerror(Some(on_err.as_ref().unchecked_ref()));
+                on_err.forget();
+                state.borrow_mut().workers.push(Some(worker));
+                ready.push(p);
+            }
+            for p in ready {
+                JsFuture::from(p).await.map_err(js_error)?;
+            }
+            state.borrow_mut().idle = (0..n).rev().collect();
+            Ok(Pool { size: n, state })
+        }
+    }
+
+    impl TilePool for Pool {
+        type Pending = Pin<Box<dyn Future<Output = flowmapsr_core::Result<Image>>>>;
+
+        fn capacity(&self) -> usize {
+            self.size
+        }
+
+        fn submit(&self, call: TileCall) -> Self::Pending {
+            let (w, h) = (call.x.width, call.x.height);
+            let mut s = self.state.borrow_mut();
+            let id = s.next_id;
+            s.next_id += 1;
+            let Some(request) = s.request.clone() else {
+                return Box::pin(async { Err(Error::Worker("no job is running".into())) });
+            };
+            let header = serde_json::to_string(&ToWorker::Tile {
+                id,
+                step: call.step,
+                width: w,
+                height: h,
+                request,
+            })
+            .expect("plain data");
+            let mut settle = None;
+            let p = Promise::new(&mut |res, rej| settle = Some((res, rej)));
+            let (resolve, reject) = settle.expect("the executor runs at once");
+            s.waiting.insert(
+                id,
+                Waiting {
+                    resolve,
+                    reject,
+                    worker: None,
+                },
+            );
+            s.queue.push_back(Queued {
+                id,
+                header,
+                x: Float32Array::from(&call.x.data[..]),
+                x0: Float32Array::from(&call.x0.data[..]),
+            });
+            let alive = s.workers.iter().any(Option::is_some);
+            if !alive {
+                s.queue.pop_back();
+                if let Some(wt) = s.waiting.remove(&id) {
+                    let _ = wt
+                        .reject
+                        .call1(&JsValue::NULL, &"every CPU worker has stopped".into());
+                }
+            }
+            drop(s);
+            pump(&self.state);
+            Box::pin(async move {
+                let v = JsFuture::from(p)
+                    .await
+                    .map_err(|e| Error::Worker(js_error(e)))?;
+                let out: Float32Array = v
+                    .dyn_into()
+                    .map_err(|_| Error::Worker("a tile came back without its pixels".into()))?;
+                Image::new(w, h, 3, out.to_vec())
+            })
+        }
+    }
+
+    // ---- a worker of the pool ----
+
+    async fn helper() -> Result<(), String> {
+        let files = fetch_files().await?;
+        let (net, cfg, _) = load::<Flex>(&files, &Default::default())?;
+        let model = Model {
+            engine: Engine::Cpu(net),
+            cfg,
+            pool: None,
+        };
+        let (w_max, lora) = (model.cfg.w_max(), model.has_lora());
+        MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+        post(
+            &FromWorker::Ready {
+                backend: "CPU".into(),
+                detail: "a worker of the CPU pool".into(),
+                w_max,
+                lora,
+                workers: 1,
+                ms_per_mpx: 0.0,
+                align: 1,
+            },
+            None,
+        );
+        Ok(())
+    }
+
+    fn tile(
+        id: u64,
+        step: usize,
+        width: usize,
+        height: usize,
+        request: &SampleRequest,
+        buffers: &[JsValue],
+    ) -> Result<(), String> {
+        let model = MODEL
+            .with(|m| m.borrow().clone())
+            .ok_or("the model is not loaded yet")?;
+        let Engine::Cpu(adapted) = &model.engine else {
+            return Err("tile calls run on the CPU".into());
+        };
+        let plane = |i: usize| -> Result<Image, String> {
+            let a = buffers
+                .get(i)
+                .and_then(|b| b.dyn_ref::<Float32Array>())
+                .ok_or("a tile call needs x and x0")?;
+            Image::new(width, height, 3, a.to_vec()).map_err(|e| e.to_string())
+        };
+        let call = TileCall {
+            step,
+            x: plane(0)?,
+            x0: plane(1)?,
+        };
+        let net = adapted.at(request.lora()).map_err(|e| e.to_string())?;
+        let opts = request.options(false);
+        let out = run_call(&net, call, &opts, &Default::default()).map_err(|e| e.to_string())?;
+        post_with(
+            &FromWorker::TileOut { id },
+            &[Float32Array::from(&out.data[..]).into()],
+        );
+        Ok(())
+    }
+
+    // ---- a job ----
+
     async fn run(job: Job, rgba: Vec<u8>) -> Result<(), String> {
         let model = MODEL
             .with(|m| m.borrow().clone())
             .ok_or("the model is not loaded yet")?;
-        let has_lora = match &model.engine {
-            Engine::Gpu(a, _) => a.lora.is_some(),
-            Engine::Cpu(a) => a.lora.is_some(),
-        };
-        job.check(&web_limits(model.cfg.w_max(), has_lora))
+        job.check(&web_limits(model.cfg.w_max(), model.has_lora()))
             .map_err(|e| user_message(&e))?;
         let (rgb, alpha) = split_rgba(&rgba, job.width, job.height).map_err(|e| e.to_string())?;
         drop(rgba);
@@ -294,8 +758,8 @@ mod wasm {
         };
         let (cfg, scale) = (&model.cfg, job.request.scale);
         let (width, height) = (job.width * scale as usize, job.height * scale as usize);
-        let (out, blend) = match &model.engine {
-            Engine::Gpu(adapted, dev) => {
+        let (out, blend) = match (&model.engine, &model.pool) {
+            (Engine::Gpu(adapted, dev), _) => {
                 let net = &adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
                 let mut gpu = GpuBlender::new(dev);
                 if gpu.fits(width, height) {
@@ -309,14 +773,22 @@ mod wasm {
                     (r.await, "CPU")
                 }
             }
-            Engine::Cpu(adapted) => {
+            (Engine::Cpu(adapted), Some(pool)) => {
+                // Checked here, so that a bad knob fails before any worker is busy.
+                adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
+                pool.state.borrow_mut().request = Some(job.request.clone());
+                let r = upscale_pooled(cfg, &rgb, scale, &opts, pool, &mut on_tile).await;
+                pool.state.borrow_mut().request = None;
+                (r, "CPU")
+            }
+            (Engine::Cpu(adapted), None) => {
                 let net = &adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
                 let (dev, mut cpu) = (Default::default(), CpuBlender::default());
                 let r = upscale_async(net, cfg, &rgb, scale, &opts, &dev, &mut cpu, &mut on_tile);
                 (r.await, "CPU")
             }
         };
-        let mut px = out.map_err(|e| e.to_string())?;
+        let mut px = out.map_err(|e| user_message(&e))?;
         if let Some(a) = alpha {
             set_alpha(&mut px, &flowmapsr_core::resize::upscale_alpha(&a, scale));
         }
