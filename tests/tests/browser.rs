@@ -93,5 +93,5 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "browser test failed");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 5);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 6);
 }

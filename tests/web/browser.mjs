@@ -3,15 +3,16 @@
 //        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
 //        [--native-dial NATIVE_W_L_G.png --guidance W --lora L --grain G]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
-// Runs (1) without WebGPU: the CPU fallback must be chosen, say why, and match the native output
-// within 1/255 per pixel; a cancel mid-run clears the partial result, a rejected file after a
-// good one clears the image and disables Upscale; then, with the server stopped, a reload must still load the app, its
-// wasm and the weights (service worker) and give the same pixels; (2) with WebGPU
-// (--enable-unsafe-webgpu: SwiftShader on a CPU-only machine): WebGPU must be chosen and match
-// within --gpu-tol levels, at guidance W, LoRA scale L and grain G (the stochastic mode at
-// temperature G, seed 0) when --native-dial is given (the guidance and LoRA sliders must be
-// enabled: the shipped weights have guidance and an adapter). Prints one JSON
-// line per run; exits non-zero on any failure.
+// Runs (1) without WebGPU: the CPU path must be chosen, say why and with how many workers (one per
+// core: the pool), show a time estimate, and match the native output within 1/255 per pixel; a
+// cancel mid-run clears the partial result, a rejected file after a good one clears the image and
+// disables Upscale; then, with the server stopped, a reload must still load the app, its wasm and
+// the weights (service worker) and give the same pixels; (2) with WebGPU (--enable-unsafe-webgpu:
+// SwiftShader on a CPU-only machine): Auto must prefer the CPU over the software adapter and say
+// so; chosen under Advanced, WebGPU must then run and match within --gpu-tol levels, at guidance
+// W, LoRA scale L and grain G (the stochastic mode at temperature G, seed 0) when --native-dial is
+// given (the guidance and LoRA sliders must be enabled: the shipped weights have guidance and an
+// adapter). Prints one JSON line per run; exits non-zero on any failure.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -69,7 +70,8 @@ async function feed(page, how) {
 
 async function upscaleAndCompare(page, label, how = "file", knobs = null) {
   await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend, null, { timeout: 180_000 });
-  const backend = await page.$eval("#backend", (e) => ({ name: e.dataset.backend, text: e.textContent }));
+  const backend = await page.$eval("#backend", (e) => ({ name: e.dataset.backend, text: e.textContent,
+    workers: Number(e.dataset.workers) }));
   await feed(page, how);
   await page.waitForSelector("#upscale:not([disabled])", { timeout: 60_000 });
   await page.selectOption("#scale", scale);
@@ -83,6 +85,10 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
       if (Number(shown) !== Number(v)) fail(`${label}: #${id} shows ${shown}, set ${v}`);
     }
   }
+  // The expected time shows before the job (the worker measured its speed while loading).
+  await page.waitForFunction(() => /Expected time: .+ on this device/.test(document.querySelector("#estimate").textContent),
+    null, { timeout: 10_000 }).catch(() => fail(`${label}: no time estimate before upscaling`));
+  const estimate = await page.$eval("#estimate", (e) => e.textContent);
   const t0 = Date.now();
   await page.click("#upscale");
   let midShot = false;
@@ -121,7 +127,7 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
   }, fs.readFileSync(knobs ? knobs.native : native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, input: how, backend, blend, seconds, progress, knobs: knobs && { guidance: knobs.guidance, lora: knobs.lora, grain: knobs.grain }, ...cmp };
+  return { label, input: how, backend, blend, seconds, estimate, progress, knobs: knobs && { guidance: knobs.guidance, lora: knobs.lora, grain: knobs.grain }, ...cmp };
 }
 
 async function session(webgpu, work) {
@@ -155,6 +161,10 @@ try {
     if (r.blend !== "CPU") fail(`the CPU fallback blends on the CPU, got ${r.blend}`);
     if (!/adapter|navigator\.gpu/.test(r.backend.text)) fail(`the page must say why WebGPU is not used: ${r.backend.text}`);
     if (r.max > 1) fail(`CPU fallback differs from native by ${r.max}/255`);
+    // The pool: one worker per core (the 2 x 2 tiles above ran on it and matched native).
+    const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+    if (cores >= 2 && r.backend.workers < 2) fail(`${cores} cores but ${r.backend.workers} CPU worker(s): ${r.backend.text}`);
+    if (!new RegExp(`${r.backend.workers} workers?, wasm SIMD`).test(r.backend.text)) fail(`the page must say which CPU path: ${r.backend.text}`);
     // Cancel mid-run: the worker is replaced, the page is ready again, and no result appears.
     await page.click("#upscale");
     await page.waitForFunction(() => document.querySelector("#status").dataset.state === "running"
@@ -198,9 +208,17 @@ try {
   // Restart the server for the WebGPU run.
   server = await serve();
   const base2 = `http://127.0.0.1:${server.address().port}/`;
-  // 2. WebGPU (SwiftShader here).
+  // 2. WebGPU (SwiftShader here): Auto prefers the CPU over a software adapter and says why; the
+  // visitor can still choose WebGPU (Advanced > Device).
   await session(true, async (page) => {
     await page.goto(base2);
+    await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend, null, { timeout: 180_000 });
+    const auto = await page.$eval("#backend", (e) => ({ label: "software adapter", backend: e.dataset.backend, text: e.textContent }));
+    console.log(JSON.stringify(auto));
+    if (auto.backend !== "CPU" || !/software/.test(auto.text)) fail(`on a software adapter Auto must take the CPU and say why: ${auto.text}`);
+    await page.$eval("#advanced", (e) => { e.open = true; });
+    await page.selectOption("#device", "webgpu");
+    await page.waitForFunction(() => document.querySelector("#backend")?.dataset.backend === "", null, { timeout: 10_000 });
     const r = await upscaleAndCompare(page, "webgpu", "drop", dial);
     console.log(JSON.stringify(r));
     if (r.backend.name !== "WebGPU") fail(`expected WebGPU with --enable-unsafe-webgpu, got ${r.backend.name}: ${r.backend.text}`);
