@@ -5,8 +5,10 @@
 const VERSION = "w-37eb2e29f112fde1";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
-const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker.js", "worker_bg.wasm",
-  "worker_loader.js", "sw.js"];
+// The SIMD worker (what every current browser runs); the plain one is cached when a browser without
+// wasm SIMD first fetches it (the fetch handler below), not downloaded by everyone.
+const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker_simd.js", "worker_simd_bg.wasm",
+  "worker_simd_loader.js", "sw.js"];
 const MODEL = ["weights/config.json", "weights/model.bin"];
 // The adversarial LoRA adapter, when one ships beside the weights (the worker runs without it).
 const OPTIONAL = ["weights/lora.json", "weights/lora.bin"];

@@ -72,6 +72,35 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .status()
         .expect("running trunk (install: see README, Web demo)");
     assert!(status.success(), "trunk build --release failed");
+    // The plain worker (for browsers without wasm SIMD, which refuse a module holding any SIMD
+    // instruction) must hold none; the SIMD one must use it. binaryen's wasm-dis, as wasm-opt.
+    let simd_ops = |file: &str| {
+        let out = Command::new("wasm-dis")
+            .arg(root.join("dist").join(file))
+            .output()
+            .expect("running wasm-dis (binaryen: tests/web/node_modules/.bin, see .ci/run)");
+        assert!(out.status.success(), "wasm-dis {file} failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        ["v128", "f32x4", "i32x4", "i8x16", "i16x8", "i64x2", "f64x2"]
+            .iter()
+            .map(|op| text.matches(op).count())
+            .sum::<usize>()
+    };
+    assert_eq!(
+        simd_ops("worker_bg.wasm"),
+        0,
+        "the plain worker holds SIMD instructions"
+    );
+    assert_eq!(
+        simd_ops("app_bg.wasm"),
+        0,
+        "the page's wasm holds SIMD instructions"
+    );
+    let simd = simd_ops("worker_simd_bg.wasm");
+    assert!(
+        simd > 1000,
+        "the SIMD worker holds only {simd} SIMD instructions"
+    );
 
     let mut cmd = Command::new("node");
     cmd.arg(root.join("tests/web/browser.mjs"))
@@ -93,5 +122,5 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "browser test failed");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 6);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 8);
 }

@@ -4,7 +4,8 @@
 //        [--native-dial NATIVE_W_L_G.png --guidance W --lora L --grain G]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU path must be chosen, say why and with how many workers (one per
-// core: the pool), show a time estimate, and match the native output within 1/255 per pixel; a
+// core: the pool), show a time estimate, and match the native output within 1/255 per pixel; so
+// must the plain (SIMD-free) build, forced with ?simd=0; the viewer zooms, fits and splits; a
 // cancel mid-run clears the partial result, a rejected file after a good one clears the image and
 // disables Upscale; then, with the server stopped, a reload must still load the app, its wasm and
 // the weights (service worker) and give the same pixels; (2) with WebGPU (--enable-unsafe-webgpu:
@@ -165,6 +166,32 @@ try {
     const cores = await page.evaluate(() => navigator.hardwareConcurrency);
     if (cores >= 2 && r.backend.workers < 2) fail(`${cores} cores but ${r.backend.workers} CPU worker(s): ${r.backend.text}`);
     if (!new RegExp(`${r.backend.workers} workers?, wasm SIMD`).test(r.backend.text)) fail(`the page must say which CPU path: ${r.backend.text}`);
+    // The viewer: Before/After labels and the divider on the image; wheel zoom, double-click fit,
+    // dragging the divider moves the split.
+    const layers = () => page.$eval(".layers", (e) => e.style.transform);
+    const box = await (await page.$(".stage")).boundingBox();
+    await page.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.5);
+    await page.mouse.wheel(0, -400);
+    await page.waitForFunction(() => /scale\((?!1\))/.test(document.querySelector(".layers").style.transform), null, { timeout: 5_000 })
+      .catch(() => {});
+    const zoomed = await layers();
+    await page.dblclick(".stage", { position: { x: box.width * 0.9, y: 10 } });
+    const fitted = await layers();
+    const handle = await (await page.$(".divider .handle")).boundingBox();
+    const clip0 = await page.$eval("#before", (e) => e.style.clipPath);
+    await page.mouse.move(handle.x + handle.width / 2, handle.y + handle.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(handle.x - box.width * 0.2, handle.y + handle.height / 2, { steps: 4 });
+    await page.mouse.up();
+    const viewer = await page.evaluate(() => ({ before: getComputedStyle(document.querySelector(".label.left")).display,
+      after: getComputedStyle(document.querySelector(".label.right")).display,
+      divider: getComputedStyle(document.querySelector(".divider")).display,
+      clip: document.querySelector("#before").style.clipPath }));
+    console.log(JSON.stringify({ label: "viewer", zoomed, fitted, clip0, ...viewer }));
+    if (!/scale\((?!1\))[\d.]+\)/.test(zoomed)) fail(`the wheel must zoom the image: ${zoomed}`);
+    if (!/scale\(1\)/.test(fitted)) fail(`a double-click must fit the image again: ${fitted}`);
+    if (viewer.before === "none" || viewer.after === "none" || viewer.divider === "none") fail(`labels and divider must show with a result: ${JSON.stringify(viewer)}`);
+    if (viewer.clip === clip0) fail(`dragging the divider must move the split: ${clip0} -> ${viewer.clip}`);
     // Cancel mid-run: the worker is replaced, the page is ready again, and no result appears.
     await page.click("#upscale");
     await page.waitForFunction(() => document.querySelector("#status").dataset.state === "running"
@@ -194,6 +221,14 @@ try {
     if (!rejected.upscale) fail("after a rejected file Upscale must be disabled");
     if (rejected.before !== 0 || rejected.out !== 0) fail("after a rejected file the previous image must be cleared");
     if (!/not an image/.test(rejected.message)) fail(`the rejected file's error must say why: ${rejected.message}`);
+    // The plain build (no wasm SIMD; what a browser without it gets), forced with ?simd=0.
+    const plainPage = await page.context().newPage();
+    await plainPage.goto(base + "?simd=0");
+    const plain = await upscaleAndCompare(plainPage, "plain");
+    await plainPage.close();
+    console.log(JSON.stringify(plain));
+    if (plain.backend.name !== "CPU" || !/no wasm SIMD/.test(plain.backend.text)) fail(`?simd=0 must run the plain CPU build and say so: ${plain.backend.text}`);
+    if (plain.max > 1) fail(`the plain build differs from native by ${plain.max}/255`);
     // Offline: wait until the service worker controls the page and has cached everything,
     // stop the server, reload.
     await page.evaluate(async () => { await navigator.serviceWorker.ready; });

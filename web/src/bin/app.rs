@@ -37,7 +37,27 @@ mod ui {
         WorkerOptions, WorkerType,
     };
 
-    const WORKER_URL: &str = "./worker_loader.js";
+    /// The worker's two builds: with WebAssembly SIMD (every current browser) and without.
+    const WORKER_SIMD: &str = "./worker_simd_loader.js";
+    const WORKER_PLAIN: &str = "./worker_loader.js";
+
+    /// Whether this browser runs WebAssembly SIMD: it validates a module holding one SIMD
+    /// instruction (as wasm-feature-detect does). `?simd=0` in the URL says no, to try the plain
+    /// build anywhere.
+    fn wasm_simd() -> bool {
+        const PROBE: [u8; 31] = [
+            0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65,
+            0, 253, 15, 253, 98, 11,
+        ];
+        let off = web_sys::window()
+            .and_then(|w| w.location().search().ok())
+            .is_some_and(|q| {
+                q.trim_start_matches('?')
+                    .split('&')
+                    .any(|kv| kv == "simd=0")
+            });
+        !off && js_sys::WebAssembly::validate(&Uint8Array::from(&PROBE[..]).into()).unwrap_or(false)
+    }
 
     /// The picked image: its name and RGBA pixels.
     struct Input {
@@ -141,7 +161,12 @@ mod ui {
         }
         let opts = WorkerOptions::new();
         opts.set_type(WorkerType::Classic);
-        let worker = match Worker::new_with_options(WORKER_URL, &opts) {
+        let url = if wasm_simd() {
+            WORKER_SIMD
+        } else {
+            WORKER_PLAIN
+        };
+        let worker = match Worker::new_with_options(url, &opts) {
             Ok(w) => w,
             Err(e) => {
                 sig.state.set(State::Failed);
@@ -830,6 +855,19 @@ mod ui {
                 }
             });
         };
+        // Not `on:wheel`: a delegated listener is passive, and the page would scroll as it zooms.
+        Effect::new(move |_| {
+            let Some(stage) = stage_ref.get() else { return };
+            let cb = Closure::<dyn FnMut(web_sys::WheelEvent)>::new(on_wheel);
+            let opts = web_sys::AddEventListenerOptions::new();
+            opts.set_passive(false);
+            let _ = stage.add_event_listener_with_callback_and_add_event_listener_options(
+                "wheel",
+                cb.as_ref().unchecked_ref(),
+                &opts,
+            );
+            cb.forget();
+        });
         let drag = Rc::new(RefCell::new(None::<(bool, f64, f64, View)>));
         let on_down = {
             let drag = drag.clone();
@@ -1062,7 +1100,7 @@ mod ui {
                         <span class="note">"Drag the divider to compare; scroll to zoom, drag to pan, double-click to fit."</span>
                     </div>
                     <div class="stage" node_ref=stage_ref
-                        on:wheel=on_wheel on:pointerdown=on_down on:pointermove=on_move
+                        on:pointerdown=on_down on:pointermove=on_move
                         on:pointerup=on_up.clone() on:pointercancel=on_up
                         on:dblclick=move |_| view.set(FIT)>
                         <div class="layers" style=layers_style>

@@ -53,7 +53,12 @@ mod wasm {
     use wasm_bindgen_futures::{spawn_local, JsFuture};
     use web_sys::{DedicatedWorkerGlobalScope, MessageEvent, Worker, WorkerOptions, WorkerType};
 
-    const WORKER_URL: &str = "./worker_loader.js";
+    /// How this build runs wasm: the page starts the SIMD build where the browser has it.
+    const WASM: &str = if cfg!(target_feature = "simd128") {
+        "wasm SIMD"
+    } else {
+        "no wasm SIMD (this browser lacks it, or ?simd=0)"
+    };
 
     enum Engine {
         Gpu(Adapted<Gpu>, WgpuDevice),
@@ -333,11 +338,11 @@ mod wasm {
                 );
                 let (pool, path) = if n >= 2 {
                     match Pool::start(n).await {
-                        Ok(p) => (Some(p), format!("{n} workers, wasm SIMD")),
-                        Err(e) => (None, format!("1 worker, wasm SIMD (the pool failed: {e})")),
+                        Ok(p) => (Some(p), format!("{n} workers, {WASM}")),
+                        Err(e) => (None, format!("1 worker, {WASM} (the pool failed: {e})")),
                     }
                 } else {
-                    (None, "1 worker, wasm SIMD".to_string())
+                    (None, format!("1 worker, {WASM}"))
                 };
                 let m = Model {
                     engine: Engine::Cpu(net),
@@ -531,7 +536,9 @@ mod wasm {
             for w in 0..n {
                 let opts = WorkerOptions::new();
                 opts.set_type(WorkerType::Classic);
-                let worker = Worker::new_with_options(WORKER_URL, &opts).map_err(js_error)?;
+                // The pool runs this worker's own build (SIMD or plain).
+                let url = scope().location().href();
+                let worker = Worker::new_with_options(&url, &opts).map_err(js_error)?;
                 let mut settle: Option<(Function, Function)> = None;
                 let p = Promise::new(&mut |res, rej| settle = Some((res, rej)));
                 let settle = Rc::new(RefCell::new(settle));
