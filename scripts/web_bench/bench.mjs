@@ -6,7 +6,7 @@
 // The page is timed on a 352x240 crop (x4 with 128 px tiles and the page's 16 px overlap: 3 x 2
 // full tiles, so that the pool has tiles to share): ms per tile = the page's "done in N ms" / 6.
 // Usage: (cd scripts/web_bench && npm ci) && trunk build --release &&
-//        node scripts/web_bench/bench.mjs [--reps 3] [--json] [--no-peers] [--no-gpu]
+//        node scripts/web_bench/bench.mjs [--reps 3] [--json] [--no-peers] [--no-gpu] [--plain]
 //        [--native target/release/flowmapsr]
 // Prints a table of ms per tile, the ratios peer / flowmapsr (> 1: flowmapsr is faster) and the
 // CPU path's ratio to native (the web issue's gate: at most 1.5).
@@ -26,6 +26,8 @@ const json = argv.includes("--json");
 // Only this project's two paths (UpscalerJS esrgan-thick on SwiftShader takes minutes a tile).
 const peers = argv.includes("--no-peers") ? [] : ["esrgan-slim", "esrgan-thick"];
 const gpu = !argv.includes("--no-gpu");
+// The plain build (what browsers without wasm SIMD run), forced with ?simd=0.
+const plain = argv.includes("--plain");
 const nativeBin = path.resolve(root, argv.includes("--native") ? argv[argv.indexOf("--native") + 1] : "target/release/flowmapsr");
 const dist = path.join(root, "dist");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "flowmapsr-bench-"));
@@ -130,6 +132,10 @@ try {
   rows.push({ system: "flowmapsr", path: "cpu", backend: "CPU, 1 worker", ms: one.ms });
   const pool = await ours(ctx, "?device=cpu");
   rows.push({ system: "flowmapsr", path: "cpu", backend: `CPU, ${pool.workers} workers`, ms: pool.ms });
+  if (plain) {
+    const p = await ours(ctx, "?device=cpu&simd=0");
+    rows.push({ system: "flowmapsr", path: "cpu", backend: `CPU, ${p.workers} workers, no SIMD (plain build)`, ms: p.ms });
+  }
   for (const name of peers) {
     const r = await peer(ctx, name, "wasm");
     rows.push({ system: `UpscalerJS ${name}`, path: "cpu", backend: `tfjs-${r.backend}`, ms: r.ms });

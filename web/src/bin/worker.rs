@@ -537,7 +537,11 @@ mod wasm {
                 let opts = WorkerOptions::new();
                 opts.set_type(WorkerType::Classic);
                 // The pool runs this worker's own build (SIMD or plain).
-                let url = scope().location().href();
+                let url = Reflect::get(&scope(), &"location".into())
+                    .and_then(|l| Reflect::get(&l, &"href".into()))
+                    .ok()
+                    .and_then(|h| h.as_string())
+                    .ok_or("this worker does not know its own URL")?;
                 let worker = Worker::new_with_options(&url, &opts).map_err(js_error)?;
                 let mut settle: Option<(Function, Function)> = None;
                 let p = Promise::new(&mut |res, rej| settle = Some((res, rej)));
