@@ -3,8 +3,8 @@
 #
 # trunk builds the page and the plain worker without SIMD (a browser without wasm SIMD refuses a
 # module that has any SIMD instruction, so these must have none: patches/gemm-common). This
-# builds the same worker with `+simd128` — burn flex's kernels and LLVM's vectoriser use it, about
-# 2.5x faster per tile — into its own target folder (the flags differ, so sharing trunk's would
+# builds the same worker with `+simd128` — burn flex's kernels and LLVM's vectoriser use it
+# (docs/web.md, Speed) — into its own target folder (the flags differ, so sharing trunk's would
 # rebuild both every time) and puts it beside the other files as worker_simd.js +
 # worker_simd_bg.wasm; the page loads it when the browser validates a SIMD module.
 set -euo pipefail

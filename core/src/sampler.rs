@@ -130,16 +130,28 @@ pub(crate) fn prepare(
     }
     let tau = opts.temperature;
     check_temperature(tau, opts.mode)?;
-    let align = cfg.align();
-    let tile = (opts.tile / align).max(1) * align;
-    let overlap = opts.overlap.min(tile / 2) / 2 * 2;
-    let plan = TilePlan::new(x0.width, x0.height, tile, overlap, align)?;
+    let plan = tile_plan(x0.width, x0.height, opts, cfg.align())?;
     let mut x = x0.clone();
     if opts.mode == Mode::Stochastic {
         let n = source_noise(x0.width, x0.height, tau * cfg.bridge.sigma_0, opts.seed);
         x.data.iter_mut().zip(&n.data).for_each(|(a, b)| *a += b);
     }
     Ok((plan, x))
+}
+
+/// The tiles the sampler cuts a `width` x `height` image into with `opts`' tile and overlap, for a
+/// network whose tiles must be multiples of `align` (the tile rounded down to it, the overlap
+/// even and at most half a tile).
+pub fn tile_plan(
+    width: usize,
+    height: usize,
+    opts: &SampleOptions,
+    align: usize,
+) -> Result<TilePlan> {
+    let align = align.max(1);
+    let tile = (opts.tile / align).max(1) * align;
+    let overlap = opts.overlap.min(tile / 2) / 2 * 2;
+    TilePlan::new(width, height, tile, overlap, align)
 }
 
 /// The temperature rule of every front end (CLI, server, web): in [0, 1], and only the stochastic

@@ -7,8 +7,7 @@
 //! RGBA in, alpha upscaled on its own with bicubic, rounded 8-bit out) so both give one answer.
 
 use flowmapsr_core::request::{Limits, SampleRequest};
-use flowmapsr_core::sampler::SampleOptions;
-use flowmapsr_core::tile::TilePlan;
+use flowmapsr_core::sampler::{tile_plan, SampleOptions};
 use flowmapsr_core::{Error, Image, Result};
 use serde::{Deserialize, Serialize};
 
@@ -283,9 +282,7 @@ pub fn estimate_ms(job: &Job, align: usize, ms_per_mpx: f64, workers: usize) -> 
     }
     let o = job.options();
     let s = job.request.scale as usize;
-    let tile = (o.tile / align.max(1)).max(1) * align.max(1);
-    let overlap = o.overlap.min(tile / 2) / 2 * 2;
-    let plan = TilePlan::new(job.width * s, job.height * s, tile, overlap, align.max(1)).ok()?;
+    let plan = tile_plan(job.width * s, job.height * s, &o, align).ok()?;
     let mut areas: Vec<f64> = plan
         .tiles
         .iter()

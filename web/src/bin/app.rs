@@ -42,21 +42,13 @@ mod ui {
     const WORKER_PLAIN: &str = "./worker_loader.js";
 
     /// Whether this browser runs WebAssembly SIMD: it validates a module holding one SIMD
-    /// instruction (as wasm-feature-detect does). `?simd=0` in the URL says no, to try the plain
-    /// build anywhere.
+    /// instruction (as wasm-feature-detect does).
     fn wasm_simd() -> bool {
         const PROBE: [u8; 31] = [
             0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65,
             0, 253, 15, 253, 98, 11,
         ];
-        let off = web_sys::window()
-            .and_then(|w| w.location().search().ok())
-            .is_some_and(|q| {
-                q.trim_start_matches('?')
-                    .split('&')
-                    .any(|kv| kv == "simd=0")
-            });
-        !off && js_sys::WebAssembly::validate(&Uint8Array::from(&PROBE[..]).into()).unwrap_or(false)
+        js_sys::WebAssembly::validate(&Uint8Array::from(&PROBE[..]).into()).unwrap_or(false)
     }
 
     /// The picked image: its name and RGBA pixels.
@@ -78,6 +70,8 @@ mod ui {
         device: DeviceChoice,
         /// The CPU pool's size from `?workers=N` (None: one per core).
         workers: Option<usize>,
+        /// `?simd=0`: the plain build even where the browser has wasm SIMD.
+        no_simd: bool,
         gpu_failure: Option<String>,
     }
 
@@ -161,11 +155,8 @@ mod ui {
         }
         let opts = WorkerOptions::new();
         opts.set_type(WorkerType::Classic);
-        let url = if wasm_simd() {
-            WORKER_SIMD
-        } else {
-            WORKER_PLAIN
-        };
+        let simd = !ctl.borrow().no_simd && wasm_simd();
+        let url = if simd { WORKER_SIMD } else { WORKER_PLAIN };
         let worker = match Worker::new_with_options(url, &opts) {
             Ok(w) => w,
             Err(e) => {
@@ -451,24 +442,27 @@ mod ui {
         let _ = sw.register("./sw.js");
     }
 
-    /// `?device=cpu|webgpu|auto&workers=N` in the page's URL: the Advanced choice, preset.
-    fn url_choices() -> (DeviceChoice, Option<usize>) {
+    /// `?device=cpu|webgpu|auto&workers=N&simd=0` in the page's URL: the Advanced choice, preset;
+    /// the pool's size; the plain build anywhere.
+    fn url_choices() -> (DeviceChoice, Option<usize>, bool) {
         let q = web_sys::window()
             .and_then(|w| w.location().search().ok())
             .unwrap_or_default();
         let mut device = DeviceChoice::Auto;
         let mut workers = None;
+        let mut no_simd = false;
         for kv in q.trim_start_matches('?').split('&') {
             match kv.split_once('=') {
                 Some(("device", v)) => device = DeviceChoice::parse(v).unwrap_or_default(),
                 Some(("workers", v)) => workers = v.parse().ok().filter(|&n: &usize| n >= 1),
+                Some(("simd", "0")) => no_simd = true,
                 _ => {}
             }
         }
-        (device, workers)
+        (device, workers, no_simd)
     }
 
-    /// What the knobs say, as the worker's job (None without an input).
+    /// The knobs' signals; `job` reads them as the worker's job.
     #[derive(Clone, Copy)]
     struct Knobs {
         scale: RwSignal<u32>,
@@ -577,11 +571,12 @@ mod ui {
         let projection = sig.projection;
         let split = sig.split;
         let view = RwSignal::new(FIT);
-        let (url_device, url_workers) = url_choices();
+        let (url_device, url_workers, no_simd) = url_choices();
         let device = RwSignal::new(url_device);
         let ctl = Rc::new(RefCell::new(Ctl {
             device: url_device,
             workers: url_workers,
+            no_simd,
             ..Ctl::default()
         }));
         let out_ref = NodeRef::<leptos::html::Canvas>::new();

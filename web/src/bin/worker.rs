@@ -465,8 +465,6 @@ mod wasm {
         queue: VecDeque<Queued>,
         waiting: HashMap<u64, Waiting>,
         next_id: u64,
-        /// The running job's request (the workers need its knobs with each call).
-        request: Option<SampleRequest>,
     }
 
     struct Pool {
@@ -614,21 +612,26 @@ mod wasm {
         }
     }
 
-    impl TilePool for Pool {
+    /// The pool during one job: the workers need the job's knobs with each call.
+    struct JobPool<'a> {
+        pool: &'a Pool,
+        request: SampleRequest,
+    }
+
+    impl TilePool for JobPool<'_> {
         type Pending = Pin<Box<dyn Future<Output = flowmapsr_core::Result<Image>>>>;
 
         fn capacity(&self) -> usize {
-            self.size
+            self.pool.size
         }
 
         fn submit(&self, call: TileCall) -> Self::Pending {
             let (w, h) = (call.x.width, call.x.height);
-            let mut s = self.state.borrow_mut();
+            let state = &self.pool.state;
+            let mut s = state.borrow_mut();
             let id = s.next_id;
             s.next_id += 1;
-            let Some(request) = s.request.clone() else {
-                return Box::pin(async { Err(Error::Worker("no job is running".into())) });
-            };
+            let request = self.request.clone();
             let header = serde_json::to_string(&ToWorker::Tile {
                 id,
                 step: call.step,
@@ -664,7 +667,7 @@ mod wasm {
                 }
             }
             drop(s);
-            pump(&self.state);
+            pump(state);
             Box::pin(async move {
                 let v = JsFuture::from(p)
                     .await
@@ -787,9 +790,11 @@ mod wasm {
             (Engine::Cpu(adapted), Some(pool)) => {
                 // Checked here, so that a bad knob fails before any worker is busy.
                 adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
-                pool.state.borrow_mut().request = Some(job.request.clone());
-                let r = upscale_pooled(cfg, &rgb, scale, &opts, pool, &mut on_tile).await;
-                pool.state.borrow_mut().request = None;
+                let pool = JobPool {
+                    pool,
+                    request: job.request.clone(),
+                };
+                let r = upscale_pooled(cfg, &rgb, scale, &opts, &pool, &mut on_tile).await;
                 (r, "CPU")
             }
             (Engine::Cpu(adapted), None) => {
