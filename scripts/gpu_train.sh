@@ -9,7 +9,11 @@
 # LIMIT must be the call's timeout_s: everything here ends 30 s before it, and whatever the run
 # has by then is already under $OUT (the latest checkpoint's EMA weights are copied as they come).
 # $OUT gets: log.txt, train_config.json, model.bin + config.json (final EMA weights, when the
-# schedule finished), ema.bin (latest checkpoint's EMA weights), cubecl-cache.tgz.
+# schedule finished), ema.bin (latest checkpoint's EMA weights), ema-STEP.bin for each step in
+# SNAP, cubecl-cache.tgz.
+# PROBE=0 trains the config's own schedule (a constant-lr adversarial run, say) until the time is
+# up, with no probe; ARGS adds train arguments (e.g. ARGS="--holdout 10": those images stay out of
+# training, and a config whose val_every exceeds its steps validates nowhere, here least of all).
 #
 # Measured on an H200: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
 # use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
@@ -26,7 +30,7 @@ CONFIG=${CONFIG:-configs/release.json} STAGE=${STAGE:-batch64-a}
 OUT=${OUT:-/tmp/gpu_out}
 # SET: extra "key=int" overrides of $CONFIG (e.g. SET="batch=64"); SMOKE=0 skips the inference
 # smoke run (its JIT costs ~80 s of a cold device; the probe is a smoke run of training too).
-SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights}
+SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights} ARGS=${ARGS:-} SNAP=${SNAP:-}
 # Overridable only to dry-run the script's plumbing on a CPU machine.
 DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-60}
 mkdir -p "$OUT"
@@ -81,30 +85,43 @@ if [ "$SMOKE" = 1 ]; then
   fi
 fi
 
-echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
-cfg /tmp/probe.json $SET steps=$PROBE log_every=$((PROBE / 2)) ckpt_every=1000000
 DATA=".gpu/data/train/T91 .gpu/data/train/SunHays80"
-timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init "$INIT" --data $DATA \
-  --out /tmp/probe --device $DEVICE 2>&1 | tee /tmp/probe.log
-save_caches
-SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
-[ -n "$SPS" ] || { echo "no s/step in the probe"; exit 1; }
-# 45 s for the start, the final save and the copies; 15% for checkpoints and slower steps.
-BUDGET=$(($(left) - 45))
-STEPS=$(python3 -c "print(max(100, int($BUDGET / ($SPS * 1.15)) // 100 * 100))")
-echo "== [$(el) s] ${SPS} s/step, ${BUDGET} s to train: ${STEPS} steps"
-cfg "$OUT/train_config.json" $SET steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS / 10 : 100))
+if [ "$PROBE" -gt 0 ]; then
+  echo "== [$(el) s] probe: $PROBE real steps (data loading included)"
+  cfg /tmp/probe.json $SET steps=$PROBE log_every=$((PROBE / 2)) ckpt_every=1000000
+  timeout $(($(left) - 60)) "$BIN" train --config /tmp/probe.json --init "$INIT" --data $DATA \
+    --out /tmp/probe --device $DEVICE $ARGS 2>&1 | tee /tmp/probe.log
+  save_caches
+  SPS=$(grep -o '[0-9.]* s/step' /tmp/probe.log | tail -1 | cut -d' ' -f1)
+  [ -n "$SPS" ] || { echo "no s/step in the probe"; exit 1; }
+  # 45 s for the start, the final save and the copies; 15% for checkpoints and slower steps.
+  BUDGET=$(($(left) - 45))
+  STEPS=$(python3 -c "print(max(100, int($BUDGET / ($SPS * 1.15)) // 100 * 100))")
+  echo "== [$(el) s] ${SPS} s/step, ${BUDGET} s to train: ${STEPS} steps"
+  cfg "$OUT/train_config.json" $SET steps=$STEPS ckpt_every=$((STEPS / 10 > 100 ? STEPS / 10 : 100))
+else
+  echo "== [$(el) s] no probe: the config's schedule until $(left) s from now"
+  cfg "$OUT/train_config.json" $SET
+fi
 # The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one).
 (while sleep 5; do
   d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
     mv "$OUT/.ema.tmp" "$OUT/ema.bin" && cp "$d/state.json" "$OUT/state.json" 2>/dev/null
+  # The first checkpoint at or past each step in SNAP is kept as ema-STEP.bin (its own step).
+  n=${d##*/ckpt-}
+  for s in $SNAP; do
+    [ -n "$n" ] && [ "$n" -ge "$s" ] 2>/dev/null && [ ! -f "$OUT/.snap-$s" ] &&
+      cp "$d/ema.bin" "$OUT/.snap.tmp" 2>/dev/null && mv "$OUT/.snap.tmp" "$OUT/ema-$n.bin" &&
+      touch "$OUT/.snap-$s"
+  done
 done) &
 WATCH=$!
 timeout $(($(left) - 10)) "$BIN" train --config "$OUT/train_config.json" \
-  --init "$INIT" --data $DATA --out /tmp/run --device $DEVICE
+  --init "$INIT" --data $DATA --out /tmp/run --device $DEVICE $ARGS
 echo "train exit $?"
 kill $WATCH
 cp /tmp/run/final/model.bin /tmp/run/final/config.json "$OUT/" 2>/dev/null
+rm -f "$OUT"/.snap-*
 d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$d/state.json" "$OUT/" 2>/dev/null
 save_caches
 ls -la "$OUT"

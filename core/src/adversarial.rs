@@ -89,17 +89,35 @@ impl<B: Backend> Discriminator<B> {
     }
 }
 
+/// What an adversarial stage trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generator {
+    /// LoRA adapters on the frozen base (`lora`, `train_scale`, `skip_shuffle`).
+    #[default]
+    Lora,
+    /// The whole network, deepened from the base when the config's `model` has more residual
+    /// blocks (Net2Net identity blocks), with an EMA; the dial between the base and the result is
+    /// network interpolation (ESRGAN 1809.00219 §3.4: theta = (1 - a) theta_base + a theta_gan).
+    Full,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdversarialConfig {
+    pub generator: Generator,
     pub lora: LoraConfig,
     pub discriminator: DiscriminatorConfig,
     /// Weight of R1 + R2 (gamma / 2 each).
     pub gamma: f32,
     /// Finite-difference step of the R1/R2 estimate.
     pub fd_sigma: f32,
+    /// Weight of the relativistic GAN term in L_G.
+    pub gan_weight: f32,
     /// Weight of the reconstruction term || fake - real ||^2 in L_G.
     pub rec_weight: f32,
+    /// Weight of the L1 pixel term | fake - real | in L_G (Real-ESRGAN's pixel loss; 0: off).
+    pub rec_l1_weight: f32,
     /// Weight of the low-pass reconstruction term || pool(fake - real) ||^2 in L_G (0: off).
     pub rec_low_weight: f32,
     /// Box size in pixels of that term's pooling (4: the LR grid at x4).
@@ -129,11 +147,14 @@ pub struct AdversarialConfig {
 impl Default for AdversarialConfig {
     fn default() -> Self {
         Self {
+            generator: Generator::Lora,
             lora: LoraConfig::new(),
             discriminator: DiscriminatorConfig::new(),
             gamma: 1.0,
             fd_sigma: 0.01,
+            gan_weight: 1.0,
             rec_weight: 1.0,
+            rec_l1_weight: 0.0,
             rec_low_weight: 0.0,
             rec_low_pool: 4,
             hf_weight: 0.0,
@@ -206,8 +227,13 @@ pub fn generator_loss<B: Backend>(
     let rp = softplus(d_real - d_fake, 1.0).mean();
     let diff = fake.clone() - real.clone();
     let rec = diff.clone().powi_scalar(2).mean();
-    let mut total = rp.clone() + rec.clone() * cfg.rec_weight;
+    let mut total = rp.clone() * cfg.gan_weight + rec.clone() * cfg.rec_weight;
     let mut terms = vec![("g_rp", rp), ("rec", rec)];
+    if cfg.rec_l1_weight > 0.0 {
+        let l1 = diff.clone().abs().mean();
+        total = total + l1.clone() * cfg.rec_l1_weight;
+        terms.push(("l1", l1));
+    }
     if cfg.fm_weight > 0.0 {
         let mut fm = Tensor::zeros([1], &fake.device());
         for (a, b) in f_fake.into_iter().zip(f_real) {

@@ -20,6 +20,9 @@ pub struct RunState {
     /// keep no best/).
     #[serde(default)]
     pub best_psnr: Option<f64>,
+    /// A whole-network adversarial run's best validation GMSD so far (its best/ is kept by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_gmsd: Option<f64>,
     pub train_secs: f64,
     pub history: Vec<ValPoint>,
 }
@@ -29,6 +32,11 @@ pub struct ValPoint {
     pub step: usize,
     pub psnr_y: f64,
     pub train_secs: f64,
+    /// Adversarial runs also log GMSD and the HF ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gmsd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_ratio: Option<f64>,
 }
 
 /// One published checkpoint.

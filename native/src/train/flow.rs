@@ -305,6 +305,8 @@ fn worker<B: AutodiffBackend>(
                     step: state.step,
                     psnr_y: psnr,
                     train_secs: state.train_secs,
+                    gmsd: None,
+                    hf_ratio: None,
                 });
                 let best = state.best_psnr.is_none_or(|b| psnr > b);
                 tracing::info!(

@@ -14,10 +14,12 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
+use burn::tensor::Tensor;
 use flowmapsr_core::adversarial::{
-    discriminator_loss, generator_loss, AdversarialConfig, Discriminator,
+    discriminator_loss, generator_loss, AdvLoss, AdversarialConfig, Discriminator, Generator,
 };
 use flowmapsr_core::batch::make_batch;
+use flowmapsr_core::objectives::Batch;
 use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
@@ -32,6 +34,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod full;
 
 /// Where the frozen base comes from: `--init DIR`, or on `--resume` the copy kept in OUT/base.
 pub(crate) fn base_dir(args: &TrainArgs) -> Result<PathBuf> {
@@ -78,6 +82,90 @@ pub(crate) fn base_model(dir: &Path, stated: Option<&ModelConfig>) -> Result<Mod
     Ok(found)
 }
 
+/// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
+/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = 1; src = x0 (fidelity) or
+/// x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0 either way.
+pub(crate) struct StepInput<B: AutodiffBackend> {
+    pub batch: Batch<B>,
+    pub src: Tensor<B, 4>,
+    pub cond: Cond<B>,
+    pub rng: ChaCha8Rng,
+}
+
+impl<B: AutodiffBackend> StepInput<B> {
+    pub fn draw(
+        images: &[Image],
+        cfg: &TrainConfig,
+        adv: &AdversarialConfig,
+        step: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let batch = make_batch::<B>(images, &cfg.batch_spec(), step, 0..cfg.batch, device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        let src = match adv.mode {
+            Mode::Fidelity => batch.x0.clone(),
+            Mode::Stochastic => {
+                batch.x0.clone()
+                    + noise::<B, 4>(batch.x0.dims(), &mut rng, device)
+                        * (adv.temperature * cfg.model.bridge.sigma_0)
+            }
+        };
+        let cond = Cond::uniform(cfg.batch, 0.0, 1.0, device);
+        Ok(Self {
+            batch,
+            src,
+            cond,
+            rng,
+        })
+    }
+}
+
+/// The discriminator's Adam step on (real, detached fake), then the generator's loss against the
+/// updated D (its terms logged); a non-finite loss stops the run with the last checkpoint intact.
+pub(crate) fn adversarial_step<B: AutodiffBackend, O: Optimizer<Discriminator<B>, B>>(
+    disc: Discriminator<B>,
+    optim_d: &mut O,
+    adv: &AdversarialConfig,
+    inp: &mut StepInput<B>,
+    fake: Tensor<B, 4>,
+    step: usize,
+    log: &mut StepLog,
+) -> Result<(Discriminator<B>, AdvLoss<B>)> {
+    let (x0, x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
+    let ld = discriminator_loss(
+        &disc,
+        x1.clone(),
+        fake.clone().detach(),
+        x0.clone(),
+        adv,
+        &mut inp.rng,
+    );
+    let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
+    let disc = optim_d.step(adv.lr_d, disc, gd);
+    let lg = generator_loss(&disc, x1, fake, x0, adv);
+    let total: f64 = lg.total.clone().into_scalar().elem();
+    if !total.is_finite() {
+        bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
+    }
+    for (name, t) in ld.terms.iter().chain(&lg.terms) {
+        log.add(name, t.clone().into_scalar().elem());
+    }
+    log.step();
+    Ok((disc, lg))
+}
+
+/// The discriminator's optimiser: Adam with beta_1 = 0, beta_2 = 0.99 (R3GAN's).
+pub(crate) type DiscOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Discriminator<B>, B>;
+
+pub(crate) fn disc_optimizer<B: AutodiffBackend>() -> DiscOptim<B> {
+    AdamConfig::new()
+        .with_beta_1(0.0)
+        .with_beta_2(0.99)
+        .init::<B, Discriminator<B>>()
+}
+
 pub fn train_lora<B: AutodiffBackend>(
     args: &TrainArgs,
     cfg: &TrainConfig,
@@ -86,6 +174,9 @@ pub fn train_lora<B: AutodiffBackend>(
     val: Option<&[(String, imageio::Decoded)]>,
     device: B::Device,
 ) -> Result<()> {
+    if adv.generator == Generator::Full {
+        return full::train_full::<B>(args, cfg, adv, images, val, device);
+    }
     // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else. Its
     // config.json states its architecture; the run's model config is that one.
     let kept = args.out.join("base");
@@ -119,10 +210,7 @@ pub fn train_lora<B: AutodiffBackend>(
             .map(burn::grad_clipping::GradientClippingConfig::Norm),
     );
     let mut optim_g = adam.clone().init::<B, UNetLora<B>>();
-    let mut optim_d = AdamConfig::new()
-        .with_beta_1(0.0)
-        .with_beta_2(0.99)
-        .init::<B, Discriminator<B>>();
+    let mut optim_d = disc_optimizer::<B>();
     // best_psnr stays unused here (no best/, see above).
     let mut state = RunState::default();
     if let Some(ck) = Checkpoint::resume(args, true)? {
@@ -153,50 +241,18 @@ pub fn train_lora<B: AutodiffBackend>(
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
-        let batch = make_batch::<B>(images, &cfg.batch_spec(), step, 0..cfg.batch, &device)?;
-        let n = cfg.batch;
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
-        // fake = X_{0,1}(src) at NFE 1, w = 1, through the adapters; src = x0 (fidelity) or
-        // x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0 either way.
-        let src = match adv.mode {
-            Mode::Fidelity => batch.x0.clone(),
-            Mode::Stochastic => {
-                batch.x0.clone()
-                    + noise::<B, 4>(batch.x0.dims(), &mut rng, &device)
-                        * (adv.temperature * cfg.model.bridge.sigma_0)
-            }
-        };
-        let c = Cond::uniform(n, 0.0, 1.0, &device);
+        let mut inp = StepInput::<B>::draw(images, cfg, adv, step, &device)?;
         let v = base.velocity_lora(
-            src.clone(),
-            batch.x0.clone(),
-            &c,
+            inp.src.clone(),
+            inp.batch.x0.clone(),
+            &inp.cond,
             Some((&lora, adv.train_scale)),
         );
-        let fake = src + v;
-        let ld = discriminator_loss(
-            &disc,
-            batch.x1.clone(),
-            fake.clone().detach(),
-            batch.x0.clone(),
-            adv,
-            &mut rng,
-        );
-        let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
-        disc = optim_d.step(adv.lr_d, disc, gd);
-        let lg = generator_loss(&disc, batch.x1.clone(), fake, batch.x0.clone(), adv);
-        let total: f64 = lg.total.clone().into_scalar().elem();
-        if !total.is_finite() {
-            bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
-        }
+        let fake = inp.src.clone() + v;
+        let lg;
+        (disc, lg) = adversarial_step(disc, &mut optim_d, adv, &mut inp, fake, step, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
         lora = optim_g.step(cfg.lr_at(step), lora, gg);
-        for (name, t) in ld.terms.iter().chain(&lg.terms) {
-            log.add(name, t.clone().into_scalar().elem());
-        }
-        log.step();
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
         let last = state.step == end;
@@ -223,6 +279,8 @@ pub fn train_lora<B: AutodiffBackend>(
                     step: state.step,
                     psnr_y: psnr,
                     train_secs: state.train_secs,
+                    gmsd: Some(r.gmsd),
+                    hf_ratio: Some(hf),
                 });
                 tracing::info!(
                     "step {} validation x4 at LoRA {} ({:?}, temperature {}): PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}, GMSD {:.4}",

@@ -1,0 +1,182 @@
+//! Whole-network adversarial fine-tuning (`"generator": "full"`, docs/algorithm.md §5): every
+//! weight of the flow map trains against the discriminator with the loss of core adversarial.rs,
+//! from the --init base grown first by Net2Net identity blocks when the config's `model` has more
+//! residual blocks per level (the function is unchanged at step 0, the capacity is new).
+//! The EMA of the generator is what is validated and saved. `best/` keeps the EMA weights of the
+//! lowest validation GMSD: it falls as edges are drawn where the photo has them and rises with
+//! artifacts, where PSNR only falls as detail appears. The dial between the base and the result
+//! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
+
+use super::{adversarial_step, base_dir, base_model, disc_optimizer, StepInput};
+use crate::imageio;
+use crate::train::log::StepLog;
+use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use flowmapsr_core::adversarial::{AdversarialConfig, Discriminator};
+use flowmapsr_core::ema;
+use flowmapsr_core::unet::UNet;
+use flowmapsr_core::weights::{
+    materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes,
+    save_dir, write_atomic,
+};
+use flowmapsr_core::Image;
+use std::time::Instant;
+
+pub fn train_full<B: AutodiffBackend>(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+    adv: &AdversarialConfig,
+    images: &[Image],
+    val: Option<&[(String, imageio::Decoded)]>,
+    device: B::Device,
+) -> Result<()> {
+    let kept = args.out.join("base");
+    let init = base_dir(args)?;
+    let base_cfg = base_model(&init, None)?;
+    let rest = |m: &flowmapsr_core::weights::ModelConfig| {
+        serde_json::json!({ "bridge": m.bridge, "w_max": m.w_max() })
+    };
+    let Some(extra) = cfg.model.unet.extra_blocks(&base_cfg.unet) else {
+        bail!(
+            "the config's `model` must be the base's ({}) or the same with more residual blocks \
+             per level: base blocks {:?} widths {:?}, config blocks {:?} widths {:?}",
+            init.join("config.json").display(),
+            base_cfg.unet.blocks,
+            base_cfg.unet.widths,
+            cfg.model.unet.blocks,
+            cfg.model.unet.widths
+        );
+    };
+    if rest(&cfg.model) != rest(&base_cfg) {
+        bail!(
+            "the config's bridge / w_max differ from the base's {}: {} vs {}",
+            init.join("config.json").display(),
+            rest(&cfg.model),
+            rest(&base_cfg)
+        );
+    }
+    B::seed(&device, cfg.seed);
+    let bytes = std::fs::read(init.join("model.bin"))
+        .with_context(|| format!("reading {}", init.join("model.bin").display()))?;
+    if init != kept {
+        std::fs::create_dir_all(&kept)?;
+        write_atomic(&kept.join("model.bin"), &bytes)?;
+        write_atomic(&kept.join("config.json"), base_cfg.to_json().as_bytes())?;
+    }
+    let base: UNet<B> = module_from_bytes(base_cfg.unet.init(&device), &bytes, &device)
+        .with_context(|| format!("--init {}", init.display()))?;
+    let mut net = materialize(base.deepen(&cfg.model.unet, &device));
+    let mut ema_net: UNet<B::InnerBackend> = net.valid();
+    let mut disc: Discriminator<B> = adv.discriminator.init(&device);
+    let adam = AdamConfig::new().with_grad_clipping(
+        cfg.grad_clip
+            .map(burn::grad_clipping::GradientClippingConfig::Norm),
+    );
+    let mut optim_g = adam.init::<B, UNet<B>>();
+    let mut optim_d = disc_optimizer::<B>();
+    let mut state = RunState::default();
+    if let Some(ck) = Checkpoint::resume(args, true)? {
+        net = module_from_bytes(net, &ck.read("model.bin")?, &device)?;
+        ema_net = module_from_bytes(ema_net, &ck.read("ema.bin")?, &device)?;
+        disc = module_from_bytes(disc, &ck.read("disc.bin")?, &device)?;
+        optim_g = optim_g.load_record(record_from_bytes::<B, _>(
+            &ck.read("optim_g.bin")?,
+            &device,
+        )?);
+        optim_d = optim_d.load_record(record_from_bytes::<B, _>(
+            &ck.read("optim_d.bin")?,
+            &device,
+        )?);
+        state = ck.state;
+    }
+    tracing::info!(
+        "adversarial, whole network from {}: {extra:?} identity blocks added per level, {} \
+         parameters, {:.0} FLOP per output pixel; discriminator {} parameters",
+        init.display(),
+        net.num_params(),
+        cfg.model.unet.flops_per_pixel(),
+        disc.num_params()
+    );
+    let end = args
+        .max_steps
+        .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
+    let mut log = StepLog::default();
+    while state.step < end {
+        let t0 = Instant::now();
+        let step = state.step;
+        let mut inp = StepInput::<B>::draw(images, cfg, adv, step, &device)?;
+        let v = net.velocity_lora(inp.src.clone(), inp.batch.x0.clone(), &inp.cond, None);
+        let fake = inp.src.clone() + v;
+        let lg;
+        (disc, lg) = adversarial_step(disc, &mut optim_d, adv, &mut inp, fake, step, &mut log)?;
+        let gg = GradientsParams::from_grads(lg.total.backward(), &net);
+        net = optim_g.step(cfg.lr_at(step), net, gg);
+        ema_net = ema::update(ema_net, &net.valid(), cfg.ema_decay);
+        state.step += 1;
+        state.train_secs += t0.elapsed().as_secs_f64();
+        let last = state.step == end;
+        if state.step.is_multiple_of(cfg.log_every) || last {
+            let (terms, secs) = log.take();
+            tracing::info!(
+                "step {} lr {:.2e} {terms} | {secs:.2} s/step",
+                state.step,
+                cfg.lr_at(step)
+            );
+        }
+        // val_every beyond the schedule: no validation at all (a lent GPU trains only; the
+        // checkpoints are validated on another machine).
+        if let (Some(v), true) = (val, cfg.val_every <= cfg.steps) {
+            if state.step.is_multiple_of(cfg.val_every) || last {
+                let r = validate(&ema_net, &cfg.model, v, adv.mode, adv.temperature, &device)?;
+                state.history.push(ValPoint {
+                    step: state.step,
+                    psnr_y: r.psnr_y,
+                    train_secs: state.train_secs,
+                    gmsd: Some(r.gmsd),
+                    hf_ratio: Some(r.hf_ratio),
+                });
+                let best = state.best_gmsd.is_none_or(|b| r.gmsd < b);
+                tracing::info!(
+                    "step {} validation x4 (EMA): PSNR-Y {:.3} dB, GMSD {:.4}, HF ratio {:.3}{}",
+                    state.step,
+                    r.psnr_y,
+                    r.gmsd,
+                    r.hf_ratio,
+                    if best { " (best)" } else { "" }
+                );
+                if best {
+                    state.best_gmsd = Some(r.gmsd);
+                    save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
+                }
+            }
+        }
+        if state.step.is_multiple_of(cfg.ckpt_every) || last {
+            let files = [
+                ("model.bin", module_to_bytes(net.valid())),
+                ("ema.bin", module_to_bytes(ema_net.clone())),
+                ("disc.bin", module_to_bytes(disc.valid())),
+                ("optim_g.bin", record_to_bytes::<B, _>(optim_g.to_record())),
+                ("optim_d.bin", record_to_bytes::<B, _>(optim_d.to_record())),
+            ];
+            Checkpoint::save(&args.out, &state, &files)?;
+        }
+    }
+    let fin = args.out.join("final");
+    if state.step == cfg.steps {
+        save_dir(&ema_net, &cfg.model, &fin)?;
+    }
+    tracing::info!(
+        "stopped at step {} after {:.0} s; EMA weights in {}",
+        state.step,
+        state.train_secs,
+        if state.step == cfg.steps {
+            fin.display().to_string()
+        } else {
+            "the latest checkpoint (ema.bin)".into()
+        }
+    );
+    Ok(())
+}
