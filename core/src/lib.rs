@@ -12,6 +12,7 @@ pub mod degrade;
 pub mod ema;
 pub mod error;
 pub mod image;
+pub mod interpolate;
 pub mod lora;
 pub mod metrics;
 pub mod objectives;

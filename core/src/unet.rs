@@ -279,6 +279,22 @@ impl<B: Backend> UNet<B> {
         self
     }
 
+    /// `self` deepened to the shape of `like` (same widths, at least as many blocks per level)
+    /// with `like`'s own extra blocks, their second convolution zeroed: each passes its input
+    /// through, as the identity blocks that `like` grew from did, so the function is unchanged;
+    /// blending towards `like` (network interpolation) then phases the new blocks in.
+    pub fn deepen_like(mut self, like: &UNet<B>) -> Self {
+        for (level, other) in self.down.iter_mut().zip(&like.down) {
+            while level.blocks.len() < other.blocks.len() {
+                let mut b = other.blocks[level.blocks.len()].clone();
+                b.conv2.weight = b.conv2.weight.map(|t| t.zeros_like());
+                b.conv2.bias = b.conv2.bias.map(|p| p.map(|t| t.zeros_like()));
+                level.blocks.push(b);
+            }
+        }
+        self
+    }
+
     /// Tests: replace the zero-initialised output layer with seeded noise of this std, so the
     /// network is no longer the identity.
     #[cfg(test)]

@@ -36,6 +36,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Export weights to safetensors.
     Export(ExportArgs),
+    /// Blend two weights folders (the faithful/realistic dial, ESRGAN's network interpolation).
+    Interpolate(weights::InterpolateArgs),
     /// Coordinator of a multi-node training run: start one, then `train --nodes N ...` on every
     /// node (docs/distributed.md).
     Orchestrator(OrchestratorArgs),
@@ -74,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::Orchestrator(a) => orchestrator(&a),
+        Command::Interpolate(a) => weights::interpolate(&a),
         Command::Export(a) => weights::export_safetensors(a.weights.as_deref(), &a.output),
     }
 }

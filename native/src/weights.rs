@@ -81,3 +81,52 @@ pub fn export_safetensors(dir: Option<&Path>, out: &Path) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", out.display()))?;
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct InterpolateArgs {
+    /// The faithful end (alpha 0): a weights folder; default: the shipped weights.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// The adversarial end (alpha 1): weights trained from `--from` (the same network, or it
+    /// deepened), e.g. a whole-network adversarial run's final/ or best/.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Where on the path between them: 0 is `--from`, 1 is `--to`.
+    #[arg(long)]
+    pub alpha: f32,
+    /// Output weights folder (config.json + model.bin); it must not be either input.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Network interpolation (core interpolate.rs): writes the weights at `alpha` between two ends.
+pub fn interpolate(a: &InterpolateArgs) -> Result<()> {
+    let device = burn::backend::flex::FlexDevice;
+    let out = std::path::absolute(&a.output)?;
+    for input in a.from.iter().chain([&a.to]) {
+        if std::path::absolute(input)? == out
+            || std::fs::canonicalize(input).ok() == std::fs::canonicalize(&out).ok()
+        {
+            anyhow::bail!(
+                "refusing to overwrite the input weights {}: pick another --output",
+                input.display()
+            );
+        }
+    }
+    let base = load::<burn::backend::Flex>(a.from.as_deref(), &device)?;
+    let (gan, mut cfg) = load::<burn::backend::Flex>(Some(&a.to), &device)?;
+    let net = flowmapsr_core::interpolate::interpolate((base.0, &base.1), (&gan, &cfg), a.alpha)?;
+    cfg.notes = format!(
+        "network interpolation at alpha {} from {} to {} ({})",
+        a.alpha,
+        a.from
+            .as_deref()
+            .map_or("the shipped weights".into(), |p| p.display().to_string()),
+        a.to.display(),
+        cfg.notes
+    );
+    flowmapsr_core::weights::save_dir(&net, &cfg, &a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    println!("wrote {} (alpha {})", a.output.display(), a.alpha);
+    Ok(())
+}

@@ -348,6 +348,101 @@ fn adversarial_lora_trains_resumes_and_loads() {
         .contains("no LoRA adapter"));
 }
 
+/// Whole-network adversarial training (`"generator": "full"`, native adversarial/full.rs):
+/// deepened from the base, validated (best/ by GMSD), resumed exactly; the dial between base and
+/// result (`flowmapsr interpolate`) is the base at 0 and the result at 1; another network shape
+/// is refused by name.
+#[test]
+fn whole_network_adversarial_deepens_resumes_and_interpolates() {
+    let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let (_tmp, d, mut v) = setup(2, 2);
+    let d = d.as_path();
+    run(&args(d, "base", false, None)).unwrap();
+    v["steps"] = 4.into();
+    v["model"]["unet"]["blocks"] = serde_json::json!([2, 2]);
+    v["adversarial"] = serde_json::json!({
+        "generator": "full", "discriminator": { "widths": [8, 8] }, "lr_d": 0.002,
+        "gan_weight": 0.1, "rec_weight": 0.0, "rec_l1_weight": 1.0, "fm_weight": 1.0
+    });
+    save_config(d, &v);
+    let adv = |out: &str, resume: bool, max: Option<usize>| {
+        let mut a = args(d, out, resume, max);
+        a.init = (!resume).then(|| d.join("base/final"));
+        run(&a)
+    };
+    adv("full", false, None).unwrap();
+    adv("split", false, Some(2)).unwrap();
+    adv("split", true, None).unwrap();
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    for f in ["final/model.bin", "final/config.json", "best/model.bin"] {
+        assert!(d.join("full").join(f).exists(), "{f}");
+    }
+    let cfg: serde_json::Value = serde_json::from_slice(&read(d.join("full/final/config.json"))).unwrap();
+    assert_eq!(cfg["unet"]["blocks"], serde_json::json!([2, 2]));
+    let state: serde_json::Value = serde_json::from_slice(&read(
+        d.join("full")
+            .join(std::fs::read_to_string(d.join("full/latest")).unwrap().trim())
+            .join("state.json"),
+    ))
+    .unwrap();
+    let hist = state["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 2, "validated at steps 3 and 4");
+    assert!(hist[0]["gmsd"].as_f64().is_some() && hist[0]["hf_ratio"].as_f64().is_some());
+    assert!(state["best_gmsd"].as_f64().is_some());
+
+    let dev = burn::backend::flex::FlexDevice;
+    let lr =
+        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
+            .unwrap();
+    let opts = flowmapsr_core::sampler::SampleOptions {
+        tile: 32,
+        overlap: 8,
+        ..Default::default()
+    };
+    let up = |dir: &Path| {
+        let (net, cfg) = flowmapsr_core::weights::load_dir::<burn::backend::Flex>(dir, &dev).unwrap();
+        flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 4, &opts, &dev, &mut |_, _| true).unwrap()
+    };
+    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let (base, full) = (up(&d.join("base/final")), up(&d.join("full/final")));
+    assert!(gap(&base, &full) > 1e-5, "training changed nothing");
+    let r = gap(&full, &up(&d.join("split/final")));
+    assert!(r < 1e-6, "a resumed run must end where the uninterrupted one does ({r})");
+
+    let interp = |alpha: f32, out: &str| {
+        flowmapsr_cli::weights::interpolate(&flowmapsr_cli::weights::InterpolateArgs {
+            from: Some(d.join("base/final")),
+            to: d.join("full/final"),
+            alpha,
+            output: d.join(out),
+        })
+    };
+    interp(0.0, "a0").unwrap();
+    interp(1.0, "a1").unwrap();
+    interp(0.5, "a5").unwrap();
+    assert_eq!(up(&d.join("a0")), base);
+    assert_eq!(up(&d.join("a1")), full);
+    let mid = up(&d.join("a5"));
+    assert!(gap(&mid, &base) > 1e-6 && gap(&mid, &full) > 1e-6);
+    // Never over an input.
+    let before = read(d.join("full/final/model.bin"));
+    let e = interp(0.5, "full/final").unwrap_err().to_string();
+    assert!(e.contains("refusing to overwrite"), "{e}");
+    assert_eq!(read(d.join("full/final/model.bin")), before);
+
+    // A shape that is not the base deepened is refused by name.
+    v["model"]["unet"]["widths"] = serde_json::json!([8, 24]);
+    save_config(d, &v);
+    let e = format!("{:#}", adv("wide", false, None).unwrap_err());
+    assert!(e.contains("more residual blocks") && e.contains("[8, 24]"), "{e}");
+}
+
 /// The staged pipeline (native pipeline.rs) from one config: warm-start -> self-distillation ->
 /// guidance -> adversarial LoRA, each stage from the last one's final weights.
 #[test]
