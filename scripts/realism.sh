@@ -60,6 +60,8 @@ print("\nThe gate of a `realistic` preset that beats the peer at equal fidelity:
 print("under the peer's, GMSD and HF ratio at least as good, pattern at most 1.1, on both sets. The")
 print("shipped weights do not meet it: the realistic preset is the dial's sharpest setting and stays")
 print("far softer than the peer, with a higher GMSD (docs/guidance.md, docs/model.md \"Limits\").\n")
+print("Training that aims at it (the whole network against a discriminator, deepened) and its")
+print("scores so far: docs/realistic-training.md.\n")
 
 print("## Side by side\n")
 crops = [("Set5", "butterfly", 60, 60), ("Set14", "baboon", 200, 120),

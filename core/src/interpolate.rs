@@ -72,8 +72,16 @@ mod tests {
         assert_eq!(v(&at(0.0)), v(&base));
         assert_eq!(v(&at(1.0)), v(&gan));
         let mid = v(&at(0.5)).to_vec::<f32>().unwrap();
-        let ends = (v(&base).to_vec::<f32>().unwrap(), v(&gan).to_vec::<f32>().unwrap());
-        let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        let ends = (
+            v(&base).to_vec::<f32>().unwrap(),
+            v(&gan).to_vec::<f32>().unwrap(),
+        );
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        };
         assert!(gap(&mid, &ends.0) > 1e-4 && gap(&mid, &ends.1) > 1e-4);
         // The same network at both ends works too (0.7 w + 0.3 w = w up to rounding).
         let same = v(&interpolate((base.clone(), &small), (&base, &small), 0.3).unwrap());

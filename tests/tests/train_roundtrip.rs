@@ -377,11 +377,16 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     for f in ["final/model.bin", "final/config.json", "best/model.bin"] {
         assert!(d.join("full").join(f).exists(), "{f}");
     }
-    let cfg: serde_json::Value = serde_json::from_slice(&read(d.join("full/final/config.json"))).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&read(d.join("full/final/config.json"))).unwrap();
     assert_eq!(cfg["unet"]["blocks"], serde_json::json!([2, 2]));
     let state: serde_json::Value = serde_json::from_slice(&read(
         d.join("full")
-            .join(std::fs::read_to_string(d.join("full/latest")).unwrap().trim())
+            .join(
+                std::fs::read_to_string(d.join("full/latest"))
+                    .unwrap()
+                    .trim(),
+            )
             .join("state.json"),
     ))
     .unwrap();
@@ -400,7 +405,8 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
         ..Default::default()
     };
     let up = |dir: &Path| {
-        let (net, cfg) = flowmapsr_core::weights::load_dir::<burn::backend::Flex>(dir, &dev).unwrap();
+        let (net, cfg) =
+            flowmapsr_core::weights::load_dir::<burn::backend::Flex>(dir, &dev).unwrap();
         flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 4, &opts, &dev, &mut |_, _| true).unwrap()
     };
     let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
@@ -413,7 +419,10 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     let (base, full) = (up(&d.join("base/final")), up(&d.join("full/final")));
     assert!(gap(&base, &full) > 1e-5, "training changed nothing");
     let r = gap(&full, &up(&d.join("split/final")));
-    assert!(r < 1e-6, "a resumed run must end where the uninterrupted one does ({r})");
+    assert!(
+        r < 1e-6,
+        "a resumed run must end where the uninterrupted one does ({r})"
+    );
 
     let interp = |alpha: f32, out: &str| {
         flowmapsr_cli::weights::interpolate(&flowmapsr_cli::weights::InterpolateArgs {
@@ -440,7 +449,10 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     v["model"]["unet"]["widths"] = serde_json::json!([8, 24]);
     save_config(d, &v);
     let e = format!("{:#}", adv("wide", false, None).unwrap_err());
-    assert!(e.contains("more residual blocks") && e.contains("[8, 24]"), "{e}");
+    assert!(
+        e.contains("more residual blocks") && e.contains("[8, 24]"),
+        "{e}"
+    );
 }
 
 /// The staged pipeline (native pipeline.rs) from one config: warm-start -> self-distillation ->

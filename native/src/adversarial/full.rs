@@ -19,8 +19,8 @@ use flowmapsr_core::adversarial::{AdversarialConfig, Discriminator};
 use flowmapsr_core::ema;
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{
-    materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes,
-    save_dir, write_atomic,
+    materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir,
+    write_atomic,
 };
 use flowmapsr_core::Image;
 use std::time::Instant;
@@ -36,9 +36,7 @@ pub fn train_full<B: AutodiffBackend>(
     let kept = args.out.join("base");
     let init = base_dir(args)?;
     let base_cfg = base_model(&init, None)?;
-    let rest = |m: &flowmapsr_core::weights::ModelConfig| {
-        serde_json::json!({ "bridge": m.bridge, "w_max": m.w_max() })
-    };
+    let rest = |m: &flowmapsr_core::weights::ModelConfig| serde_json::json!({ "bridge": m.bridge, "w_max": m.w_max() });
     let Some(extra) = cfg.model.unet.extra_blocks(&base_cfg.unet) else {
         bail!(
             "the config's `model` must be the base's ({}) or the same with more residual blocks \

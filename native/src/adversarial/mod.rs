@@ -19,10 +19,10 @@ use flowmapsr_core::adversarial::{
     discriminator_loss, generator_loss, AdvLoss, AdversarialConfig, Discriminator, Generator,
 };
 use flowmapsr_core::batch::make_batch;
-use flowmapsr_core::objectives::Batch;
 use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
+use flowmapsr_core::objectives::Batch;
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::weights::{
@@ -157,7 +157,8 @@ pub(crate) fn adversarial_step<B: AutodiffBackend, O: Optimizer<Discriminator<B>
 }
 
 /// The discriminator's optimiser: Adam with beta_1 = 0, beta_2 = 0.99 (R3GAN's).
-pub(crate) type DiscOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Discriminator<B>, B>;
+pub(crate) type DiscOptim<B> =
+    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Discriminator<B>, B>;
 
 pub(crate) fn disc_optimizer<B: AutodiffBackend>() -> DiscOptim<B> {
     AdamConfig::new()

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Scores candidate realistic weights (e.g. a whole-network adversarial run's EMA) against the
+# shipped presets and the GAN peer, x4: on the 10 training images that `train --holdout 10` keeps
+# out (the set to choose by), and for the report only on Set5 and Set14. Each row is
+# PSNR-Y / GMSD / HF ratio / pattern by the reference scorer and scripts/pattern_ratio.py.
+# Usage: scripts/candidate.sh WEIGHTS_DIR [GUIDANCE... (default 1 2 3)] >table.md
+# Needs: python3 with numpy, pillow, scipy, opencv-python-headless; node (for the peer).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CAND=${1:?usage: scripts/candidate.sh WEIGHTS_DIR [GUIDANCE...]}
+shift
+WS=${*:-1 2 3}
+SHARED=${SHARED:-../shared}
+TOOLS=$SHARED/tools
+BIN=${BIN:-target/release/flowmapsr}
+[ -x "$BIN" ] || cargo build --release --bin flowmapsr
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+# The held-out images exactly as `train --holdout 10` picks them (native train/data.rs): i * n / 10
+# of the sorted files of T91 then SunHays80.
+mkdir -p "$W/hr/holdout"
+python3 - "$SHARED/data/train" "$W/hr/holdout" <<'PY'
+import os, sys
+root, out = sys.argv[1:]
+exts = {"png", "jpg", "jpeg", "webp"}
+files = []
+for d in ["T91", "SunHays80"]:
+    p = os.path.join(root, d)
+    files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.rsplit(".", 1)[-1].lower() in exts)
+for i in range(10):
+    f = files[i * len(files) // 10]
+    os.symlink(os.path.abspath(f), os.path.join(out, os.path.basename(f)))
+PY
+ln -s "$(realpath "$SHARED/data/eval/Set5")" "$W/hr/Set5"
+ln -s "$(realpath "$SHARED/data/eval/Set14")" "$W/hr/Set14"
+SETS="holdout Set5 Set14"
+up() { # set name args...
+  local set=$1 name=$2
+  shift 2
+  "$BIN" upscale "$W/$set/lr" -o "$W/$set/$name" --scale 4 "$@" 2>/dev/null
+  for f in "$W/$set/$name"/*_x4.png; do mv "$f" "${f%_x4.png}.png"; done
+}
+ROWS="faithful realistic"
+for set in $SETS; do
+  python3 "$TOOLS/sr_score.py" make-lr "$W/hr/$set" "$W/$set/lr" --scale 4 >/dev/null
+  up "$set" faithful --preset faithful
+  up "$set" realistic --preset realistic
+  for g in $WS; do up "$set" "cand_w$g" --weights "$CAND" --guidance "$g"; done
+  python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
+done
+for g in $WS; do ROWS="$ROWS cand_w$g"; done
+python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS gans" <<'PY'
+import subprocess, sys
+w, tools, cand, sets, rows = sys.argv[1:]
+sys.path.insert(0, "scripts")
+import pattern_ratio
+
+def score(set_, m):
+    out = subprocess.run([sys.executable, f"{tools}/sr_score.py", "score", f"{w}/{set_}/{m}",
+                          f"{w}/hr/{set_}", "--scale", "4"], capture_output=True, text=True, check=True)
+    mean = [l for l in out.stdout.splitlines() if l.startswith("MEAN")][0].split()
+    v = dict(zip(mean[1::2], mean[2::2]))
+    pat = pattern_ratio.pattern_axes(f"{w}/{set_}/{m}", f"{w}/hr/{set_}")[0]
+    return f"{float(v['PSNR']):.3f} / {float(v['GMSD']):.4f} / {float(v['HF']):.3f} / {pat:.2f}"
+
+label = {"faithful": "`--preset faithful`", "realistic": "`--preset realistic`",
+         "gans": "GAN peer (idealo RRDN `gans`)"}
+sets = sets.split()
+print("| x4: PSNR-Y / GMSD / HF ratio / pattern | " + " | ".join(
+    "held-out (choose by)" if s == "holdout" else f"{s} (report)" for s in sets) + " |")
+print("|---|" + "---|" * len(sets))
+for m in rows.split():
+    name = label.get(m) or f"`--weights {cand} --guidance {m[6:]}`"
+    print(f"| {name} | " + " | ".join(score(s, m) for s in sets) + " |")
+PY
