@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scores candidate realistic weights (e.g. a whole-network adversarial run's EMA) against the
-# shipped presets and the GAN peer, x4: on the 10 training images that `train --holdout 10` keeps
+# faithful preset, the shipped network's sharpest dial setting (w 3, LoRA 3) and the GAN peer, x4: on the 10 training images that `train --holdout 10` keeps
 # out (the set to choose by), and for the report only on Set5 and Set14. Each row is
 # PSNR-Y / GMSD / HF ratio / pattern by the reference scorer and scripts/pattern_ratio.py.
 # Usage: scripts/candidate.sh WEIGHTS_DIR [GUIDANCE... (default 1 2 3)] >table.md
@@ -40,11 +40,11 @@ up() { # set name args...
   "$BIN" upscale "$W/$set/lr" -o "$W/$set/$name" --scale 4 "$@" 2>/dev/null
   for f in "$W/$set/$name"/*_x4.png; do mv "$f" "${f%_x4.png}.png"; done
 }
-ROWS="faithful realistic"
+ROWS="faithful dial"
 for set in $SETS; do
   python3 "$TOOLS/sr_score.py" make-lr "$W/hr/$set" "$W/$set/lr" --scale 4 >/dev/null
   up "$set" faithful --preset faithful
-  up "$set" realistic --preset realistic
+  up "$set" dial --preset faithful --guidance 3 --lora 3
   for g in $WS; do up "$set" "cand_w$g" --weights "$CAND" --guidance "$g"; done
   python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
 done
@@ -63,7 +63,8 @@ def score(set_, m):
     pat = pattern_ratio.pattern_axes(f"{w}/{set_}/{m}", f"{w}/hr/{set_}")[0]
     return f"{float(v['PSNR']):.3f} / {float(v['GMSD']):.4f} / {float(v['HF']):.3f} / {pat:.2f}"
 
-label = {"faithful": "`--preset faithful`", "realistic": "`--preset realistic`",
+label = {"faithful": "`--preset faithful`",
+         "dial": "`--guidance 3 --lora 3` (the shipped network's sharpest dial setting)",
          "gans": "GAN peer (idealo RRDN `gans`)"}
 sets = sets.split()
 print("| x4: PSNR-Y / GMSD / HF ratio / pattern | " + " | ".join(

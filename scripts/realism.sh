@@ -44,7 +44,7 @@ def score(set_, method):
     return f"{float(vals['PSNR']):.3f} / {float(vals['GMSD']):.4f} / {float(vals['HF']):.3f} / {pat:.2f}"
 
 rows = [("bicubic", "bicubic"), ("flowmapsr `--preset faithful` (the default)", "faithful"),
-        ("flowmapsr `--preset realistic` (w 3, LoRA 3)", "realistic"),
+        ("flowmapsr `--preset realistic` (weights/realistic, w 2)", "realistic"),
         ("GAN peer: idealo RRDN `gans` (UpscalerJS)", "gans")]
 print("# Realism: the presets against a GAN upscaler\n")
 print("Written by `scripts/realism.sh` (rerun it to reproduce): x4, the LR of each set made by the")
@@ -58,10 +58,9 @@ for label, m in rows:
     print(f"| {label} | {score('Set5', m)} | {score('Set14', m)} |")
 print("\nThe gate of a `realistic` preset that beats the peer at equal fidelity: PSNR-Y at most 0.3 dB")
 print("under the peer's, GMSD and HF ratio at least as good, pattern at most 1.1, on both sets. The")
-print("shipped weights do not meet it: the realistic preset is the dial's sharpest setting and stays")
-print("far softer than the peer, with a higher GMSD (docs/guidance.md, docs/model.md \"Limits\").\n")
-print("Training that aims at it (the whole network against a discriminator, deepened) and its")
-print("scores so far: docs/realistic-training.md.\n")
+print("shipped weights do not meet it: the realistic preset (the network deepened and trained whole")
+print("against a discriminator for 2,000 steps, docs/realistic-training.md) is sharper than the")
+print("faithful one and far softer than the peer, with a higher GMSD.\n")
 
 print("## Side by side\n")
 crops = [("Set5", "butterfly", 60, 60), ("Set14", "baboon", 200, 120),

@@ -2,7 +2,7 @@
 // weights cache-first (large, and versioned with the app). VERSION is a hash of the shipped weights
 // (web/src/lib.rs test `sw_cache_version_follows_the_weights` computes it and fails when it is
 // stale), so new weights get a new cache: old caches are deleted on activation.
-const VERSION = "w-37eb2e29f112fde1";
+const VERSION = "w-51ef4a142c608c5e";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 // The SIMD worker (what every current browser runs); the plain one is cached when a browser without
@@ -10,8 +10,10 @@ const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 const SHELL = ["./", "index.html", "app.js", "app_bg.wasm", "worker_simd.js", "worker_simd_bg.wasm",
   "worker_simd_loader.js", "sw.js"];
 const MODEL = ["weights/config.json", "weights/model.bin"];
-// The adversarial LoRA adapter, when one ships beside the weights (the worker runs without it).
-const OPTIONAL = ["weights/lora.json", "weights/lora.bin"];
+// The adversarial LoRA adapter, when one ships beside the weights (the worker runs without it),
+// and the realistic preset's weights (fetched on the first realistic job otherwise).
+const OPTIONAL = ["weights/lora.json", "weights/lora.bin", "weights/realistic/config.json",
+  "weights/realistic/model.bin"];
 
 self.addEventListener("install", (ev) => {
   ev.waitUntil((async () => {

@@ -43,7 +43,6 @@ mod tests {
     use super::*;
     use crate::bridge::BridgeConfig;
     use crate::cond::Cond;
-    use crate::objectives::FlowNet;
     use crate::unet::UNetConfig;
     use burn::backend::Flex;
     use burn::tensor::{Distribution, Tensor};

@@ -3,8 +3,9 @@
 //! only its [`Limits`]; the model's own limits (its w_max, whether it has an adapter) come with
 //! the weights ([`Limits::for_model`]).
 //!
-//! A [`Preset`] names a setting of the fidelity <-> realism knobs (steps, guidance, LoRA scale);
-//! a knob given explicitly overrides the preset's value.
+//! A [`Preset`] names shipped weights and a setting of the fidelity <-> realism knobs (steps,
+//! guidance, LoRA scale); a knob given explicitly overrides the preset's value, and weights given
+//! explicitly (`--weights`) replace the preset's.
 //!
 //! Tile and overlap are in input pixels, as a user thinks of them; [`SampleRequest::options`]
 //! turns them into the sampler's full-resolution [`SampleOptions`].
@@ -19,16 +20,16 @@ use serde::{Deserialize, Serialize};
 /// receptive field sees mostly padding and the overlaps cost more than the tiles.
 pub const MIN_TILE: usize = 16;
 
-/// A named setting of the knobs that trade fidelity for realism.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A named choice of shipped weights and knobs that trade fidelity for realism.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Preset {
-    /// The best PSNR: one step, w 1, no adapter.
+    /// The best PSNR: the shipped weights, one step, w 1, no adapter.
     #[default]
     Faithful,
-    /// The dial's sharpest setting: one step, w 3 with the adversarial adapter at scale 3 (needs
-    /// weights with w_max >= 3 and an adapter, as the shipped ones).
+    /// Sharper: the realistic weights (the whole network deepened and trained against a
+    /// discriminator, docs/realistic-training.md), one step, w 2 (needs w_max >= 2).
     Realistic,
 }
 
@@ -37,7 +38,16 @@ impl Preset {
     pub fn knobs(self) -> (usize, f32, f32) {
         match self {
             Self::Faithful => (1, 1.0, 0.0),
-            Self::Realistic => (1, 3.0, 3.0),
+            Self::Realistic => (1, 2.0, 0.0),
+        }
+    }
+
+    /// The folder of its shipped weights under the shipped `weights/` folder ("" for the
+    /// faithful ones at its root).
+    pub fn weights_subdir(self) -> &'static str {
+        match self {
+            Self::Faithful => "",
+            Self::Realistic => "realistic/",
         }
     }
 }
@@ -264,7 +274,7 @@ mod tests {
         .validate(&no_lora)
         .unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{e}");
-        // The realistic preset needs guidance and an adapter, and says so by name.
+        // The realistic preset needs guidance, and says so by name.
         let e = SampleRequest {
             preset: Preset::Realistic,
             ..r.clone()
@@ -317,17 +327,19 @@ mod tests {
             preset: Preset::Realistic,
             ..Default::default()
         };
-        assert_eq!((r.steps(), r.guidance(), r.lora()), (1, 3.0, 3.0));
+        assert_eq!((r.steps(), r.guidance(), r.lora()), (1, 2.0, 0.0));
         r.validate(&lim()).unwrap();
-        assert_eq!(r.options(false).guidance, 3.0);
+        assert_eq!(r.options(false).guidance, 2.0);
         let mine = SampleRequest {
             lora: Some(1.0),
             steps: Some(2),
             ..r
         };
-        assert_eq!((mine.steps(), mine.guidance(), mine.lora()), (2, 3.0, 1.0));
-        let q: SampleRequest = serde_json::from_str(r#"{"preset":"realistic","lora":0}"#).unwrap();
+        assert_eq!((mine.steps(), mine.guidance(), mine.lora()), (2, 2.0, 1.0));
+        let q: SampleRequest =
+            serde_json::from_str(r#"{"preset":"realistic","guidance":3}"#).unwrap();
         assert_eq!((q.guidance(), q.lora()), (3.0, 0.0));
+        assert_eq!(Preset::Realistic.weights_subdir(), "realistic/");
     }
 
     /// The server's query and the web worker's job are this struct in JSON / form encoding:

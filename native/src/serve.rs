@@ -21,10 +21,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
-use flowmapsr_core::request::{Limits, SampleRequest};
+use flowmapsr_core::request::{Limits, Preset, SampleRequest};
 use flowmapsr_core::sampler::{upscale, SampleOptions};
 use flowmapsr_core::weights::ModelConfig;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,7 @@ pub struct ServeArgs {
 /// The model as a backend-erased LR -> SR function, so the HTTP layer is not generic.
 type UpscaleFn = dyn Fn(
         &flowmapsr_core::Image,
+        Preset,
         u32,
         &SampleOptions,
         f32,
@@ -69,8 +70,8 @@ type UpscaleFn = dyn Fn(
 
 struct AppState {
     upscale: Box<UpscaleFn>,
-    /// The knobs this server accepts for its model.
-    limits: Limits,
+    /// The knobs this server accepts for each preset's model.
+    limits: HashMap<Preset, Limits>,
     max_pixels: u64,
     max_body: usize,
     timeout: Duration,
@@ -152,7 +153,7 @@ fn server_limits(w_max: f32, lora: bool) -> Limits {
 /// The query: core's [`SampleRequest`] (the command line's knobs, same names) and `format`.
 fn parse_query(
     query: &str,
-    limits: &Limits,
+    limits: &HashMap<Preset, Limits>,
 ) -> Result<(SampleRequest, image::ImageFormat), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", m);
     let pairs: Vec<(String, String)> =
@@ -166,7 +167,8 @@ fn parse_query(
     };
     let knobs = serde_urlencoded::to_string(&knobs).map_err(|e| bad(e.to_string()))?;
     let req: SampleRequest = serde_urlencoded::from_str(&knobs).map_err(|e| bad(e.to_string()))?;
-    req.validate(limits).map_err(|e| bad(e.to_string()))?;
+    req.validate(&limits[&req.preset])
+        .map_err(|e| bad(e.to_string()))?;
     Ok((req, format))
 }
 
@@ -282,7 +284,7 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
         }
     })?;
     drop(bytes);
-    let (scale, lora, opts) = (q.scale, q.lora(), q.options(img.lossy));
+    let (preset, scale, lora, opts) = (q.preset, q.scale, q.lora(), q.options(img.lossy));
 
     // Admission: at most `concurrency` running + `queue` waiting.
     if st.admitted.fetch_add(1, Ordering::SeqCst) >= st.capacity {
@@ -314,7 +316,7 @@ async fn handle(st: &Arc<AppState>, req: Request) -> Result<Response, ApiError> 
     let st2 = st.clone();
     let c2 = cancel.clone();
     let job = tokio::task::spawn_blocking(move || {
-        let rgb = (st2.upscale)(&img.rgb, scale, &opts, lora, &c2)?;
+        let rgb = (st2.upscale)(&img.rgb, preset, scale, &opts, lora, &c2)?;
         let alpha = img
             .alpha
             .as_ref()
@@ -423,8 +425,7 @@ fn router(st: Arc<AppState>, max_body: usize, dist: &std::path::Path) -> Router 
 }
 
 fn state_for<B: Backend>(
-    model: Adapted<B>,
-    cfg: ModelConfig,
+    models: HashMap<Preset, (Adapted<B>, ModelConfig)>,
     device: B::Device,
     args: &ServeArgs,
 ) -> Arc<AppState>
@@ -432,15 +433,20 @@ where
     Adapted<B>: Send + Sync,
     B::Device: Send + Sync,
 {
-    let limits = server_limits(cfg.w_max(), model.lora.is_some());
+    let limits = models
+        .iter()
+        .map(|(p, (m, cfg))| (*p, server_limits(cfg.w_max(), m.lora.is_some())))
+        .collect();
     let f = move |lr: &flowmapsr_core::Image,
+                  preset: Preset,
                   scale: u32,
                   opts: &SampleOptions,
                   lora: f32,
                   cancel: &AtomicBool| {
+        let (model, cfg) = &models[&preset];
         upscale(
             &model.at(lora)?,
-            &cfg,
+            cfg,
             lr,
             scale,
             opts,
@@ -481,9 +487,13 @@ async fn shutdown_signal() {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let state = crate::with_backend!(args.model.device, |B, device| {
-        let (model, cfg) =
-            crate::weights::load_adapted::<B>(args.model.weights.as_deref(), &device)?;
-        state_for::<B>(model, cfg, device, args)
+        // Each preset's weights (both --weights DIR when given), loaded once.
+        let mut models = HashMap::new();
+        for p in [Preset::Faithful, Preset::Realistic] {
+            let m = crate::weights::load_preset::<B>(args.model.weights.as_deref(), p, &device)?;
+            models.insert(p, m);
+        }
+        state_for::<B>(models, device, args)
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

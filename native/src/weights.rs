@@ -5,7 +5,7 @@ use crate::backend::DeviceKind;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use flowmapsr_core::lora::Adapted;
-use flowmapsr_core::request::{Limits, SampleRequest};
+use flowmapsr_core::request::{Limits, Preset, SampleRequest};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{load_dir, load_lora, load_lora_dir, load_model, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,10 @@ pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../weights/model.bin");
 /// The shipped adversarial LoRA adapter (`--lora S`), trained on the shipped model.
 pub const SHIPPED_LORA_JSON: &[u8] = include_bytes!("../../weights/lora.json");
 pub const SHIPPED_LORA_BIN: &[u8] = include_bytes!("../../weights/lora.bin");
+/// The realistic preset's weights (weights/realistic/): the whole network, deepened and trained
+/// against a discriminator; no adapter.
+pub const SHIPPED_REALISTIC_CONFIG: &[u8] = include_bytes!("../../weights/realistic/config.json");
+pub const SHIPPED_REALISTIC_MODEL: &[u8] = include_bytes!("../../weights/realistic/model.bin");
 
 /// Which weights, on which device: the flags of every command that runs the model.
 #[derive(clap::Args, Debug, Clone)]
@@ -33,7 +37,7 @@ pub fn load_checked<B: Backend>(
     req: &SampleRequest,
     device: &B::Device,
 ) -> Result<(Adapted<B>, ModelConfig)> {
-    let (model, cfg) = load_adapted::<B>(m.weights.as_deref(), device)?;
+    let (model, cfg) = load_preset::<B>(m.weights.as_deref(), req.preset, device)?;
     req.validate(&Limits::for_model(cfg.w_max(), model.lora.is_some()))?;
     Ok((model, cfg))
 }
@@ -67,6 +71,23 @@ pub fn load_adapted<B: Backend>(
         ),
     };
     Ok((Adapted { net, lora }, cfg))
+}
+
+/// The weights a request runs on: `dir` when given (for every preset), else the preset's shipped
+/// weights (the faithful ones with their adapter, or the realistic ones).
+pub fn load_preset<B: Backend>(
+    dir: Option<&Path>,
+    preset: Preset,
+    device: &B::Device,
+) -> Result<(Adapted<B>, ModelConfig)> {
+    match (dir, preset) {
+        (None, Preset::Realistic) => {
+            let (net, cfg) = load_model(SHIPPED_REALISTIC_CONFIG, SHIPPED_REALISTIC_MODEL, device)
+                .context("loading the shipped realistic weights")?;
+            Ok((Adapted { net, lora: None }, cfg))
+        }
+        _ => load_adapted(dir, device),
+    }
 }
 
 /// Write the weights as safetensors (tensor names are the module paths, e.g. `down.1.blocks.0.conv1.weight`).

@@ -61,16 +61,35 @@ fn the_shipped_dial_moves_the_output() {
     let base = up("base.png", &[]);
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
     assert_eq!(base, up("faithful.png", &["--preset", "faithful"]));
-    // The realistic preset is w 3 with the adapter at 3; an explicit knob overrides it.
+    assert_ne!(base, up("w3l3.png", &["--guidance", "3", "--lora", "3"]));
+    // The realistic preset is its own weights (weights/realistic) at w 2, without an adapter;
+    // an explicit knob overrides the preset's, and --weights replaces its weights.
     let realistic = up("realistic.png", &["--preset", "realistic"]);
     assert_ne!(base, realistic);
+    assert_ne!(realistic, up("w2.png", &["--guidance", "2"]));
+    let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights/realistic");
     assert_eq!(
         realistic,
-        up("w3l3.png", &["--guidance", "3", "--lora", "3"])
+        up("real-dir.png", &["--weights", real, "--guidance", "2"])
     );
     assert_eq!(
-        up("w3.png", &["--guidance", "3"]),
-        up("real-l0.png", &["--preset", "realistic", "--lora", "0"])
+        up("real-w3.png", &["--preset", "realistic", "--guidance", "3"]),
+        up("real-dir-w3.png", &["--weights", real, "--guidance", "3"])
+    );
+    let o = run(&[
+        "upscale",
+        s(&input),
+        "-o",
+        s(&dir.path().join("x.png")),
+        "--preset",
+        "realistic",
+        "--lora",
+        "1",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no LoRA adapter"),
+        "{}",
+        stderr(&o)
     );
     // The LR projection (auto, the default, is on for a PNG): the result shrinks back to the
     // input, up to the 8-bit rounding and the clamp; the raw flow map (`--projection off`) does not.

@@ -154,6 +154,10 @@ fn good_requests_health_metrics_and_landing_page() {
     };
     let fidelity = dial("");
     assert_ne!(fidelity, dial("&guidance=2&lora=1"));
+    // The realistic preset runs its own weights (w 2 on the faithful ones is something else).
+    let realistic = dial("&preset=realistic");
+    assert_ne!(fidelity, realistic);
+    assert_ne!(realistic, dial("&guidance=2"));
     // The LR projection: auto (the default) is on for a PNG.
     assert_eq!(fidelity, dial("&projection=on"));
     assert_eq!(fidelity, dial("&projection=auto"));
@@ -168,7 +172,7 @@ fn good_requests_health_metrics_and_landing_page() {
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 10"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 12"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
@@ -272,6 +276,14 @@ fn client_mistakes_are_4xx_with_json() {
         ),
         (
             u("?lora=9"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        // The realistic weights have no adapter.
+        (
+            u("?preset=realistic&lora=1"),
             "image/png",
             good.clone(),
             400,

@@ -51,6 +51,8 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     };
     let native = tmp.path().join("native_x4.png");
     upscale(&native, &[]);
+    let native_realistic = tmp.path().join("native_x4_realistic.png");
+    upscale(&native_realistic, &["--preset", "realistic"]);
     let native_dial = tmp.path().join("native_x4_w2_lora1_grain0.3.png");
     let dial = ["--guidance", "2", "--lora", "1"];
     let grain = ["--mode", "stochastic", "--temperature", "0.3"];
@@ -110,6 +112,8 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
         .arg(&lr_path)
         .arg("--native")
         .arg(&native)
+        .arg("--native-realistic")
+        .arg(&native_realistic)
         .arg("--native-dial")
         .arg(&native_dial)
         .args(dial)
@@ -122,5 +126,5 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "browser test failed");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 8);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with('{')).count(), 9);
 }

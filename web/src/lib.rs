@@ -237,6 +237,10 @@ pub enum FromWorker {
         /// The model's tile alignment (tile sizes are rounded to it).
         #[serde(default = "one")]
         align: usize,
+        /// The realistic preset's weights' cost per pixel over the faithful ones' (for the time
+        /// estimate; they are fetched on the first realistic job).
+        #[serde(default = "unit")]
+        realistic_cost: f64,
     },
     /// A pooled call's signed output: a Float32Array of RGB planes travels next to this message.
     TileOut {
@@ -271,6 +275,10 @@ pub enum FromWorker {
 
 fn one() -> usize {
     1
+}
+
+fn unit() -> f64 {
+    1.0
 }
 
 /// Expected time of `job` in ms: every tile's padded area at every step, in rounds of `workers`
@@ -539,9 +547,16 @@ mod tests {
     #[test]
     fn sw_cache_version_follows_the_weights() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        // FNV-1a 64 over the four files, in this order.
+        // FNV-1a 64 over the shipped files, in this order.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for f in ["config.json", "model.bin", "lora.json", "lora.bin"] {
+        for f in [
+            "config.json",
+            "model.bin",
+            "lora.json",
+            "lora.bin",
+            "realistic/config.json",
+            "realistic/model.bin",
+        ] {
             for b in std::fs::read(root.join("weights").join(f)).unwrap() {
                 h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
             }

@@ -118,6 +118,8 @@ mod ui {
         workers: RwSignal<usize>,
         ms_per_mpx: RwSignal<f64>,
         align: RwSignal<usize>,
+        /// The realistic weights' cost per pixel over the faithful ones'.
+        realistic_cost: RwSignal<f64>,
         /// When the running job started (performance.now(), ms).
         started: RwSignal<f64>,
         /// Before/after divider, % of the width from the left.
@@ -249,7 +251,9 @@ mod ui {
                 workers,
                 ms_per_mpx,
                 align,
+                realistic_cost,
             } => {
+                sig.realistic_cost.set(realistic_cost);
                 sig.w_max.set(w_max);
                 sig.has_lora.set(lora);
                 sig.workers.set(workers.max(1));
@@ -478,7 +482,9 @@ mod ui {
     impl Knobs {
         fn job(&self, sig: Signals, width: usize, height: usize) -> Job {
             let grain_t = self.grain.get_untracked();
-            let has_lora = sig.has_lora.get_untracked();
+            // The adapter belongs to the faithful weights; the realistic ones have none.
+            let has_lora =
+                sig.has_lora.get_untracked() && self.preset.get_untracked() == Preset::Faithful;
             Job {
                 width,
                 height,
@@ -543,6 +549,7 @@ mod ui {
             workers: RwSignal::new(1),
             ms_per_mpx: RwSignal::new(0.0),
             align: RwSignal::new(1),
+            realistic_cost: RwSignal::new(1.0),
             started: RwSignal::new(0.0),
             split: RwSignal::new(50.0),
         };
@@ -768,13 +775,19 @@ mod ui {
                 tile.get(),
                 sig.workers.get(),
                 sig.ms_per_mpx.get(),
+                preset.get(),
             );
             let job = knobs.job(sig, w, h);
             let workers = sig.workers.get_untracked();
+            let cost = if job.request.preset == Preset::Realistic {
+                sig.realistic_cost.get_untracked()
+            } else {
+                1.0
+            };
             match estimate_ms(
                 &job,
                 sig.align.get_untracked(),
-                sig.ms_per_mpx.get_untracked(),
+                sig.ms_per_mpx.get_untracked() * cost,
                 workers,
             ) {
                 Some(ms) => format!(
@@ -1018,11 +1031,11 @@ mod ui {
                             <small>"1 is faithful; higher sharpens (same cost)."</small>
                         </div>
                         <div class="knob">
-                            <label class:muted=move || !sig.has_lora.get()>
+                            <label class:muted=move || !sig.has_lora.get() || preset.get() == Preset::Realistic>
                                 "LoRA "
                                 <input id="lora" type="range" min="0" max="3" step="0.25"
                                     prop:value=move || lora.get().to_string()
-                                    disabled=move || !sig.has_lora.get()
+                                    disabled=move || !sig.has_lora.get() || preset.get() == Preset::Realistic
                                     on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
                                 <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
                             </label>

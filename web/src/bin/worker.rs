@@ -1,6 +1,7 @@
 //! The upscaler, in a dedicated web worker: picks WebGPU (burn wgpu) or the CPU (burn flex),
 //! loads the shipped weights (and the adversarial LoRA adapter when one is shipped beside them),
-//! and runs core's sampler tile by tile, posting each finished tile.
+//! and the realistic preset's weights on the first job that asks for them, and runs core's
+//! sampler tile by tile, posting each finished tile.
 //!
 //! - WebGPU (a hardware adapter, or one the visitor chose): the tiles are blended on the GPU by
 //!   our WGSL kernels (flowmapsr-shaders) and only 8-bit previews and the 8-bit result come back,
@@ -33,7 +34,7 @@ mod wasm {
     use flowmapsr_core::image::set_alpha;
     use flowmapsr_core::lora::Adapted;
     use flowmapsr_core::pool::{run_call, upscale_pooled, TileCall, TilePool};
-    use flowmapsr_core::request::SampleRequest;
+    use flowmapsr_core::request::{Preset, SampleRequest};
     use flowmapsr_core::sampler::{upscale_async, CpuBlender, SampleOptions, TileDone};
     use flowmapsr_core::weights::{load_lora, load_model, ModelConfig};
     use flowmapsr_core::{Error, Image};
@@ -82,7 +83,53 @@ mod wasm {
     }
 
     thread_local! {
+        /// The faithful weights, loaded at start (with the pool on the lead).
         static MODEL: RefCell<Option<Rc<Model>>> = const { RefCell::new(None) };
+        /// The realistic preset's weights, loaded on the first job or call that needs them.
+        static REALISTIC: RefCell<Option<Rc<Model>>> = const { RefCell::new(None) };
+    }
+
+    /// The weights a `preset` runs on: the faithful ones, or the realistic ones, fetched and
+    /// loaded on the lead's engine (WebGPU or CPU) the first time.
+    async fn model_for(lead: &Rc<Model>, preset: Preset) -> Result<Rc<Model>, String> {
+        if preset == Preset::Faithful {
+            return Ok(lead.clone());
+        }
+        if let Some(m) = REALISTIC.with(|r| r.borrow().clone()) {
+            return Ok(m);
+        }
+        let files = fetch_files(preset)
+            .await
+            .map_err(|e| format!("the realistic weights: {e}"))?;
+        let (engine, cfg) = match &lead.engine {
+            Engine::Gpu(_, dev) => {
+                let (net, cfg, _) = load::<Gpu>(&files, dev)?;
+                (Engine::Gpu(net, dev.clone()), cfg)
+            }
+            Engine::Cpu(_) => {
+                let (net, cfg, _) = load::<Flex>(&files, &Default::default())?;
+                (Engine::Cpu(net), cfg)
+            }
+        };
+        let m = Rc::new(Model {
+            engine,
+            cfg,
+            pool: None,
+        });
+        REALISTIC.with(|r| *r.borrow_mut() = Some(m.clone()));
+        Ok(m)
+    }
+
+    /// The realistic weights' cost per output pixel over the faithful ones' (1 when they are
+    /// not shipped): only their config is fetched here.
+    async fn realistic_cost(faithful: &ModelConfig) -> f64 {
+        let url = format!("weights/{}config.json", Preset::Realistic.weights_subdir());
+        match fetch_optional(&url).await {
+            Ok(Some(b)) => ModelConfig::from_json(&b).map_or(1.0, |c| {
+                c.unet.flops_per_pixel() / faithful.unet.flops_per_pixel()
+            }),
+            _ => 1.0,
+        }
     }
 
     fn scope() -> DedicatedWorkerGlobalScope {
@@ -133,7 +180,8 @@ mod wasm {
                         height,
                         request,
                     }) => {
-                        if let Err(message) = tile(id, step, width, height, &request, &buffers) {
+                        let r = tile(id, step, width, height, &request, &buffers).await;
+                        if let Err(message) = r {
                             post(&FromWorker::TileFailed { id, message }, None);
                         }
                     }
@@ -210,8 +258,8 @@ mod wasm {
         lora: Option<(Vec<u8>, Vec<u8>)>,
     }
 
-    async fn fetch_files() -> Result<Files, String> {
-        let base = "weights/";
+    async fn fetch_files(preset: Preset) -> Result<Files, String> {
+        let base = format!("weights/{}", preset.weights_subdir());
         let cfg = fetch_bytes(&format!("{base}config.json")).await?;
         let bin = fetch_bytes(&format!("{base}model.bin")).await?;
         let lora = match (
@@ -302,7 +350,7 @@ mod wasm {
     }
 
     async fn init(device: DeviceChoice, workers: Option<usize>) -> Result<(), String> {
-        let files = fetch_files().await?;
+        let files = fetch_files(Preset::Faithful).await?;
         let gpu = match device {
             DeviceChoice::Cpu => Err("the CPU was chosen".to_string()),
             DeviceChoice::Webgpu => probe_webgpu().await.map(|(d, soft)| match soft {
@@ -353,6 +401,7 @@ mod wasm {
             }
         };
         let ms_per_mpx = calibrate(&model).await.unwrap_or(0.0);
+        let realistic_cost = realistic_cost(&model.cfg).await;
         let w_max = model.cfg.w_max();
         let lora = model.has_lora();
         let workers = model.pool.as_ref().map_or(1, |p| p.size);
@@ -367,6 +416,7 @@ mod wasm {
                 workers,
                 ms_per_mpx,
                 align,
+                realistic_cost,
             },
             None,
         );
@@ -683,7 +733,7 @@ mod wasm {
     // ---- a worker of the pool ----
 
     async fn helper() -> Result<(), String> {
-        let files = fetch_files().await?;
+        let files = fetch_files(Preset::Faithful).await?;
         let (net, cfg, _) = load::<Flex>(&files, &Default::default())?;
         let model = Model {
             engine: Engine::Cpu(net),
@@ -701,13 +751,14 @@ mod wasm {
                 workers: 1,
                 ms_per_mpx: 0.0,
                 align: 1,
+                realistic_cost: 1.0,
             },
             None,
         );
         Ok(())
     }
 
-    fn tile(
+    async fn tile(
         id: u64,
         step: usize,
         width: usize,
@@ -715,9 +766,10 @@ mod wasm {
         request: &SampleRequest,
         buffers: &[JsValue],
     ) -> Result<(), String> {
-        let model = MODEL
+        let lead = MODEL
             .with(|m| m.borrow().clone())
             .ok_or("the model is not loaded yet")?;
+        let model = model_for(&lead, request.preset).await?;
         let Engine::Cpu(adapted) = &model.engine else {
             return Err("tile calls run on the CPU".into());
         };
@@ -746,9 +798,10 @@ mod wasm {
     // ---- a job ----
 
     async fn run(job: Job, rgba: Vec<u8>) -> Result<(), String> {
-        let model = MODEL
+        let lead = MODEL
             .with(|m| m.borrow().clone())
             .ok_or("the model is not loaded yet")?;
+        let model = model_for(&lead, job.request.preset).await?;
         job.check(&web_limits(model.cfg.w_max(), model.has_lora()))
             .map_err(|e| user_message(&e))?;
         let (rgb, alpha) = split_rgba(&rgba, job.width, job.height).map_err(|e| e.to_string())?;
@@ -772,7 +825,7 @@ mod wasm {
         };
         let (cfg, scale) = (&model.cfg, job.request.scale);
         let (width, height) = (job.width * scale as usize, job.height * scale as usize);
-        let (out, blend) = match (&model.engine, &model.pool) {
+        let (out, blend) = match (&model.engine, &lead.pool) {
             (Engine::Gpu(adapted, dev), _) => {
                 let net = &adapted.at(job.request.lora()).map_err(|e| e.to_string())?;
                 let mut gpu = GpuBlender::new(dev);
