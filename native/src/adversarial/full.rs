@@ -7,20 +7,21 @@
 //! artifacts, where PSNR only falls as detail appears. The dial between the base and the result
 //! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
 
-use super::{adversarial_step, base_dir, base_model, disc_optimizer, StepInput};
+use super::{
+    adversarial_step, base_dir, base_model, generator_adam, load_optim, Critic, StepInput,
+};
 use crate::imageio;
 use crate::train::log::StepLog;
 use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use flowmapsr_core::adversarial::{AdversarialConfig, Discriminator};
+use flowmapsr_core::adversarial::AdversarialConfig;
 use flowmapsr_core::ema;
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{
-    materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir,
-    write_atomic,
+    materialize, module_from_bytes, module_to_bytes, record_to_bytes, save_dir, write_atomic,
 };
 use flowmapsr_core::Image;
 use std::time::Instant;
@@ -68,26 +69,14 @@ pub fn train_full<B: AutodiffBackend>(
         .with_context(|| format!("--init {}", init.display()))?;
     let mut net = materialize(base.deepen(&cfg.model.unet, &device));
     let mut ema_net: UNet<B::InnerBackend> = net.valid();
-    let mut disc: Discriminator<B> = adv.discriminator.init(&device);
-    let adam = AdamConfig::new().with_grad_clipping(
-        cfg.grad_clip
-            .map(burn::grad_clipping::GradientClippingConfig::Norm),
-    );
-    let mut optim_g = adam.init::<B, UNet<B>>();
-    let mut optim_d = disc_optimizer::<B>();
+    let mut critic = Critic::<B>::new(adv, &device);
+    let mut optim_g = generator_adam(cfg).init::<B, UNet<B>>();
     let mut state = RunState::default();
     if let Some(ck) = Checkpoint::resume(args, true)? {
         net = module_from_bytes(net, &ck.read("model.bin")?, &device)?;
         ema_net = module_from_bytes(ema_net, &ck.read("ema.bin")?, &device)?;
-        disc = module_from_bytes(disc, &ck.read("disc.bin")?, &device)?;
-        optim_g = optim_g.load_record(record_from_bytes::<B, _>(
-            &ck.read("optim_g.bin")?,
-            &device,
-        )?);
-        optim_d = optim_d.load_record(record_from_bytes::<B, _>(
-            &ck.read("optim_d.bin")?,
-            &device,
-        )?);
+        critic = critic.resume(&ck, &device)?;
+        optim_g = load_optim(optim_g, &ck, "optim_g.bin", &device)?;
         state = ck.state;
     }
     tracing::info!(
@@ -96,7 +85,7 @@ pub fn train_full<B: AutodiffBackend>(
         init.display(),
         net.num_params(),
         cfg.model.unet.flops_per_pixel(),
-        disc.num_params()
+        critic.disc.num_params()
     );
     let end = args
         .max_steps
@@ -109,7 +98,7 @@ pub fn train_full<B: AutodiffBackend>(
         let v = net.velocity_lora(inp.src.clone(), inp.batch.x0.clone(), &inp.cond, None);
         let fake = inp.src.clone() + v;
         let lg;
-        (disc, lg) = adversarial_step(disc, &mut optim_d, adv, &mut inp, fake, step, &mut log)?;
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, step, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &net);
         net = optim_g.step(cfg.lr_at(step), net, gg);
         ema_net = ema::update(ema_net, &net.valid(), cfg.ema_decay);
@@ -152,13 +141,12 @@ pub fn train_full<B: AutodiffBackend>(
             }
         }
         if state.step.is_multiple_of(cfg.ckpt_every) || last {
-            let files = [
+            let mut files = vec![
                 ("model.bin", module_to_bytes(net.valid())),
                 ("ema.bin", module_to_bytes(ema_net.clone())),
-                ("disc.bin", module_to_bytes(disc.valid())),
                 ("optim_g.bin", record_to_bytes::<B, _>(optim_g.to_record())),
-                ("optim_d.bin", record_to_bytes::<B, _>(optim_d.to_record())),
             ];
+            files.extend(critic.files());
             Checkpoint::save(&args.out, &state, &files)?;
         }
     }

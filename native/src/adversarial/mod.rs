@@ -11,7 +11,8 @@ use crate::train::log::StepLog;
 use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use burn::tensor::Tensor;
@@ -124,15 +125,15 @@ impl<B: AutodiffBackend> StepInput<B> {
 
 /// The discriminator's Adam step on (real, detached fake), then the generator's loss against the
 /// updated D (its terms logged); a non-finite loss stops the run with the last checkpoint intact.
-pub(crate) fn adversarial_step<B: AutodiffBackend, O: Optimizer<Discriminator<B>, B>>(
-    disc: Discriminator<B>,
-    optim_d: &mut O,
+pub(crate) fn adversarial_step<B: AutodiffBackend>(
+    critic: Critic<B>,
     adv: &AdversarialConfig,
     inp: &mut StepInput<B>,
     fake: Tensor<B, 4>,
     step: usize,
     log: &mut StepLog,
-) -> Result<(Discriminator<B>, AdvLoss<B>)> {
+) -> Result<(Critic<B>, AdvLoss<B>)> {
+    let Critic { disc, mut optim } = critic;
     let (x0, x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
     let ld = discriminator_loss(
         &disc,
@@ -143,7 +144,7 @@ pub(crate) fn adversarial_step<B: AutodiffBackend, O: Optimizer<Discriminator<B>
         &mut inp.rng,
     );
     let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
-    let disc = optim_d.step(adv.lr_d, disc, gd);
+    let disc = optim.step(adv.lr_d, disc, gd);
     let lg = generator_loss(&disc, x1, fake, x0, adv);
     let total: f64 = lg.total.clone().into_scalar().elem();
     if !total.is_finite() {
@@ -153,18 +154,63 @@ pub(crate) fn adversarial_step<B: AutodiffBackend, O: Optimizer<Discriminator<B>
         log.add(name, t.clone().into_scalar().elem());
     }
     log.step();
-    Ok((disc, lg))
+    Ok((Critic { disc, optim }, lg))
 }
 
-/// The discriminator's optimiser: Adam with beta_1 = 0, beta_2 = 0.99 (R3GAN's).
-pub(crate) type DiscOptim<B> =
-    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Discriminator<B>, B>;
+/// The discriminator and its optimiser (Adam with beta_1 = 0, beta_2 = 0.99, R3GAN's), as both
+/// trainers make, resume and checkpoint them.
+pub(crate) struct Critic<B: AutodiffBackend> {
+    pub disc: Discriminator<B>,
+    optim: OptimizerAdaptor<Adam, Discriminator<B>, B>,
+}
 
-pub(crate) fn disc_optimizer<B: AutodiffBackend>() -> DiscOptim<B> {
-    AdamConfig::new()
-        .with_beta_1(0.0)
-        .with_beta_2(0.99)
-        .init::<B, Discriminator<B>>()
+impl<B: AutodiffBackend> Critic<B> {
+    pub fn new(adv: &AdversarialConfig, device: &B::Device) -> Self {
+        Self {
+            disc: adv.discriminator.init(device),
+            optim: AdamConfig::new()
+                .with_beta_1(0.0)
+                .with_beta_2(0.99)
+                .init::<B, Discriminator<B>>(),
+        }
+    }
+
+    /// As a checkpoint holds it (disc.bin, optim_d.bin).
+    pub fn resume(self, ck: &Checkpoint, device: &B::Device) -> Result<Self> {
+        Ok(Self {
+            disc: module_from_bytes(self.disc, &ck.read("disc.bin")?, device)?,
+            optim: load_optim(self.optim, ck, "optim_d.bin", device)?,
+        })
+    }
+
+    /// Its checkpoint files.
+    pub fn files(&self) -> [(&'static str, Vec<u8>); 2] {
+        [
+            ("disc.bin", module_to_bytes(self.disc.valid())),
+            (
+                "optim_d.bin",
+                record_to_bytes::<B, _>(self.optim.to_record()),
+            ),
+        ]
+    }
+}
+
+/// The generator's Adam: the run's gradient clipping.
+pub(crate) fn generator_adam(cfg: &TrainConfig) -> AdamConfig {
+    AdamConfig::new().with_grad_clipping(
+        cfg.grad_clip
+            .map(burn::grad_clipping::GradientClippingConfig::Norm),
+    )
+}
+
+/// An optimiser's state as a checkpoint's file `name` holds it.
+pub(crate) fn load_optim<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    optim: O,
+    ck: &Checkpoint,
+    name: &str,
+    device: &B::Device,
+) -> Result<O> {
+    Ok(optim.load_record(record_from_bytes::<B, _>(&ck.read(name)?, device)?))
 }
 
 pub fn train_lora<B: AutodiffBackend>(
@@ -205,26 +251,14 @@ pub fn train_lora<B: AutodiffBackend>(
     if adv.skip_shuffle {
         lora = lora.freeze_convs(&base.shuffle_fed());
     }
-    let mut disc: Discriminator<B> = adv.discriminator.init(&device);
-    let adam = AdamConfig::new().with_grad_clipping(
-        cfg.grad_clip
-            .map(burn::grad_clipping::GradientClippingConfig::Norm),
-    );
-    let mut optim_g = adam.clone().init::<B, UNetLora<B>>();
-    let mut optim_d = disc_optimizer::<B>();
+    let mut critic = Critic::<B>::new(adv, &device);
+    let mut optim_g = generator_adam(cfg).init::<B, UNetLora<B>>();
     // best_psnr stays unused here (no best/, see above).
     let mut state = RunState::default();
     if let Some(ck) = Checkpoint::resume(args, true)? {
         lora = module_from_bytes(lora, &ck.read("lora.bin")?, &device)?;
-        disc = module_from_bytes(disc, &ck.read("disc.bin")?, &device)?;
-        optim_g = optim_g.load_record(record_from_bytes::<B, _>(
-            &ck.read("optim_g.bin")?,
-            &device,
-        )?);
-        optim_d = optim_d.load_record(record_from_bytes::<B, _>(
-            &ck.read("optim_d.bin")?,
-            &device,
-        )?);
+        critic = critic.resume(&ck, &device)?;
+        optim_g = load_optim(optim_g, &ck, "optim_g.bin", &device)?;
         state = ck.state;
     }
     tracing::info!(
@@ -232,7 +266,7 @@ pub fn train_lora<B: AutodiffBackend>(
         init.display(),
         adv.lora.rank,
         lora.num_params(),
-        disc.num_params()
+        critic.disc.num_params()
     );
     let end = args
         .max_steps
@@ -251,7 +285,7 @@ pub fn train_lora<B: AutodiffBackend>(
         );
         let fake = inp.src.clone() + v;
         let lg;
-        (disc, lg) = adversarial_step(disc, &mut optim_d, adv, &mut inp, fake, step, &mut log)?;
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, step, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
         lora = optim_g.step(cfg.lr_at(step), lora, gg);
         state.step += 1;
@@ -294,12 +328,11 @@ pub fn train_lora<B: AutodiffBackend>(
             }
         }
         if state.step % cfg.ckpt_every == 0 || last {
-            let files = [
+            let mut files = vec![
                 ("lora.bin", module_to_bytes(lora.valid())),
-                ("disc.bin", module_to_bytes(disc.valid())),
                 ("optim_g.bin", record_to_bytes::<B, _>(optim_g.to_record())),
-                ("optim_d.bin", record_to_bytes::<B, _>(optim_d.to_record())),
             ];
+            files.extend(critic.files());
             Checkpoint::save(&args.out, &state, &files)?;
         }
     }
