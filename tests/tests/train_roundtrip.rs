@@ -64,6 +64,37 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
     }
 }
 
+/// A 10 x 6 LR test image.
+fn test_lr() -> flowmapsr_core::Image {
+    flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
+        .unwrap()
+}
+
+/// 32-px tiles with an 8-px overlap (several tiles on the test image).
+fn opts32() -> flowmapsr_core::sampler::SampleOptions {
+    flowmapsr_core::sampler::SampleOptions {
+        tile: 32,
+        overlap: 8,
+        ..Default::default()
+    }
+}
+
+/// The largest per-value difference of two images.
+fn gap(a: &flowmapsr_core::Image, b: &flowmapsr_core::Image) -> f32 {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// state.json of the run folder's latest checkpoint.
+fn latest_state(run: &Path) -> serde_json::Value {
+    let name = std::fs::read_to_string(run.join("latest")).unwrap();
+    serde_json::from_slice(&std::fs::read(run.join(name.trim()).join("state.json")).unwrap())
+        .unwrap()
+}
+
 #[test]
 fn train_save_load_upscale_and_exact_resume() {
     let _one_at_a_time = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,20 +110,10 @@ fn train_save_load_upscale_and_exact_resume() {
     run(&args(d, "split", false, Some(3))).unwrap();
     run(&args(d, "split", true, None)).unwrap();
 
-    let read = |p: PathBuf| std::fs::read(p).unwrap();
     for f in ["final/model.bin", "final/config.json", "best/model.bin"] {
         assert!(d.join("full").join(f).exists(), "{f}");
     }
-    let state: serde_json::Value = serde_json::from_slice(&read(
-        d.join("full")
-            .join(
-                std::fs::read_to_string(d.join("full/latest"))
-                    .unwrap()
-                    .trim(),
-            )
-            .join("state.json"),
-    ))
-    .unwrap();
+    let state = latest_state(&d.join("full"));
     assert_eq!(state["step"], 6);
     assert_eq!(
         state["history"].as_array().unwrap().len(),
@@ -102,14 +123,8 @@ fn train_save_load_upscale_and_exact_resume() {
 
     // Load the trained weights and upscale; the model moved away from the identity (bicubic).
     let dev = burn::backend::flex::FlexDevice;
-    let lr =
-        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
-            .unwrap();
-    let opts = flowmapsr_core::sampler::SampleOptions {
-        tile: 32,
-        overlap: 8,
-        ..Default::default()
-    };
+    let lr = test_lr();
+    let opts = opts32();
     let upscale = |run: &str| {
         let (net, cfg) = flowmapsr_core::weights::load_dir::<burn::backend::Flex>(
             &d.join(run).join("final"),
@@ -122,12 +137,7 @@ fn train_save_load_upscale_and_exact_resume() {
     assert_eq!((sr.width, sr.height), (40, 24));
     // The interrupted-and-resumed run ends with the same weights (same outputs).
     let resumed = upscale("split");
-    let gap = sr
-        .data
-        .iter()
-        .zip(&resumed.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let gap = gap(&sr, &resumed);
     assert!(
         gap < 1e-6,
         "a resumed run must end where the uninterrupted one does (gap {gap})"
@@ -165,9 +175,7 @@ fn guidance_trains_and_records_its_range() {
         flowmapsr_core::weights::load_dir::<burn::backend::Flex>(&d.join("g").join("final"), &dev)
             .unwrap();
     assert_eq!(cfg.w_max(), 3.0);
-    let lr =
-        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
-            .unwrap();
+    let lr = test_lr();
     let at = |w: f32| {
         let opts = flowmapsr_core::sampler::SampleOptions {
             tile: 32,
@@ -176,13 +184,6 @@ fn guidance_trains_and_records_its_range() {
             ..Default::default()
         };
         flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 2, &opts, &dev, &mut |_, _| true)
-    };
-    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     };
     let (w1, w3) = (at(1.0).unwrap(), at(3.0).unwrap());
     // w is a live input (12 steps are too few for a large effect: the output layer starts at 0).
@@ -193,11 +194,7 @@ fn guidance_trains_and_records_its_range() {
         &dev,
     )
     .unwrap();
-    let opts = flowmapsr_core::sampler::SampleOptions {
-        tile: 32,
-        overlap: 8,
-        ..Default::default()
-    };
+    let opts = opts32();
     let p1 = flowmapsr_core::sampler::upscale(&pnet, &pcfg, &lr, 2, &opts, &dev, &mut |_, _| true)
         .unwrap();
     assert!(
@@ -285,14 +282,8 @@ fn adversarial_lora_trains_resumes_and_loads() {
     )
     .unwrap();
     assert!(model.lora.is_some());
-    let lr =
-        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
-            .unwrap();
-    let opts = flowmapsr_core::sampler::SampleOptions {
-        tile: 32,
-        overlap: 8,
-        ..Default::default()
-    };
+    let lr = test_lr();
+    let opts = opts32();
     let at = |s: f32| {
         flowmapsr_core::sampler::upscale(
             &model.at(s).unwrap(),
@@ -309,13 +300,6 @@ fn adversarial_lora_trains_resumes_and_loads() {
         flowmapsr_core::sampler::upscale(&model.net, &cfg, &lr, 2, &opts, &dev, &mut |_, _| true)
             .unwrap();
     assert_eq!(at(0.0), plain);
-    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    };
     // The interrupted-and-resumed run ends with the same adapter (same outputs).
     let again = flowmapsr_core::sampler::upscale(
         &resumed.at(2.0).unwrap(),
@@ -380,41 +364,19 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     let cfg: serde_json::Value =
         serde_json::from_slice(&read(d.join("full/final/config.json"))).unwrap();
     assert_eq!(cfg["unet"]["blocks"], serde_json::json!([2, 2]));
-    let state: serde_json::Value = serde_json::from_slice(&read(
-        d.join("full")
-            .join(
-                std::fs::read_to_string(d.join("full/latest"))
-                    .unwrap()
-                    .trim(),
-            )
-            .join("state.json"),
-    ))
-    .unwrap();
+    let state = latest_state(&d.join("full"));
     let hist = state["history"].as_array().unwrap();
     assert_eq!(hist.len(), 2, "validated at steps 3 and 4");
     assert!(hist[0]["gmsd"].as_f64().is_some() && hist[0]["hf_ratio"].as_f64().is_some());
     assert!(state["best_gmsd"].as_f64().is_some());
 
     let dev = burn::backend::flex::FlexDevice;
-    let lr =
-        flowmapsr_core::Image::new(10, 6, 3, (0..180).map(|i| (i % 17) as f32 / 16.0).collect())
-            .unwrap();
-    let opts = flowmapsr_core::sampler::SampleOptions {
-        tile: 32,
-        overlap: 8,
-        ..Default::default()
-    };
+    let lr = test_lr();
+    let opts = opts32();
     let up = |dir: &Path| {
         let (net, cfg) =
             flowmapsr_core::weights::load_dir::<burn::backend::Flex>(dir, &dev).unwrap();
         flowmapsr_core::sampler::upscale(&net, &cfg, &lr, 4, &opts, &dev, &mut |_, _| true).unwrap()
-    };
-    let gap = |a: &flowmapsr_core::Image, b: &flowmapsr_core::Image| {
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     };
     let (base, full) = (up(&d.join("base/final")), up(&d.join("full/final")));
     assert!(gap(&base, &full) > 1e-5, "training changed nothing");
