@@ -80,7 +80,7 @@ fn output_path(args: &UpscaleArgs, input: &Path, single: bool) -> Result<PathBuf
 
 /// `p` resolved (links, `..`) as far as it exists, the rest appended: two paths to one file,
 /// existing or not yet, resolve alike.
-fn resolved(p: &Path) -> PathBuf {
+pub(crate) fn resolved(p: &Path) -> PathBuf {
     let mut tail = Vec::new();
     let mut cur = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     loop {

@@ -123,11 +123,9 @@ pub struct InterpolateArgs {
 /// Network interpolation (core interpolate.rs): writes the weights at `alpha` between two ends.
 pub fn interpolate(a: &InterpolateArgs) -> Result<()> {
     let device = burn::backend::flex::FlexDevice;
-    let out = std::path::absolute(&a.output)?;
+    let out = crate::upscale::resolved(&a.output);
     for input in a.from.iter().chain([&a.to]) {
-        if std::path::absolute(input)? == out
-            || std::fs::canonicalize(input).ok() == std::fs::canonicalize(&out).ok()
-        {
+        if crate::upscale::resolved(input) == out {
             anyhow::bail!(
                 "refusing to overwrite the input weights {}: pick another --output",
                 input.display()

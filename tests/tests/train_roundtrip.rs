@@ -406,6 +406,18 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     let e = interp(0.5, "full/final").unwrap_err().to_string();
     assert!(e.contains("refusing to overwrite"), "{e}");
     assert_eq!(read(d.join("full/final/model.bin")), before);
+    // Missing weights are said as such (two missing paths are not one file).
+    let e = format!(
+        "{:#}",
+        flowmapsr_cli::weights::interpolate(&flowmapsr_cli::weights::InterpolateArgs {
+            from: None,
+            to: d.join("missing"),
+            alpha: 0.5,
+            output: d.join("also-missing"),
+        })
+        .unwrap_err()
+    );
+    assert!(!e.contains("refusing") && e.contains("missing"), "{e}");
 
     // A shape that is not the base deepened is refused by name.
     v["model"]["unet"]["widths"] = serde_json::json!([8, 24]);

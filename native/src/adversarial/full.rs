@@ -8,12 +8,13 @@
 //! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
 
 use super::{
-    adversarial_step, base_dir, base_model, generator_adam, load_optim, Critic, StepInput,
+    adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, Critic,
+    StepInput,
 };
 use crate::imageio;
 use crate::train::log::StepLog;
 use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -21,7 +22,7 @@ use flowmapsr_core::adversarial::AdversarialConfig;
 use flowmapsr_core::ema;
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{
-    materialize, module_from_bytes, module_to_bytes, record_to_bytes, save_dir, write_atomic,
+    materialize, module_from_bytes, module_to_bytes, record_to_bytes, save_dir,
 };
 use flowmapsr_core::Image;
 use std::time::Instant;
@@ -34,39 +35,16 @@ pub fn train_full<B: AutodiffBackend>(
     val: Option<&[(String, imageio::Decoded)]>,
     device: B::Device,
 ) -> Result<()> {
-    let kept = args.out.join("base");
     let init = base_dir(args)?;
-    let base_cfg = base_model(&init, None)?;
-    let rest = |m: &flowmapsr_core::weights::ModelConfig| serde_json::json!({ "bridge": m.bridge, "w_max": m.w_max() });
-    let Some(extra) = cfg.model.unet.extra_blocks(&base_cfg.unet) else {
-        bail!(
-            "the config's `model` must be the base's ({}) or the same with more residual blocks \
-             per level: base blocks {:?} widths {:?}, config blocks {:?} widths {:?}",
-            init.join("config.json").display(),
-            base_cfg.unet.blocks,
-            base_cfg.unet.widths,
-            cfg.model.unet.blocks,
-            cfg.model.unet.widths
-        );
-    };
-    if rest(&cfg.model) != rest(&base_cfg) {
-        bail!(
-            "the config's bridge / w_max differ from the base's {}: {} vs {}",
-            init.join("config.json").display(),
-            rest(&cfg.model),
-            rest(&base_cfg)
-        );
-    }
+    // The base as it is; the config's model is it, or it with more blocks (checked by name).
+    let base_cfg = base_model(&init, Some(&cfg.model), true)?;
+    let extra = cfg
+        .model
+        .unet
+        .extra_blocks(&base_cfg.unet)
+        .expect("base_model checked the deepening");
     B::seed(&device, cfg.seed);
-    let bytes = std::fs::read(init.join("model.bin"))
-        .with_context(|| format!("reading {}", init.join("model.bin").display()))?;
-    if init != kept {
-        std::fs::create_dir_all(&kept)?;
-        write_atomic(&kept.join("model.bin"), &bytes)?;
-        write_atomic(&kept.join("config.json"), base_cfg.to_json().as_bytes())?;
-    }
-    let base: UNet<B> = module_from_bytes(base_cfg.unet.init(&device), &bytes, &device)
-        .with_context(|| format!("--init {}", init.display()))?;
+    let base: UNet<B> = load_base(args, &init, &base_cfg, &device)?;
     let mut net = materialize(base.deepen(&cfg.model.unet, &device));
     let mut ema_net: UNet<B::InnerBackend> = net.valid();
     let mut critic = Critic::<B>::new(adv, &device);

@@ -52,9 +52,14 @@ pub(crate) fn base_dir(args: &TrainArgs) -> Result<PathBuf> {
 
 /// The base's model config: `dir/config.json`, which states the architecture of the weights
 /// beside it, so an adversarial config need not repeat it. A config that does state a model must
-/// agree with it (network, bridge, w_max; notes may differ): refused here, by name, rather than
-/// when the record fails to load. Weights without a config.json take the stated model.
-pub(crate) fn base_model(dir: &Path, stated: Option<&ModelConfig>) -> Result<ModelConfig> {
+/// agree with it (network, bridge, w_max; notes may differ), or with `deeper` (a whole-network
+/// stage, which grows the base) may have more residual blocks per level: refused here, by name,
+/// rather than when the record fails to load. Weights without a config.json take the stated model.
+pub(crate) fn base_model(
+    dir: &Path,
+    stated: Option<&ModelConfig>,
+    deeper: bool,
+) -> Result<ModelConfig> {
     let path = dir.join("config.json");
     let found = match std::fs::read(&path) {
         Ok(b) => ModelConfig::from_json(&b).with_context(|| format!("{}", path.display()))?,
@@ -70,17 +75,53 @@ pub(crate) fn base_model(dir: &Path, stated: Option<&ModelConfig>) -> Result<Mod
     };
     if let Some(s) = stated {
         let arch = |m: &ModelConfig| serde_json::json!({ "unet": m.unet, "bridge": m.bridge, "w_max": m.w_max() });
-        let (a, b) = (arch(s), arch(&found));
-        if a != b {
+        let rest = |m: &ModelConfig| serde_json::json!({ "bridge": m.bridge, "w_max": m.w_max() });
+        let fits = if deeper {
+            s.unet.extra_blocks(&found.unet).is_some() && rest(s) == rest(&found)
+        } else {
+            arch(s) == arch(&found)
+        };
+        if !fits {
+            let how = if deeper {
+                format!(
+                    "a whole-network stage takes the base's network or the same with more residual \
+                     blocks per level (base blocks {:?} widths {:?}, config blocks {:?} widths {:?})",
+                    found.unet.blocks, found.unet.widths, s.unet.blocks, s.unet.widths
+                )
+            } else {
+                "an adversarial stage adapts the base as it is: drop `model` from the config (it is \
+                 read from --init) or pass the --init it describes"
+                    .into()
+            };
             bail!(
-                "the config's `model` differs from the base's {}:\n  config: {a}\n  base:   {b}\n\
-                 an adversarial stage adapts the base as it is: drop `model` from the config (it is \
-                 read from --init) or pass the --init it describes",
-                path.display()
+                "the config's `model` differs from the base's {}:\n  config: {}\n  base:   {}\n{how}",
+                path.display(),
+                arch(s),
+                arch(&found)
             );
         }
     }
     Ok(found)
+}
+
+/// The base's weights, read from `init` (`model` states their network) and kept in OUT/base so
+/// that `--resume` needs nothing else.
+pub(crate) fn load_base<B: AutodiffBackend>(
+    args: &TrainArgs,
+    init: &Path,
+    model: &ModelConfig,
+    device: &B::Device,
+) -> Result<UNet<B>> {
+    let kept = args.out.join("base");
+    let bytes = std::fs::read(init.join("model.bin"))
+        .with_context(|| format!("reading {}", init.join("model.bin").display()))?;
+    if init != kept {
+        std::fs::create_dir_all(&kept)?;
+        write_atomic(&kept.join("model.bin"), &bytes)?;
+        write_atomic(&kept.join("config.json"), model.to_json().as_bytes())?;
+    }
+    module_from_bytes(model.unet.init(device), &bytes, device)
+        .with_context(|| format!("--init {}", init.display()))
 }
 
 /// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
@@ -226,25 +267,16 @@ pub fn train_lora<B: AutodiffBackend>(
     }
     // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else. Its
     // config.json states its architecture; the run's model config is that one.
-    let kept = args.out.join("base");
     let init = base_dir(args)?;
     let init = init.as_path();
     let cfg = &TrainConfig {
-        model: base_model(init, Some(&cfg.model))?,
+        model: base_model(init, Some(&cfg.model), false)?,
         ..cfg.clone()
     };
     cfg.check()
         .with_context(|| format!("with the model of --init {}", init.display()))?;
     B::seed(&device, cfg.seed);
-    let bytes = std::fs::read(init.join("model.bin"))
-        .with_context(|| format!("reading {}", init.join("model.bin").display()))?;
-    if init != kept {
-        std::fs::create_dir_all(&kept)?;
-        write_atomic(&kept.join("model.bin"), &bytes)?;
-        write_atomic(&kept.join("config.json"), cfg.model.to_json().as_bytes())?;
-    }
-    let base: UNet<B> = module_from_bytes(cfg.model.unet.init(&device), &bytes, &device)
-        .with_context(|| format!("--init {}", init.display()))?;
+    let base: UNet<B> = load_base(args, init, &cfg.model, &device)?;
     // Frozen: gradients pass through it to the adapters, none are kept for it.
     let base = base.no_grad();
     let mut lora: UNetLora<B> = adv.lora.init(&base, &device);

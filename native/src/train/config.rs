@@ -214,7 +214,7 @@ mod tests {
                 assert!(!crate::pipeline::stages(&v).unwrap().is_empty());
             } else {
                 TrainConfig::from_value(v, || {
-                    crate::adversarial::base_model(&root.join("../weights"), None)
+                    crate::adversarial::base_model(&root.join("../weights"), None, false)
                 })
                 .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
             }

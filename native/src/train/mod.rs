@@ -124,7 +124,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bail!("--stage needs a config with `stages`");
     }
     let cfg = TrainConfig::from_value(file, || {
-        crate::adversarial::base_model(&crate::adversarial::base_dir(args)?, None)
+        crate::adversarial::base_model(&crate::adversarial::base_dir(args)?, None, false)
     })
     .with_context(|| format!("config {}", args.config.display()))?;
     run_config(args, cfg)
