@@ -2,7 +2,9 @@
 # A short run on a lent GPU (docs/training.md): a CUDA smoke run, a probe of the training step,
 # a fine-tune sized to the time left (by default the release recipe's batch-64 stage), and the
 # kernel caches saved for the next run. Run on the device machine from the repo root with `.gpu/` carried:
-#   .gpu/flowmapsr.gz   `cargo build --release -p flowmapsr --features cuda`, stripped and gzipped
+#   .gpu/flowmapsr.xz   `cargo build --release -p flowmapsr --features cuda`, stripped and packed
+#                       by `xz -9e` (16.8 MB; gzip's 25 MB, flowmapsr.gz, is also read, but with
+#                       the data and caches it passes the 64 MiB a call may carry)
 #                       (.cargo/config.toml builds it for the device's CUDA 13.0)
 #   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
 #   .gpu/cubecl-cache.tgz (optional)  the caches an earlier run brought back (see below)
@@ -55,7 +57,13 @@ NVRTC=$(ls /usr/local/cuda/lib64/libnvrtc.so* /usr/local/cuda/targets/*/lib/libn
 echo "nvrtc: ${NVRTC:-none found}"
 [ -n "$NVRTC" ] && export LD_LIBRARY_PATH="$(dirname "$NVRTC"):${LD_LIBRARY_PATH:-}"
 BIN=/tmp/flowmapsr
-gzip -dc .gpu/flowmapsr.gz >"$BIN" && chmod +x "$BIN" || exit 1
+if [ -f .gpu/flowmapsr.xz ]; then
+  # Python's lzma: the device image need not have xz.
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    .gpu/flowmapsr.xz "$BIN"
+else
+  gzip -dc .gpu/flowmapsr.gz >"$BIN"
+fi && chmod +x "$BIN" || exit 1
 export RUST_LOG=info,cubecl_runtime=warn
 # cubecl reads ./cubecl.toml; "target" puts its caches under ./target (the repo root has Cargo.toml).
 trap 'rm -f cubecl.toml' EXIT
