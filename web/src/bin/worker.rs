@@ -262,12 +262,17 @@ mod wasm {
         let base = format!("weights/{}", preset.weights_subdir());
         let cfg = fetch_bytes(&format!("{base}config.json")).await?;
         let bin = fetch_bytes(&format!("{base}model.bin")).await?;
-        let lora = match (
-            fetch_optional(&format!("{base}lora.json")).await?,
-            fetch_optional(&format!("{base}lora.bin")).await?,
-        ) {
-            (Some(j), Some(b)) => Some((j, b)),
-            _ => None,
+        // Only the faithful weights have an adapter: asking beside the others is two 404s.
+        let lora = if preset != Preset::Faithful {
+            None
+        } else {
+            match (
+                fetch_optional(&format!("{base}lora.json")).await?,
+                fetch_optional(&format!("{base}lora.bin")).await?,
+            ) {
+                (Some(j), Some(b)) => Some((j, b)),
+                _ => None,
+            }
         };
         Ok(Files { cfg, bin, lora })
     }
