@@ -2,9 +2,10 @@
 # A short run on a lent GPU (docs/training.md): a CUDA smoke run, a probe of the training step,
 # a fine-tune sized to the time left (by default the release recipe's batch-64 stage), and the
 # kernel caches saved for the next run. Run on the device machine from the repo root with `.gpu/` carried:
-#   .gpu/flowmapsr.xz   `cargo build --release -p flowmapsr --features cuda`, stripped and packed
-#                       by `xz -9e` (16.8 MB; gzip's 25 MB, flowmapsr.gz, is also read, but with
-#                       the data and caches it passes the 64 MiB a call may carry)
+#   .gpu/flowmapsr.xz   `cargo build --release -p flowmapsr --no-default-features --features
+#                       wgpu,cuda` (the shipped weights read from weights/, not compiled in),
+#                       stripped and packed by `xz -9e`: 10.4 MB (flowmapsr.gz is also read), so
+#                       that tree, data, caches and binary stay under the 64 MiB a call carries
 #                       (.cargo/config.toml builds it for the device's CUDA 13.0)
 #   .gpu/data/train/{T91,SunHays80}   copies of ../shared/data/train
 #   .gpu/cubecl-cache.tgz (optional)  the caches an earlier run brought back (see below)

@@ -1,5 +1,6 @@
 //! The shipped weights are compiled into the binary (weights/ at the repository root), so
-//! `flowmapsr upscale` works from any folder; `--weights DIR` loads others.
+//! `flowmapsr upscale` works from any folder; `--weights DIR` loads others. A build without the
+//! `embedded-weights` feature reads them from weights/ under the current folder instead.
 
 use crate::backend::DeviceKind;
 use anyhow::{Context, Result};
@@ -8,17 +9,40 @@ use flowmapsr_core::lora::Adapted;
 use flowmapsr_core::request::{Limits, Preset, SampleRequest};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{load_dir, load_lora, load_lora_dir, load_model, ModelConfig};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-pub const SHIPPED_CONFIG: &[u8] = include_bytes!("../../weights/config.json");
-pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../weights/model.bin");
-/// The shipped adversarial LoRA adapter (`--lora S`), trained on the shipped model.
-pub const SHIPPED_LORA_JSON: &[u8] = include_bytes!("../../weights/lora.json");
-pub const SHIPPED_LORA_BIN: &[u8] = include_bytes!("../../weights/lora.bin");
-/// The realistic preset's weights (weights/realistic/): the whole network, deepened and trained
-/// against a discriminator; no adapter.
-pub const SHIPPED_REALISTIC_CONFIG: &[u8] = include_bytes!("../../weights/realistic/config.json");
-pub const SHIPPED_REALISTIC_MODEL: &[u8] = include_bytes!("../../weights/realistic/model.bin");
+/// A file of the shipped weights (a path under weights/): compiled into the binary (feature
+/// `embedded-weights`, a default), or, in a build without them, read from weights/ under the
+/// current folder (the GPU trainer's binary: the weights would double what a lent GPU is sent).
+#[cfg(feature = "embedded-weights")]
+fn shipped(name: &str) -> Result<Cow<'static, [u8]>> {
+    let bytes: &'static [u8] = match name {
+        "config.json" => include_bytes!("../../weights/config.json"),
+        "model.bin" => include_bytes!("../../weights/model.bin"),
+        // The shipped adversarial LoRA adapter (`--lora S`), trained on the shipped model.
+        "lora.json" => include_bytes!("../../weights/lora.json"),
+        "lora.bin" => include_bytes!("../../weights/lora.bin"),
+        // The realistic preset's weights: the whole network, deepened and trained against a
+        // discriminator; no adapter.
+        "realistic/config.json" => include_bytes!("../../weights/realistic/config.json"),
+        "realistic/model.bin" => include_bytes!("../../weights/realistic/model.bin"),
+        _ => anyhow::bail!("no shipped weights file {name}"),
+    };
+    Ok(Cow::Borrowed(bytes))
+}
+
+#[cfg(not(feature = "embedded-weights"))]
+fn shipped(name: &str) -> Result<Cow<'static, [u8]>> {
+    let path = Path::new("weights").join(name);
+    std::fs::read(&path).map(Cow::Owned).with_context(|| {
+        format!(
+            "reading {}: this build has no weights compiled in (built without the \
+             `embedded-weights` feature): run it from the repository root or pass --weights",
+            path.display()
+        )
+    })
+}
 
 /// Which weights, on which device: the flags of every command that runs the model.
 #[derive(clap::Args, Debug, Clone)]
@@ -48,7 +72,8 @@ pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<
             load_dir(d, device).with_context(|| format!("loading weights from {}", d.display()))
         }
         None => {
-            load_model(SHIPPED_CONFIG, SHIPPED_MODEL, device).context("loading the shipped weights")
+            load_model(&shipped("config.json")?, &shipped("model.bin")?, device)
+                .context("loading the shipped weights")
         }
     }
 }
@@ -65,7 +90,7 @@ pub fn load_adapted<B: Backend>(
             .with_context(|| format!("loading the LoRA adapter in {}", d.display()))?
             .map(|(l, _)| l),
         None => Some(
-            load_lora(&net, SHIPPED_LORA_JSON, SHIPPED_LORA_BIN, device)
+            load_lora(&net, &shipped("lora.json")?, &shipped("lora.bin")?, device)
                 .context("loading the shipped LoRA adapter")?
                 .0,
         ),
@@ -82,8 +107,12 @@ pub fn load_preset<B: Backend>(
 ) -> Result<(Adapted<B>, ModelConfig)> {
     match (dir, preset) {
         (None, Preset::Realistic) => {
-            let (net, cfg) = load_model(SHIPPED_REALISTIC_CONFIG, SHIPPED_REALISTIC_MODEL, device)
-                .context("loading the shipped realistic weights")?;
+            let (net, cfg) = load_model(
+                &shipped("realistic/config.json")?,
+                &shipped("realistic/model.bin")?,
+                device,
+            )
+            .context("loading the shipped realistic weights")?;
             Ok((Adapted { net, lora: None }, cfg))
         }
         _ => load_adapted(dir, device),
