@@ -289,7 +289,9 @@ fn grad_mag<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
         .reshape([1, 3, 1, 1]);
     let t = 1.0 / 3.0;
     let prewitt = Tensor::<B, 1>::from_floats(
-        [t, 0., -t, t, 0., -t, t, 0., -t, t, t, t, 0., 0., 0., -t, -t, -t],
+        [
+            t, 0., -t, t, 0., -t, t, 0., -t, t, t, t, 0., 0., 0., -t, -t, -t,
+        ],
         &dev,
     )
     .reshape([2, 1, 3, 3]);

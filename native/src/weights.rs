@@ -71,10 +71,8 @@ pub fn load<B: Backend>(dir: Option<&Path>, device: &B::Device) -> Result<(UNet<
         Some(d) => {
             load_dir(d, device).with_context(|| format!("loading weights from {}", d.display()))
         }
-        None => {
-            load_model(&shipped("config.json")?, &shipped("model.bin")?, device)
-                .context("loading the shipped weights")
-        }
+        None => load_model(&shipped("config.json")?, &shipped("model.bin")?, device)
+            .context("loading the shipped weights"),
     }
 }
 
