@@ -45,10 +45,11 @@ for set in $SETS; do
   python3 "$TOOLS/sr_score.py" make-lr "$W/hr/$set" "$W/$set/lr" --scale 4 >/dev/null
   up "$set" faithful --preset faithful
   up "$set" dial --preset faithful --guidance 3 --lora 3
-  for g in $WS; do up "$set" "cand_w$g" --weights "$CAND" --guidance "$g"; done
+  # A row's folder has no dot (upscale takes "cand_w1.5" for a file name): 1.5 is cand_w1p5.
+  for g in $WS; do up "$set" "cand_w${g/./p}" --weights "$CAND" --guidance "$g"; done
   python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
 done
-for g in $WS; do ROWS="$ROWS cand_w$g"; done
+for g in $WS; do ROWS="$ROWS cand_w${g/./p}"; done
 python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS gans" <<'PY'
 import subprocess, sys
 w, tools, cand, sets, rows = sys.argv[1:]
@@ -71,6 +72,6 @@ print("| x4: PSNR-Y / GMSD / HF ratio / pattern | " + " | ".join(
     "held-out (choose by)" if s == "holdout" else f"{s} (report)" for s in sets) + " |")
 print("|---|" + "---|" * len(sets))
 for m in rows.split():
-    name = label.get(m) or f"`--weights {cand} --guidance {m[6:]}`"
+    name = label.get(m) or f"`--weights {cand} --guidance {m[6:].replace('p', '.')}`"
     print(f"| {name} | " + " | ".join(score(s, m) for s in sets) + " |")
 PY
