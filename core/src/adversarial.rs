@@ -283,23 +283,26 @@ pub fn generator_loss<B: Backend>(
 fn grad_mag<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let x = crate::space::shuffle(x, 2);
     let x = burn::tensor::module::avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
-    let dev = x.device();
     // Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 per unit of 0..1; the image is 2 x that - 1.
-    let luma = Tensor::<B, 1>::from_floats([65.481 / 2.0, 128.553 / 2.0, 24.966 / 2.0], &dev)
-        .reshape([1, 3, 1, 1]);
+    let y = filter(
+        x,
+        &[65.481 / 2.0, 128.553 / 2.0, 24.966 / 2.0],
+        [1, 3, 1, 1],
+    );
     let t = 1.0 / 3.0;
-    let prewitt = Tensor::<B, 1>::from_floats(
-        [
-            t, 0., -t, t, 0., -t, t, 0., -t, t, t, t, 0., 0., 0., -t, -t, -t,
-        ],
-        &dev,
-    )
-    .reshape([2, 1, 3, 3]);
-    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let y = burn::tensor::module::conv2d(x, luma, None, opts.clone());
-    let g = burn::tensor::module::conv2d(y, prewitt, None, opts);
+    let prewitt = [
+        t, 0., -t, t, 0., -t, t, 0., -t, t, t, t, 0., 0., 0., -t, -t, -t,
+    ];
+    let g = filter(y, &prewitt, [2, 1, 3, 3]);
     // + eps: sqrt has no finite gradient at 0 (flat regions).
     (g.powi_scalar(2).sum_dim(1) + 1e-4).sqrt()
+}
+
+/// An unpadded, stride-1 convolution of `x` with a fixed kernel of `shape` [out, in, kh, kw].
+fn filter<B: Backend>(x: Tensor<B, 4>, kernel: &[f32], shape: [usize; 4]) -> Tensor<B, 4> {
+    let k = Tensor::<B, 1>::from_floats(kernel, &x.device()).reshape(shape);
+    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    burn::tensor::module::conv2d(x, k, None, opts)
 }
 
 /// GMSD's gradient-magnitude similarity map of `a` against `b` (1 where they agree).
@@ -317,13 +320,8 @@ fn local_hf<B: Backend>(x: Tensor<B, 4>, level: usize, k: usize) -> Tensor<B, 4>
     for _ in 0..level {
         x = burn::tensor::module::avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
     }
-    let dev = x.device();
-    let luma = Tensor::<B, 1>::from_floats([0.299, 0.587, 0.114], &dev).reshape([1, 3, 1, 1]);
-    let lap = Tensor::<B, 1>::from_floats([0., 1., 0., 1., -4., 1., 0., 1., 0.], &dev)
-        .reshape([1, 1, 3, 3]);
-    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let y = burn::tensor::module::conv2d(x, luma, None, opts.clone());
-    let l = burn::tensor::module::conv2d(y, lap, None, opts);
+    let y = filter(x, &[0.299, 0.587, 0.114], [1, 3, 1, 1]);
+    let l = filter(y, &[0., 1., 0., 1., -4., 1., 0., 1., 0.], [1, 1, 3, 3]);
     let e = burn::tensor::module::avg_pool2d(l.powi_scalar(2), [k, k], [k, k], [0, 0], true, false);
     // + eps: sqrt has no finite gradient at 0 (flat regions).
     (e + 1e-6).sqrt()

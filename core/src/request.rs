@@ -50,6 +50,12 @@ impl Preset {
             Self::Realistic => "realistic/",
         }
     }
+
+    /// Whether its shipped weights come with a LoRA adapter (only the faithful ones do: the
+    /// realistic network was trained whole).
+    pub fn ships_adapter(self) -> bool {
+        self == Self::Faithful
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

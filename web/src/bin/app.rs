@@ -482,9 +482,8 @@ mod ui {
     impl Knobs {
         fn job(&self, sig: Signals, width: usize, height: usize) -> Job {
             let grain_t = self.grain.get_untracked();
-            // The adapter belongs to the faithful weights; the realistic ones have none.
             let has_lora =
-                sig.has_lora.get_untracked() && self.preset.get_untracked() == Preset::Faithful;
+                sig.has_lora.get_untracked() && self.preset.get_untracked().ships_adapter();
             Job {
                 width,
                 height,
@@ -1031,11 +1030,11 @@ mod ui {
                             <small>"1 is faithful; higher sharpens (same cost)."</small>
                         </div>
                         <div class="knob">
-                            <label class:muted=move || !sig.has_lora.get() || preset.get() == Preset::Realistic>
+                            <label class:muted=move || !sig.has_lora.get() || !preset.get().ships_adapter()>
                                 "LoRA "
                                 <input id="lora" type="range" min="0" max="3" step="0.25"
                                     prop:value=move || lora.get().to_string()
-                                    disabled=move || !sig.has_lora.get() || preset.get() == Preset::Realistic
+                                    disabled=move || !sig.has_lora.get() || !preset.get().ships_adapter()
                                     on:input=move |ev| lora.set(event_target_value(&ev).parse().unwrap_or(0.0)) />
                                 <span id="lora-value">{move || format!("{:.2}", lora.get())}</span>
                             </label>

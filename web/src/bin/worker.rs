@@ -262,8 +262,8 @@ mod wasm {
         let base = format!("weights/{}", preset.weights_subdir());
         let cfg = fetch_bytes(&format!("{base}config.json")).await?;
         let bin = fetch_bytes(&format!("{base}model.bin")).await?;
-        // Only the faithful weights have an adapter: asking beside the others is two 404s.
-        let lora = if preset != Preset::Faithful {
+        // Asking for an adapter beside weights that ship none would be two 404s.
+        let lora = if !preset.ships_adapter() {
             None
         } else {
             match (
