@@ -4,6 +4,8 @@
 # out (the set to choose by), and for the report only on Set5 and Set14. Each row is
 # PSNR-Y / GMSD / HF ratio / pattern by the reference scorer and scripts/pattern_ratio.py.
 # Usage: scripts/candidate.sh WEIGHTS_DIR [GUIDANCE... (default 1 2 3)] >table.md
+#        SETS=holdout scripts/candidate.sh ...   (the held-out column only: to choose among
+#        snapshots without looking at the test sets; a third of the time)
 # Needs: python3 with numpy, pillow, scipy, opencv-python-headless; node (for the peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,7 @@ for i in range(10):
 PY
 ln -s "$(realpath "$SHARED/data/eval/Set5")" "$W/hr/Set5"
 ln -s "$(realpath "$SHARED/data/eval/Set14")" "$W/hr/Set14"
-SETS="holdout Set5 Set14"
+SETS=${SETS:-holdout Set5 Set14}
 up() { # set name args...
   local set=$1 name=$2
   shift 2

@@ -26,7 +26,15 @@
 //! as the metric computes it: it asks for edges as steep as the photo's *where* the photo has them,
 //! so it sharpens without moving detail, which the squared error cannot (its optimum is blur) and
 //! the phase-blind sharpness term does not ask for.
+//! The artifact term is LDL's (Liang et al., CVPR 2022, "Details or Artifacts"):
+//!   lambda_ldl mean | M (fake - real) |,  M = var(r)^(1/5) var_k(r) [r >= r_ema],
+//! with r = sum_c |fake - real| (0..1 units), var(r) over the whole crop, var_k(r) over the k x k
+//! window around each pixel, and r_ema the same residual of the generator's EMA (the stable
+//! model). Noisy residuals (high local variance) where the stable model is nearer the photo are
+//! artifacts the current step has drawn: the term pulls those pixels back and leaves texture the
+//! EMA also draws, and regions the training is still improving, to the discriminator.
 
+use crate::cond::{Cond, PROMPT_POSITIVE};
 use crate::lora::LoraConfig;
 use burn::config::Config;
 use burn::module::Module;
@@ -138,6 +146,14 @@ pub struct AdversarialConfig {
     pub fm_weight: f32,
     /// Weight of the gradient-magnitude similarity term mean(1 - GMS) (0: off).
     pub gms_weight: f32,
+    /// The guidance w the fake is made at in training and validated at: the w the weights ship
+    /// at (their preset's), so that the discriminator and the losses judge what users get
+    /// (1: the plain flow map).
+    pub guidance: f32,
+    /// Weight of the LDL artifact term (0: off); needs the EMA's fake (`"generator": "full"`).
+    pub ldl_weight: f32,
+    /// Window in pixels of that term's local residual variance (LDL's 7).
+    pub ldl_window: usize,
     /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
     /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
     pub mode: crate::bridge::Mode,
@@ -170,12 +186,28 @@ impl Default for AdversarialConfig {
             hf_levels: 1,
             fm_weight: 0.0,
             gms_weight: 0.0,
+            guidance: 1.0,
+            ldl_weight: 0.0,
+            ldl_window: 7,
             mode: crate::bridge::Mode::Fidelity,
             temperature: 1.0,
             skip_shuffle: false,
             train_scale: 1.0,
             lr_d: 2e-4,
         }
+    }
+}
+
+impl AdversarialConfig {
+    /// The fake's condition for `n` samples: X_{0,1} (one step), w = `guidance`, positive prompt.
+    pub fn cond<B: Backend>(&self, n: usize, device: &B::Device) -> Cond<B> {
+        Cond::per_sample(
+            &vec![0.0; n],
+            &vec![1.0; n],
+            self.guidance,
+            PROMPT_POSITIVE,
+            device,
+        )
     }
 }
 
@@ -223,12 +255,13 @@ pub fn discriminator_loss<B: Backend>(
     }
 }
 
-/// The generator's (adapters') loss.
+/// The generator's (adapters') loss. `stable`: the EMA generator's fake, for the artifact term.
 pub fn generator_loss<B: Backend>(
     d: &Discriminator<B>,
     real: Tensor<B, 4>,
     fake: Tensor<B, 4>,
     x0: Tensor<B, 4>,
+    stable: Option<Tensor<B, 4>>,
     cfg: &AdversarialConfig,
 ) -> AdvLoss<B> {
     let (f_real, d_real) = d.features(real.clone(), x0.clone());
@@ -270,11 +303,50 @@ pub fn generator_loss<B: Backend>(
         terms.push(("hf", hf));
     }
     if cfg.gms_weight > 0.0 {
-        let gms = (gms_map(fake, real) * -1.0 + 1.0).mean();
+        let gms = (gms_map(fake.clone(), real.clone()) * -1.0 + 1.0).mean();
         total = total + gms.clone() * cfg.gms_weight;
         terms.push(("gms", gms));
     }
+    if let (true, Some(stable)) = (cfg.ldl_weight > 0.0, stable) {
+        let m = artifact_map(real.clone(), fake.clone(), stable, cfg.ldl_window);
+        let diff = crate::space::shuffle(fake - real, 2) * 0.5;
+        let ldl = (diff * m).abs().mean();
+        total = total + ldl.clone() * cfg.ldl_weight;
+        terms.push(("ldl", ldl));
+    }
     AdvLoss { total, terms }
+}
+
+/// LDL's refined artifact map of unshuffled [n, 12, h, w] images: [n, 1, 2h, 2w] in pixel space,
+/// no gradient (a weight, as in LDL). The window variance is unbiased; at the borders it covers
+/// the pixels that exist.
+fn artifact_map<B: Backend>(
+    real: Tensor<B, 4>,
+    fake: Tensor<B, 4>,
+    stable: Tensor<B, 4>,
+    k: usize,
+) -> Tensor<B, 4> {
+    let resid = |x: Tensor<B, 4>| -> Tensor<B, 4> {
+        (crate::space::shuffle(x.detach() - real.clone().detach(), 2) * 0.5)
+            .abs()
+            .sum_dim(1)
+    };
+    let (r, r_ema) = (resid(fake), resid(stable));
+    let [n, _, h, w] = r.dims();
+    let flat = r.clone().reshape([n, h * w]);
+    let mean = flat.clone().mean_dim(1);
+    let patch = ((flat - mean).powi_scalar(2).sum_dim(1) / (h * w - 1) as f32)
+        .powf_scalar(0.2)
+        .reshape([n, 1, 1, 1]);
+    let pool = |x: Tensor<B, 4>| {
+        burn::tensor::module::avg_pool2d(x, [k, k], [1, 1], [k / 2, k / 2], false, false)
+    };
+    let kk = (k * k) as f32;
+    let local = ((pool(r.clone().powi_scalar(2)) - pool(r.clone()).powi_scalar(2))
+        * (kk / (kk - 1.0)))
+        .clamp_min(0.0);
+    let keep = r.greater_equal(r_ema).float();
+    local * patch * keep
 }
 
 /// Prewitt gradient magnitude of luma on the 0..255 scale (BT.601 as the metrics' Y; the image
@@ -455,7 +527,14 @@ mod tests {
         };
         let real = Tensor::<AD, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let fake = (real.clone() * 0.2).detach().require_grad();
-        let lg = generator_loss(&d, real.clone(), fake.clone(), real.clone() * 0.5, &cfg);
+        let lg = generator_loss(
+            &d,
+            real.clone(),
+            fake.clone(),
+            real.clone() * 0.5,
+            None,
+            &cfg,
+        );
         let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["g_rp", "rec", "hf"]);
         // Only the sharpness term's gradient: a small step against it must raise the energy.
@@ -508,7 +587,7 @@ mod tests {
         };
         let real = Tensor::<AD, 4>::from_inner(step(0.5));
         let fake = Tensor::<AD, 4>::from_inner(step(0.25)).require_grad();
-        let lg = generator_loss(&d, real.clone(), fake.clone(), real, &cfg);
+        let lg = generator_loss(&d, real.clone(), fake.clone(), real, None, &cfg);
         let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["g_rp", "rec", "gms"]);
         let g = lg.terms[2].1.clone().backward();
@@ -518,6 +597,55 @@ mod tests {
         let stepped = fake.clone().inner() - grad * scale;
         let after = gms(stepped, step(0.5));
         assert!(after < got, "{after} < {got}");
+    }
+
+    /// The artifact term by hand: a fake off the real by 0.2 (0.1 in 0..1 units) in one channel
+    /// of one interior pixel of a 16 x 16 crop, r = 0.1 there and 0 elsewhere: var(r) over the
+    /// crop is 0.01 / 256, the 7 x 7 window's unbiased variance at that pixel 0.01 / 49, and the
+    /// term is 0.1 M / (3 x 256) there (the other pixels have no error to weight). A stable model
+    /// nearer the photo keeps the map; one farther off zeroes it. Its gradient pulls the pixel
+    /// back.
+    #[test]
+    fn artifact_term_by_hand() {
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let img = |v: f32| -> Tensor<B, 4> {
+            let mut px = vec![0.0f32; 3 * 16 * 16];
+            px[8 * 16 + 8] = v;
+            crate::space::unshuffle(
+                Tensor::from_data(TensorData::new(px, [1, 3, 16, 16]), &dev),
+                2,
+            )
+        };
+        let d = tiny_disc::<AD>();
+        let cfg = AdversarialConfig {
+            rec_weight: 0.0,
+            ldl_weight: 1.0,
+            ..Default::default()
+        };
+        let real = Tensor::<AD, 4>::from_inner(img(0.0));
+        let fake = Tensor::<AD, 4>::from_inner(img(0.2)).require_grad();
+        let ldl = |stable: f32| {
+            let s = Tensor::<AD, 4>::from_inner(img(stable));
+            generator_loss(&d, real.clone(), fake.clone(), real.clone(), Some(s), &cfg)
+        };
+        let lg = ldl(0.0);
+        let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["g_rp", "rec", "ldl"]);
+        let m = 0.01f32 / 49.0 * (0.01f32 / 256.0).powf(0.2);
+        let want = 0.1 * m / (3.0 * 256.0);
+        let got: f32 = lg.terms[2].1.clone().into_scalar();
+        assert!((got - want).abs() < want * 1e-3, "{got} vs {want}");
+        let g = lg.terms[2].1.clone().backward();
+        let grad = crate::space::shuffle(fake.grad(&g).unwrap(), 2);
+        let at: f32 = grad.clone().slice([0..1, 0..1, 8..9, 8..9]).into_scalar();
+        assert!(at > 0.0, "{at}: the step against it lowers the pixel");
+        // A stable model farther from the photo: the current step is not the artifact.
+        let far: f32 = ldl(0.4).terms[2].1.clone().into_scalar();
+        assert_eq!(far, 0.0);
+        // No stable fake, no term.
+        let none = generator_loss(&d, real.clone(), fake.clone(), real, None, &cfg);
+        assert_eq!(none.terms.len(), 2);
     }
 
     /// Feature matching by hand: a one-stage D whose single feature is leaky_relu(R) (a centre
@@ -542,7 +670,7 @@ mod tests {
         };
         let real = Tensor::<AD, 4>::ones([2, 12, 4, 4], &dev);
         let fake = (real.clone() * 1.5).detach().require_grad();
-        let lg = generator_loss(&d, real.clone(), fake.clone(), real.clone(), &cfg);
+        let lg = generator_loss(&d, real.clone(), fake.clone(), real.clone(), None, &cfg);
         let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["g_rp", "rec", "fm"]);
         let fm: f32 = lg.terms[2].1.clone().into_scalar();
@@ -558,7 +686,7 @@ mod tests {
         let rest: f32 = grad.narrow(1, 1, 2).abs().max().into_scalar();
         assert_eq!(rest, 0.0);
         // Equal images match exactly.
-        let lg = generator_loss(&d, real.clone(), real.clone(), real, &cfg);
+        let lg = generator_loss(&d, real.clone(), real.clone(), real, None, &cfg);
         assert_eq!(lg.terms[2].1.clone().into_scalar(), 0.0);
     }
 
@@ -587,7 +715,7 @@ mod tests {
         );
         let names: Vec<_> = ld.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["d_rp", "r1", "r2"]);
-        let lg = generator_loss(&d, real, fake.clone(), x0, &cfg);
+        let lg = generator_loss(&d, real, fake.clone(), x0, None, &cfg);
         let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
         assert_eq!(names, ["g_rp", "rec", "rec_low"]);
         // softplus(a) + softplus(-a) >= 2 ln 2 > 0 with equality at a = 0: the two relativistic

@@ -332,8 +332,8 @@ fn adversarial_lora_trains_resumes_and_loads() {
         .contains("no LoRA adapter"));
 }
 
-/// Whole-network adversarial training (`"generator": "full"`, native adversarial/full.rs):
-/// deepened from the base, validated (best/ by GMSD), resumed exactly; the dial between base and
+/// Whole-network adversarial training (`"generator": "full"`, native adversarial/full.rs, with
+/// every loss term, the EMA's artifact map included): deepened from the base, validated (best/ by GMSD), resumed exactly; the dial between base and
 /// result (`flowmapsr interpolate`) is the base at 0 and the result at 1; another network shape
 /// is refused by name.
 #[test]
@@ -346,7 +346,8 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     v["model"]["unet"]["blocks"] = serde_json::json!([2, 2]);
     v["adversarial"] = serde_json::json!({
         "generator": "full", "discriminator": { "widths": [8, 8] }, "lr_d": 0.002,
-        "gan_weight": 0.1, "rec_weight": 0.0, "rec_l1_weight": 1.0, "fm_weight": 1.0
+        "gan_weight": 0.1, "rec_weight": 0.0, "rec_l1_weight": 1.0, "fm_weight": 1.0,
+        "gms_weight": 1.0, "ldl_weight": 100.0
     });
     save_config(d, &v);
     let adv = |out: &str, resume: bool, max: Option<usize>| {

@@ -18,6 +18,7 @@ use anyhow::Result;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use flowmapsr_core::adversarial::AdversarialConfig;
 use flowmapsr_core::ema;
 use flowmapsr_core::unet::UNet;
@@ -75,8 +76,15 @@ pub fn train_full<B: AutodiffBackend>(
         let mut inp = StepInput::<B>::draw(images, cfg, adv, step, &device)?;
         let v = net.velocity_lora(inp.src.clone(), inp.batch.x0.clone(), &inp.cond, None);
         let fake = inp.src.clone() + v;
+        // The artifact term's stable model: the EMA's fake of the same draw, no gradient.
+        let stable = (adv.ldl_weight > 0.0).then(|| {
+            let src = inp.src.clone().inner();
+            let c = adv.cond(cfg.batch, &device);
+            let v = ema_net.velocity_lora(src.clone(), inp.batch.x0.clone().inner(), &c, None);
+            Tensor::from_inner(src + v)
+        });
         let lg;
-        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, step, &mut log)?;
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, stable, step, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &net);
         net = optim_g.step(cfg.lr_at(step), net, gg);
         ema_net = ema::update(ema_net, &net.valid(), cfg.ema_decay);
@@ -95,7 +103,15 @@ pub fn train_full<B: AutodiffBackend>(
         // checkpoints are validated on another machine).
         if let (Some(v), true) = (val, cfg.val_every <= cfg.steps) {
             if state.step.is_multiple_of(cfg.val_every) || last {
-                let r = validate(&ema_net, &cfg.model, v, adv.mode, adv.temperature, &device)?;
+                let r = validate(
+                    &ema_net,
+                    &cfg.model,
+                    v,
+                    adv.mode,
+                    adv.temperature,
+                    adv.guidance,
+                    &device,
+                )?;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: r.psnr_y,

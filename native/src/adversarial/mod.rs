@@ -125,7 +125,7 @@ pub(crate) fn load_base<B: AutodiffBackend>(
 }
 
 /// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
-/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = 1; src = x0 (fidelity) or
+/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = adv.guidance; src = x0 (fidelity) or
 /// x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0 either way.
 pub(crate) struct StepInput<B: AutodiffBackend> {
     pub batch: Batch<B>,
@@ -154,7 +154,7 @@ impl<B: AutodiffBackend> StepInput<B> {
                         * (adv.temperature * cfg.model.bridge.sigma_0)
             }
         };
-        let cond = Cond::uniform(cfg.batch, 0.0, 1.0, device);
+        let cond = adv.cond(cfg.batch, device);
         Ok(Self {
             batch,
             src,
@@ -171,6 +171,7 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
     adv: &AdversarialConfig,
     inp: &mut StepInput<B>,
     fake: Tensor<B, 4>,
+    stable: Option<Tensor<B, 4>>,
     step: usize,
     log: &mut StepLog,
 ) -> Result<(Critic<B>, AdvLoss<B>)> {
@@ -186,7 +187,7 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
     );
     let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
     let disc = optim.step(adv.lr_d, disc, gd);
-    let lg = generator_loss(&disc, x1, fake, x0, adv);
+    let lg = generator_loss(&disc, x1, fake, x0, stable, adv);
     let total: f64 = lg.total.clone().into_scalar().elem();
     if !total.is_finite() {
         bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
@@ -317,7 +318,7 @@ pub fn train_lora<B: AutodiffBackend>(
         );
         let fake = inp.src.clone() + v;
         let lg;
-        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, step, &mut log)?;
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, None, step, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
         lora = optim_g.step(cfg.lr_at(step), lora, gg);
         state.step += 1;
@@ -339,6 +340,7 @@ pub fn train_lora<B: AutodiffBackend>(
                     v,
                     adv.mode,
                     adv.temperature,
+                    adv.guidance,
                     &device,
                 )?;
                 let (psnr, hf) = (r.psnr_y, r.hf_ratio);

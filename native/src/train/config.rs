@@ -1,7 +1,7 @@
 //! The training config (JSON, configs/): model, objective and its settings, data, schedule.
 
 use anyhow::{bail, Context, Result};
-use flowmapsr_core::adversarial::AdversarialConfig;
+use flowmapsr_core::adversarial::{AdversarialConfig, Generator};
 use flowmapsr_core::batch::BatchSpec;
 use flowmapsr_core::degrade::DegradeConfig;
 use flowmapsr_core::objectives::flow_matching::FlowMatchingConfig;
@@ -130,6 +130,24 @@ impl TrainConfig {
         if !(w.is_finite() && w >= 0.0) {
             bail!("shortcut.anchor_range_weight must be a finite number >= 0, not {w}");
         }
+        if let Some(a) = &self.adversarial {
+            if a.ldl_weight > 0.0 && a.generator != Generator::Full {
+                bail!("adversarial.ldl_weight needs \"generator\": \"full\" (the artifact map compares with its EMA)");
+            }
+            let w_max = self.model.w_max();
+            if !(a.guidance >= 1.0 && a.guidance <= w_max) {
+                bail!(
+                    "adversarial.guidance must be in [1, {w_max}] (the model's w_max), not {}",
+                    a.guidance
+                );
+            }
+            if a.ldl_window < 3 || a.ldl_window.is_multiple_of(2) {
+                bail!(
+                    "adversarial.ldl_window must be odd and >= 3, not {}",
+                    a.ldl_window
+                );
+            }
+        }
         if let Some(g) = &self.guidance {
             g.check()?;
             if self.objective != Objective::Shortcut {
@@ -225,6 +243,32 @@ mod tests {
         assert_eq!(c.shortcut.range_weight(), 0.25);
         let c = release_stage("fidelity");
         assert_eq!(c.shortcut.range_weight(), 1.0);
+    }
+
+    /// The artifact term compares with the EMA, which only the whole-network generator keeps; the
+    /// training guidance must be one the model knows; the artifact window is odd.
+    #[test]
+    fn artifact_term_needs_the_full_generator() {
+        let mut cfg = release_stage("fidelity");
+        let mut adv = AdversarialConfig {
+            ldl_weight: 1.0,
+            ..Default::default()
+        };
+        cfg.adversarial = Some(adv.clone());
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("ldl_weight") && e.contains("full"), "{e}");
+        adv.generator = Generator::Full;
+        cfg.adversarial = Some(adv.clone());
+        cfg.check().unwrap();
+        adv.guidance = 3.5;
+        cfg.adversarial = Some(adv.clone());
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("guidance") && e.contains("w_max"), "{e}");
+        adv.guidance = 1.0;
+        adv.ldl_window = 4;
+        cfg.adversarial = Some(adv);
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("ldl_window"), "{e}");
     }
 
     #[test]

@@ -28,13 +28,14 @@ use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
 /// Validation of any flow map (a plain model, or one with its LoRA at some scale): the eval
-/// report (mean PSNR-Y, HF ratio, ...) at x4, NFE 1, fidelity mode.
+/// report (mean PSNR-Y, HF ratio, ...) at x4, NFE 1, in `mode` at `temperature` and `guidance`.
 pub fn validate<B: burn::tensor::backend::Backend>(
     net: &impl flowmapsr_core::objectives::FlowNet<B>,
     cfg: &ModelConfig,
     images: &[(String, imageio::Decoded)],
     mode: Mode,
     temperature: f32,
+    guidance: f32,
     device: &B::Device,
 ) -> Result<crate::eval::EvalReport> {
     let opts = SampleOptions {
@@ -42,6 +43,7 @@ pub fn validate<B: burn::tensor::backend::Backend>(
         overlap: 64,
         mode,
         temperature,
+        guidance,
         ..Default::default()
     };
     crate::eval::evaluate(
@@ -300,7 +302,8 @@ fn worker<B: AutodiffBackend>(
         let last = state.step == end;
         if let (true, Some(v)) = (lead, &sh.val) {
             if state.step.is_multiple_of(cfg.val_every) || last {
-                let psnr = validate(&ema_net, &cfg.model, v, Mode::Fidelity, 1.0, &device)?.psnr_y;
+                let psnr =
+                    validate(&ema_net, &cfg.model, v, Mode::Fidelity, 1.0, 1.0, &device)?.psnr_y;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: psnr,
