@@ -8,12 +8,12 @@
 //! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
 
 use super::{
-    adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, Critic,
-    StepInput,
+    adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, validate_fake,
+    Critic, StepInput,
 };
 use crate::imageio;
 use crate::train::log::StepLog;
-use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
+use crate::train::{Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::Result;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
@@ -103,15 +103,7 @@ pub fn train_full<B: AutodiffBackend>(
         // checkpoints are validated on another machine).
         if let (Some(v), true) = (val, cfg.val_every <= cfg.steps) {
             if state.step.is_multiple_of(cfg.val_every) || last {
-                let r = validate(
-                    &ema_net,
-                    &cfg.model,
-                    v,
-                    adv.mode,
-                    adv.temperature,
-                    adv.guidance,
-                    &device,
-                )?;
+                let r = validate_fake(&ema_net, &cfg.model, v, adv, &device)?;
                 state.history.push(ValPoint {
                     step: state.step,
                     psnr_y: r.psnr_y,

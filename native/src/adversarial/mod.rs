@@ -6,6 +6,7 @@
 //! detail by design, so the best-PSNR adapter would be the untrained one; validation (PSNR and
 //! HF ratio) is logged to judge the run, and the trade-off is chosen with the LoRA scale.
 
+use crate::eval::EvalReport;
 use crate::imageio;
 use crate::train::log::StepLog;
 use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
@@ -13,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use burn::tensor::Tensor;
 use flowmapsr_core::adversarial::{
@@ -23,7 +24,7 @@ use flowmapsr_core::batch::make_batch;
 use flowmapsr_core::bridge::{noise, Mode};
 use flowmapsr_core::cond::Cond;
 use flowmapsr_core::lora::{Adapted, UNetLora};
-use flowmapsr_core::objectives::Batch;
+use flowmapsr_core::objectives::{Batch, FlowNet};
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::ModelConfig;
 use flowmapsr_core::weights::{
@@ -122,6 +123,25 @@ pub(crate) fn load_base<B: AutodiffBackend>(
     }
     module_from_bytes(model.unet.init(device), &bytes, device)
         .with_context(|| format!("--init {}", init.display()))
+}
+
+/// The held-out report of a generator as its fake is made (mode, temperature, guidance).
+pub(crate) fn validate_fake<B: Backend>(
+    net: &impl FlowNet<B>,
+    model: &ModelConfig,
+    val: &[(String, imageio::Decoded)],
+    adv: &AdversarialConfig,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    validate(
+        net,
+        model,
+        val,
+        adv.mode,
+        adv.temperature,
+        adv.guidance,
+        device,
+    )
 }
 
 /// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
@@ -334,15 +354,7 @@ pub fn train_lora<B: AutodiffBackend>(
                     net: base_eval.clone(),
                     lora: Some(lora.valid()),
                 };
-                let r = validate(
-                    &model.at(adv.train_scale)?,
-                    &cfg.model,
-                    v,
-                    adv.mode,
-                    adv.temperature,
-                    adv.guidance,
-                    &device,
-                )?;
+                let r = validate_fake(&model.at(adv.train_scale)?, &cfg.model, v, adv, &device)?;
                 let (psnr, hf) = (r.psnr_y, r.hf_ratio);
                 state.history.push(ValPoint {
                     step: state.step,
