@@ -145,8 +145,9 @@ pub(crate) fn validate_fake<B: Backend>(
 }
 
 /// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
-/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = adv.guidance; src = x0 (fidelity) or
-/// x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0 either way.
+/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = adv.guidance; src = x0
+/// (fidelity) or x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0
+/// either way.
 pub(crate) struct StepInput<B: AutodiffBackend> {
     pub batch: Batch<B>,
     pub src: Tensor<B, 4>,
