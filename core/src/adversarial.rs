@@ -286,7 +286,9 @@ pub fn generator_loss<B: Backend>(
         terms.push(("fm", fm));
     }
     if cfg.rec_low_weight > 0.0 {
-        let low = low_pass(diff, cfg.rec_low_pool).powi_scalar(2).mean();
+        let low = low_pass(diff.clone(), cfg.rec_low_pool)
+            .powi_scalar(2)
+            .mean();
         total = total + low.clone() * cfg.rec_low_weight;
         terms.push(("rec_low", low));
     }
@@ -308,30 +310,30 @@ pub fn generator_loss<B: Backend>(
         terms.push(("gms", gms));
     }
     if let (true, Some(stable)) = (cfg.ldl_weight > 0.0, stable) {
-        let m = artifact_map(real.clone(), fake.clone(), stable, cfg.ldl_window);
-        let diff = crate::space::shuffle(fake - real, 2) * 0.5;
-        let ldl = (diff * m).abs().mean();
+        // Pixel-space residuals in 0..1 units (the image is -1..1).
+        let px = |d: Tensor<B, 4>| crate::space::shuffle(d, 2) * 0.5;
+        let d = px(diff);
+        let m = artifact_map(
+            d.clone().detach(),
+            px(stable.detach() - real),
+            cfg.ldl_window,
+        );
+        let ldl = (d * m).abs().mean();
         total = total + ldl.clone() * cfg.ldl_weight;
         terms.push(("ldl", ldl));
     }
     AdvLoss { total, terms }
 }
 
-/// LDL's refined artifact map of unshuffled [n, 12, h, w] images: [n, 1, 2h, 2w] in pixel space,
-/// no gradient (a weight, as in LDL). The window variance is unbiased; at the borders it covers
-/// the pixels that exist.
+/// LDL's refined artifact map from the pixel-space residuals fake - real and stable - real
+/// ([n, 3, H, W], detached: the map is a weight, as in LDL): [n, 1, H, W]. The window variance is
+/// unbiased; at the borders it covers the pixels that exist.
 fn artifact_map<B: Backend>(
-    real: Tensor<B, 4>,
-    fake: Tensor<B, 4>,
-    stable: Tensor<B, 4>,
+    fake_res: Tensor<B, 4>,
+    stable_res: Tensor<B, 4>,
     k: usize,
 ) -> Tensor<B, 4> {
-    let resid = |x: Tensor<B, 4>| -> Tensor<B, 4> {
-        (crate::space::shuffle(x.detach() - real.clone().detach(), 2) * 0.5)
-            .abs()
-            .sum_dim(1)
-    };
-    let (r, r_ema) = (resid(fake), resid(stable));
+    let (r, r_ema) = (fake_res.abs().sum_dim(1), stable_res.abs().sum_dim(1));
     let [n, _, h, w] = r.dims();
     let flat = r.clone().reshape([n, h * w]);
     let mean = flat.clone().mean_dim(1);
