@@ -3,7 +3,7 @@
 //! from the --init base grown first by Net2Net identity blocks when the config's `model` has more
 //! residual blocks per level (the function is unchanged at step 0, the capacity is new).
 //! The EMA of the generator is what is validated and saved. `best/` keeps the EMA weights of the
-//! lowest validation GMSD: it falls as edges are drawn where the photo has them and rises with
+//! lowest validation GMSD at the run's w: it falls as edges are drawn where the photo has them and rises with
 //! artifacts, where PSNR only falls as detail appears. The dial between the base and the result
 //! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
 
@@ -111,7 +111,7 @@ pub fn train_full<B: AutodiffBackend>(
                     gmsd: Some(r.gmsd),
                     hf_ratio: Some(r.hf_ratio),
                 });
-                let best = state.best_gmsd.is_none_or(|b| r.gmsd < b);
+                let best = state.improves_gmsd(r.gmsd, f64::from(adv.guidance));
                 tracing::info!(
                     "step {} validation x4 (EMA): PSNR-Y {:.3} dB, GMSD {:.4}, HF ratio {:.3}{}",
                     state.step,
@@ -122,6 +122,7 @@ pub fn train_full<B: AutodiffBackend>(
                 );
                 if best {
                     state.best_gmsd = Some(r.gmsd);
+                    state.best_gmsd_w = Some(f64::from(adv.guidance));
                     save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
                 }
             }

@@ -23,6 +23,10 @@ pub struct RunState {
     /// A whole-network adversarial run's best validation GMSD so far (its best/ is kept by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_gmsd: Option<f64>,
+    /// The guidance w that `best_gmsd` was validated at: a resume at another w starts best/ anew
+    /// (none in checkpoints from before the knob, which validated at w 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_gmsd_w: Option<f64>,
     pub train_secs: f64,
     pub history: Vec<ValPoint>,
 }
@@ -37,6 +41,17 @@ pub struct ValPoint {
     pub gmsd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_ratio: Option<f64>,
+}
+
+impl RunState {
+    /// Whether a validation GMSD at guidance `w` is a new best. GMSD at one w says nothing of
+    /// another (w is a network input), so a best kept at another w never stands.
+    pub fn improves_gmsd(&self, gmsd: f64, w: f64) -> bool {
+        match (self.best_gmsd, self.best_gmsd_w.unwrap_or(1.0)) {
+            (Some(b), bw) if bw == w => gmsd < b,
+            _ => true,
+        }
+    }
 }
 
 /// One published checkpoint.
@@ -151,5 +166,23 @@ mod tests {
         assert_eq!((c.state.step, c.state.best_psnr), (4, Some(30.0)));
         assert!(!dir.path().join("ckpt-00000003").exists());
         assert_eq!(latest_step(dir.path()).unwrap(), 4);
+    }
+
+    /// best/ compares GMSD only at one w; a state from before the knob counts as w 1.
+    #[test]
+    fn best_gmsd_is_kept_per_guidance() {
+        let old: RunState =
+            serde_json::from_str(r#"{"step":5,"best_gmsd":0.08,"train_secs":1.0,"history":[]}"#)
+                .unwrap();
+        assert!(!old.improves_gmsd(0.09, 1.0));
+        assert!(old.improves_gmsd(0.07, 1.0));
+        assert!(old.improves_gmsd(0.09, 2.0));
+        let at2 = RunState {
+            best_gmsd_w: Some(2.0),
+            ..old
+        };
+        assert!(!at2.improves_gmsd(0.09, 2.0));
+        assert!(at2.improves_gmsd(0.09, 2.1));
+        assert!(RunState::default().improves_gmsd(1.0, 1.0));
     }
 }
