@@ -3,9 +3,9 @@
 //! from the --init base grown first by Net2Net identity blocks when the config's `model` has more
 //! residual blocks per level (the function is unchanged at step 0, the capacity is new).
 //! The EMA of the generator is what is validated and saved. `best/` keeps the EMA weights of the
-//! lowest validation GMSD at the run's w: it falls as edges are drawn where the photo has them and rises with
-//! artifacts, where PSNR only falls as detail appears. The dial between the base and the result
-//! is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
+//! lowest validation GMSD at the run's w: it falls as edges are drawn where the photo has them
+//! and rises with artifacts, where PSNR only falls as detail appears. The dial between the base
+//! and the result is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
 
 use super::{
     adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, validate_fake,
