@@ -111,7 +111,7 @@ pub fn train_full<B: AutodiffBackend>(
                     gmsd: Some(r.gmsd),
                     hf_ratio: Some(r.hf_ratio),
                 });
-                let best = state.improves_gmsd(r.gmsd, f64::from(adv.guidance));
+                let best = state.record_gmsd(r.gmsd, f64::from(adv.guidance));
                 tracing::info!(
                     "step {} validation x4 (EMA): PSNR-Y {:.3} dB, GMSD {:.4}, HF ratio {:.3}{}",
                     state.step,
@@ -121,8 +121,6 @@ pub fn train_full<B: AutodiffBackend>(
                     if best { " (best)" } else { "" }
                 );
                 if best {
-                    state.best_gmsd = Some(r.gmsd);
-                    state.best_gmsd_w = Some(f64::from(adv.guidance));
                     save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
                 }
             }

@@ -52,6 +52,16 @@ impl RunState {
             _ => true,
         }
     }
+
+    /// Records a validation GMSD at `w` if it is a new best (the GMSD and its w together);
+    /// returns whether it was.
+    pub fn record_gmsd(&mut self, gmsd: f64, w: f64) -> bool {
+        let best = self.improves_gmsd(gmsd, w);
+        if best {
+            (self.best_gmsd, self.best_gmsd_w) = (Some(gmsd), Some(w));
+        }
+        best
+    }
 }
 
 /// One published checkpoint.
@@ -184,5 +194,12 @@ mod tests {
         assert!(!at2.improves_gmsd(0.09, 2.0));
         assert!(at2.improves_gmsd(0.09, 2.1));
         assert!(RunState::default().improves_gmsd(1.0, 1.0));
+        // Recording keeps the GMSD with its w.
+        let mut s = RunState::default();
+        assert!(s.record_gmsd(0.08, 2.0));
+        assert!(!s.record_gmsd(0.09, 2.0));
+        assert_eq!((s.best_gmsd, s.best_gmsd_w), (Some(0.08), Some(2.0)));
+        assert!(s.record_gmsd(0.09, 2.1));
+        assert_eq!((s.best_gmsd, s.best_gmsd_w), (Some(0.09), Some(2.1)));
     }
 }
