@@ -45,6 +45,7 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
         device: "cpu".parse().unwrap(),
         max_steps: None,
         init: None,
+        init_critic: None,
         devices: Some(devices.iter().map(|s| s.parse().unwrap()).collect()),
         node: NodeArgs::default(),
         objective: None,

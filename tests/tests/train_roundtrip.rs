@@ -55,6 +55,7 @@ fn args(dir: &Path, out: &str, resume: bool, max_steps: Option<usize>) -> TrainA
         device: "cpu".parse().unwrap(),
         max_steps,
         init: None,
+        init_critic: None,
         devices: None,
         node: Default::default(),
         objective: None,
@@ -370,6 +371,44 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
     assert_eq!(hist.len(), 2, "validated at steps 3 and 4");
     assert!(hist[0]["gmsd"].as_f64().is_some() && hist[0]["hf_ratio"].as_f64().is_some());
     assert!(state["best_gmsd"].as_f64().is_some());
+    // Every validated EMA is kept; the last one is final/.
+    assert!(d.join("full/val/3/model.bin").exists());
+    assert_eq!(
+        read(d.join("full/val/4/model.bin")),
+        read(d.join("full/final/model.bin"))
+    );
+
+    // --init-critic: a new run starts its discriminator from another run's checkpoint. With
+    // lr_d 0 the discriminator it saves is the one it was given, byte for byte.
+    let ck = d
+        .join("full")
+        .join(std::fs::read_to_string(d.join("full/latest")).unwrap().trim());
+    let mut vw = v.clone();
+    vw["adversarial"]["lr_d"] = 0.0.into();
+    std::fs::write(d.join("warm.json"), vw.to_string()).unwrap();
+    let warm = |critic: &Path, out: &str| {
+        let mut a = args(d, out, false, Some(1));
+        a.config = d.join("warm.json");
+        a.init = Some(d.join("full/final"));
+        a.init_critic = Some(critic.to_path_buf());
+        run(&a)
+    };
+    warm(&ck, "warm").unwrap();
+    let wck = d
+        .join("warm")
+        .join(std::fs::read_to_string(d.join("warm/latest")).unwrap().trim());
+    assert_eq!(read(wck.join("disc.bin")), read(ck.join("disc.bin")));
+    // A discriminator of another shape is refused, naming the file.
+    let mut other = v.clone();
+    other["adversarial"]["discriminator"]["widths"] = serde_json::json!([8, 16]);
+    save_config(d, &other);
+    adv("other", false, Some(1)).unwrap();
+    let e = format!(
+        "{:#}",
+        warm(&d.join("other").join("ckpt-00000001"), "warm2").unwrap_err()
+    );
+    assert!(e.contains("disc.bin"), "{e}");
+    save_config(d, &v);
 
     let dev = burn::backend::flex::FlexDevice;
     let lr = test_lr();

@@ -4,8 +4,10 @@
 //! residual blocks per level (the function is unchanged at step 0, the capacity is new).
 //! The EMA of the generator is what is validated and saved. `best/` keeps the EMA weights of the
 //! lowest validation GMSD at the run's w: it falls as edges are drawn where the photo has them
-//! and rises with artifacts, where PSNR only falls as detail appears. The dial between the base
-//! and the result is network interpolation (ESRGAN §3.4), `flowmapsr interpolate`.
+//! and rises with artifacts, where PSNR only falls as detail appears. `val/STEP/` keeps the EMA
+//! of every validation, since the preset is chosen among them at several w afterwards
+//! (scripts/candidate.sh). The dial between the base and the result is network interpolation
+//! (ESRGAN §3.4), `flowmapsr interpolate`.
 
 use super::{
     adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, validate_fake,
@@ -48,7 +50,7 @@ pub fn train_full<B: AutodiffBackend>(
     let base: UNet<B> = load_base(args, &init, &base_cfg, &device)?;
     let mut net = materialize(base.deepen(&cfg.model.unet, &device));
     let mut ema_net: UNet<B::InnerBackend> = net.valid();
-    let mut critic = Critic::<B>::new(adv, &device);
+    let mut critic = Critic::<B>::new(adv, &device).warm(args, &device)?;
     let mut optim_g = generator_adam(cfg).init::<B, UNet<B>>();
     let mut state = RunState::default();
     if let Some(ck) = Checkpoint::resume(args, true)? {
@@ -123,6 +125,9 @@ pub fn train_full<B: AutodiffBackend>(
                 if best {
                     save_dir(&ema_net, &cfg.model, &args.out.join("best"))?;
                 }
+                // Every validated EMA, to choose among on the held-out images afterwards.
+                let kept = args.out.join("val").join(state.step.to_string());
+                save_dir(&ema_net, &cfg.model, &kept)?;
             }
         }
         if state.step.is_multiple_of(cfg.ckpt_every) || last {

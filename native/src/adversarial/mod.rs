@@ -246,6 +246,38 @@ impl<B: AutodiffBackend> Critic<B> {
         })
     }
 
+    /// With `--init-critic DIR`: the discriminator from DIR/disc.bin, its optimiser from
+    /// DIR/optim_d.bin when DIR has one (a fresh optimiser otherwise). On `--resume` the run's
+    /// own checkpoint takes over.
+    pub fn warm(self, args: &TrainArgs, device: &B::Device) -> Result<Self> {
+        let Some(dir) = args.init_critic.as_deref().filter(|_| !args.resume) else {
+            return Ok(self);
+        };
+        let ck = Checkpoint {
+            dir: dir.to_path_buf(),
+            state: RunState::default(),
+        };
+        let disc = module_from_bytes(self.disc, &ck.read("disc.bin")?, device).with_context(
+            || {
+                format!(
+                    "{}: not a discriminator of the config's shape (adversarial.discriminator)",
+                    dir.join("disc.bin").display()
+                )
+            },
+        )?;
+        let optim = if ck.has("optim_d.bin") {
+            load_optim(self.optim, &ck, "optim_d.bin", device)?
+        } else {
+            self.optim
+        };
+        tracing::info!(
+            "discriminator from {}{}",
+            dir.display(),
+            if ck.has("optim_d.bin") { " with its optimiser" } else { "" }
+        );
+        Ok(Self { disc, optim })
+    }
+
     /// Its checkpoint files.
     pub fn files(&self) -> [(&'static str, Vec<u8>); 2] {
         [
@@ -305,7 +337,7 @@ pub fn train_lora<B: AutodiffBackend>(
     if adv.skip_shuffle {
         lora = lora.freeze_convs(&base.shuffle_fed());
     }
-    let mut critic = Critic::<B>::new(adv, &device);
+    let mut critic = Critic::<B>::new(adv, &device).warm(args, &device)?;
     let mut optim_g = generator_adam(cfg).init::<B, UNetLora<B>>();
     // best_psnr stays unused here (no best/, see above).
     let mut state = RunState::default();

@@ -56,6 +56,12 @@ pub struct TrainArgs {
     /// best/): fine-tuning or a longer schedule. The architecture must match the config's.
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
+    /// With --init on an adversarial config: start the discriminator from DIR (disc.bin, and its
+    /// optimiser from optim_d.bin when DIR has one), e.g. an earlier run's checkpoint folder or
+    /// checkpoints/realistic-critic/, so that a new run continues the contest where the last one
+    /// stopped instead of facing an untrained discriminator.
+    #[arg(long, requires = "init")]
+    pub init_critic: Option<PathBuf>,
     /// Data-parallel training on several local devices of one kind, e.g. `cpu,cpu` or
     /// `cuda:0,cuda:1`: each device takes an equal share of the batch and the gradients are
     /// averaged with burn-collective's all-reduce. Replaces --device.
@@ -140,6 +146,13 @@ pub fn run_config(args: &TrainArgs, mut cfg: TrainConfig) -> Result<()> {
     }
     if let Some(p) = args.precision {
         cfg.precision = p;
+    }
+    if let (Some(dir), None) = (&args.init_critic, &cfg.adversarial) {
+        bail!(
+            "--init-critic {}: the config has no `adversarial` section, so there is no \
+             discriminator to start",
+            dir.display()
+        );
     }
     let kinds = args.devices.clone().unwrap_or_else(|| vec![args.device]);
     let first = *kinds.first().context("--devices is empty")?;
