@@ -149,7 +149,10 @@ pub fn run(args: &TrainArgs, file: &Value) -> Result<()> {
             out: out.clone(),
             init,
             // The discriminator given on the command line is for the adversarial stages.
-            init_critic: args.init_critic.clone().filter(|_| cfg.adversarial.is_some()),
+            init_critic: args
+                .init_critic
+                .clone()
+                .filter(|_| cfg.adversarial.is_some()),
             stage: None,
             max_steps: Some(args.max_steps.map_or(left, |m| m.min(left))),
             ..args.clone()

@@ -380,9 +380,11 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
 
     // --init-critic: a new run starts its discriminator from another run's checkpoint. With
     // lr_d 0 the discriminator it saves is the one it was given, byte for byte.
-    let ck = d
-        .join("full")
-        .join(std::fs::read_to_string(d.join("full/latest")).unwrap().trim());
+    let ck = d.join("full").join(
+        std::fs::read_to_string(d.join("full/latest"))
+            .unwrap()
+            .trim(),
+    );
     let mut vw = v.clone();
     vw["adversarial"]["lr_d"] = 0.0.into();
     std::fs::write(d.join("warm.json"), vw.to_string()).unwrap();
@@ -394,9 +396,11 @@ fn whole_network_adversarial_deepens_resumes_and_interpolates() {
         run(&a)
     };
     warm(&ck, "warm").unwrap();
-    let wck = d
-        .join("warm")
-        .join(std::fs::read_to_string(d.join("warm/latest")).unwrap().trim());
+    let wck = d.join("warm").join(
+        std::fs::read_to_string(d.join("warm/latest"))
+            .unwrap()
+            .trim(),
+    );
     assert_eq!(read(wck.join("disc.bin")), read(ck.join("disc.bin")));
     // A discriminator of another shape is refused, naming the file.
     let mut other = v.clone();

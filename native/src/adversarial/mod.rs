@@ -257,14 +257,13 @@ impl<B: AutodiffBackend> Critic<B> {
             dir: dir.to_path_buf(),
             state: RunState::default(),
         };
-        let disc = module_from_bytes(self.disc, &ck.read("disc.bin")?, device).with_context(
-            || {
+        let disc =
+            module_from_bytes(self.disc, &ck.read("disc.bin")?, device).with_context(|| {
                 format!(
                     "{}: not a discriminator of the config's shape (adversarial.discriminator)",
                     dir.join("disc.bin").display()
                 )
-            },
-        )?;
+            })?;
         let optim = if ck.has("optim_d.bin") {
             load_optim(self.optim, &ck, "optim_d.bin", device)?
         } else {
@@ -273,7 +272,11 @@ impl<B: AutodiffBackend> Critic<B> {
         tracing::info!(
             "discriminator from {}{}",
             dir.display(),
-            if ck.has("optim_d.bin") { " with its optimiser" } else { "" }
+            if ck.has("optim_d.bin") {
+                " with its optimiser"
+            } else {
+                ""
+            }
         );
         Ok(Self { disc, optim })
     }
