@@ -66,7 +66,11 @@ fn the_shipped_dial_moves_the_output() {
     // an explicit knob overrides the preset's, and --weights replaces its weights.
     let realistic = up("realistic.png", &["--preset", "realistic"]);
     assert_ne!(base, realistic);
-    assert_ne!(realistic, up("w2.png", &["--guidance", "2"]), "the faithful weights at w 2");
+    assert_ne!(
+        realistic,
+        up("w2.png", &["--guidance", "2"]),
+        "the faithful weights at w 2"
+    );
     let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights/realistic");
     assert_eq!(
         realistic,

@@ -264,20 +264,18 @@ impl<B: AutodiffBackend> Critic<B> {
                     dir.join("disc.bin").display()
                 )
             })?;
-        let optim = if ck.has("optim_d.bin") {
+        let with_optim = ck.has("optim_d.bin");
+        let optim = if with_optim {
             load_optim(self.optim, &ck, "optim_d.bin", device)?
         } else {
             self.optim
         };
-        tracing::info!(
-            "discriminator from {}{}",
-            dir.display(),
-            if ck.has("optim_d.bin") {
-                " with its optimiser"
-            } else {
-                ""
-            }
-        );
+        let how = if with_optim {
+            " with its optimiser"
+        } else {
+            ""
+        };
+        tracing::info!("discriminator from {}{how}", dir.display());
         Ok(Self { disc, optim })
     }
 
