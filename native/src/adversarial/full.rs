@@ -57,7 +57,7 @@ pub fn train_full<B: AutodiffBackend>(
         net = module_from_bytes(net, &ck.read("model.bin")?, &device)?;
         ema_net = module_from_bytes(ema_net, &ck.read("ema.bin")?, &device)?;
         critic = critic.resume(&ck, &device)?;
-        optim_g = load_optim(optim_g, &ck, "optim_g.bin", &device)?;
+        optim_g = load_optim(optim_g, &ck.dir, "optim_g.bin", &device)?;
         state = ck.state;
     }
     tracing::info!(

@@ -9,7 +9,7 @@
 use crate::eval::EvalReport;
 use crate::imageio;
 use crate::train::log::StepLog;
-use crate::train::{validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
+use crate::train::{read_in, validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -240,10 +240,7 @@ impl<B: AutodiffBackend> Critic<B> {
 
     /// As a checkpoint holds it (disc.bin, optim_d.bin).
     pub fn resume(self, ck: &Checkpoint, device: &B::Device) -> Result<Self> {
-        Ok(Self {
-            disc: module_from_bytes(self.disc, &ck.read("disc.bin")?, device)?,
-            optim: load_optim(self.optim, ck, "optim_d.bin", device)?,
-        })
+        Ok(self.load(&ck.dir, false, device)?.0)
     }
 
     /// With `--init-critic DIR`: the discriminator from DIR/disc.bin, its optimiser from
@@ -253,30 +250,34 @@ impl<B: AutodiffBackend> Critic<B> {
         let Some(dir) = args.init_critic.as_deref().filter(|_| !args.resume) else {
             return Ok(self);
         };
-        let ck = Checkpoint {
-            dir: dir.to_path_buf(),
-            state: RunState::default(),
-        };
-        let disc =
-            module_from_bytes(self.disc, &ck.read("disc.bin")?, device).with_context(|| {
-                format!(
-                    "{}: not a discriminator of the config's shape (adversarial.discriminator)",
-                    dir.join("disc.bin").display()
-                )
-            })?;
-        let with_optim = ck.has("optim_d.bin");
-        let optim = if with_optim {
-            load_optim(self.optim, &ck, "optim_d.bin", device)?
-        } else {
-            self.optim
-        };
+        let (critic, with_optim) = self.load(dir, true, device)?;
         let how = if with_optim {
             " with its optimiser"
         } else {
             ""
         };
         tracing::info!("discriminator from {}{how}", dir.display());
-        Ok(Self { disc, optim })
+        Ok(critic)
+    }
+
+    /// DIR/disc.bin and DIR/optim_d.bin (which may be missing when `optim_optional`: the
+    /// optimiser then stays fresh); returns whether the optimiser was loaded.
+    fn load(self, dir: &Path, optim_optional: bool, device: &B::Device) -> Result<(Self, bool)> {
+        let disc = module_from_bytes(self.disc, &read_in(dir, "disc.bin")?, device).with_context(
+            || {
+                format!(
+                    "{}: not a discriminator of the config's shape (adversarial.discriminator)",
+                    dir.join("disc.bin").display()
+                )
+            },
+        )?;
+        let with_optim = !optim_optional || dir.join("optim_d.bin").exists();
+        let optim = if with_optim {
+            load_optim(self.optim, dir, "optim_d.bin", device)?
+        } else {
+            self.optim
+        };
+        Ok((Self { disc, optim }, with_optim))
     }
 
     /// Its checkpoint files.
@@ -299,14 +300,14 @@ pub(crate) fn generator_adam(cfg: &TrainConfig) -> AdamConfig {
     )
 }
 
-/// An optimiser's state as a checkpoint's file `name` holds it.
+/// An optimiser's state as the file `name` in `dir` (a checkpoint's folder) holds it.
 pub(crate) fn load_optim<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     optim: O,
-    ck: &Checkpoint,
+    dir: &Path,
     name: &str,
     device: &B::Device,
 ) -> Result<O> {
-    Ok(optim.load_record(record_from_bytes::<B, _>(&ck.read(name)?, device)?))
+    Ok(optim.load_record(record_from_bytes::<B, _>(&read_in(dir, name)?, device)?))
 }
 
 pub fn train_lora<B: AutodiffBackend>(
@@ -345,7 +346,7 @@ pub fn train_lora<B: AutodiffBackend>(
     if let Some(ck) = Checkpoint::resume(args, true)? {
         lora = module_from_bytes(lora, &ck.read("lora.bin")?, &device)?;
         critic = critic.resume(&ck, &device)?;
-        optim_g = load_optim(optim_g, &ck, "optim_g.bin", &device)?;
+        optim_g = load_optim(optim_g, &ck.dir, "optim_g.bin", &device)?;
         state = ck.state;
     }
     tracing::info!(

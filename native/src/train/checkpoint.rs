@@ -141,7 +141,7 @@ pub fn latest_step(out: &Path) -> Result<usize> {
     Ok(Checkpoint::latest(out)?.map_or(0, |c| c.state.step))
 }
 
-fn read_in(dir: &Path, f: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_in(dir: &Path, f: &str) -> Result<Vec<u8>> {
     std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
 }
 

@@ -15,6 +15,7 @@ pub mod distributed;
 pub mod flow;
 pub mod log;
 
+pub(crate) use checkpoint::read_in;
 pub use checkpoint::{latest_step, Checkpoint, RunState, ValPoint};
 pub use config::{TrainConfig, Weighting};
 pub use data::load_split;
