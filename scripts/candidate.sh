@@ -6,6 +6,8 @@
 # Usage: scripts/candidate.sh WEIGHTS_DIR [GUIDANCE... (default 1 2 3)] >table.md
 #        SETS=holdout scripts/candidate.sh ...   (the held-out column only: to choose among
 #        snapshots without looking at the test sets; a third of the time)
+#        REFS= scripts/candidate.sh ...   (the candidate's rows only; REFS names the reference
+#        rows to keep, default "faithful dial gans")
 # Needs: python3 with numpy, pillow, scipy, opencv-python-headless; node (for the peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,17 +44,23 @@ up() { # set name args...
   "$BIN" upscale "$W/$set/lr" -o "$W/$set/$name" --scale 4 "$@" 2>/dev/null
   for f in "$W/$set/$name"/*_x4.png; do mv "$f" "${f%_x4.png}.png"; done
 }
-ROWS="faithful dial"
+REFS=${REFS-faithful dial gans}
+has() { case " $REFS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+ROWS=""
+for r in faithful dial; do has $r && ROWS="$ROWS $r"; done
 for set in $SETS; do
   python3 "$TOOLS/sr_score.py" make-lr "$W/hr/$set" "$W/$set/lr" --scale 4 >/dev/null
-  up "$set" faithful --preset faithful
-  up "$set" dial --preset faithful --guidance 3 --lora 3
+  if has faithful; then up "$set" faithful --preset faithful; fi
+  if has dial; then up "$set" dial --preset faithful --guidance 3 --lora 3; fi
   # A row's folder has no dot (upscale takes "cand_w1.5" for a file name): 1.5 is cand_w1p5.
   for g in $WS; do up "$set" "cand_w${g/./p}" --weights "$CAND" --guidance "$g"; done
-  python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
+  if has gans; then
+    python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
+  fi
 done
 for g in $WS; do ROWS="$ROWS cand_w${g/./p}"; done
-python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS gans" <<'PY'
+if has gans; then ROWS="$ROWS gans"; fi
+python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS" <<'PY'
 import subprocess, sys
 w, tools, cand, sets, rows = sys.argv[1:]
 sys.path.insert(0, "scripts")

@@ -36,7 +36,7 @@ def band_power(y, axis):
     """Power in each of BANDS along `axis`, averaged over the other axis."""
     d = y - y.mean(axis=axis, keepdims=True)
     p = (np.abs(np.fft.rfft(d, axis=axis)) ** 2).mean(axis=1 - axis)
-    return _sum_bands(p, np.arange(p.shape[0]) / ((p.shape[0] - 1) * 2))
+    return _sum_bands(p, np.fft.rfftfreq(y.shape[axis]))
 
 
 def _luma(path):

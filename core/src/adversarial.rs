@@ -33,6 +33,13 @@
 //! model). Noisy residuals (high local variance) where the stable model is nearer the photo are
 //! artifacts the current step has drawn: the term pulls those pixels back and leaves texture the
 //! EMA also draws, and regions the training is still improving, to the discriminator.
+//! The band term is the pattern ratio of docs/tradeoff.md made a one-sided loss:
+//!   lambda_band mean_{axis, b} max(0, ln((P_b(fake) + e) / (P_b(real) + e))),
+//! with P_b the luma's power in the b-th band of period (2-2.5, 2.5-2.9, 2.9-3.3, 3.3-4, 4-5 px),
+//! along columns and along rows, per line (|DFT_k|^2 / N, mean over the band's bins and the
+//! lines), and e = (1/255)^2 the power of one grey level of white noise, below which a band's
+//! energy is not a pattern anyone sees. Only energy above the photo's costs: fine detail the
+//! photo has is free, a grain or hatching it lacks is not, which no other term tells apart.
 
 use crate::cond::{Cond, PROMPT_POSITIVE};
 use crate::lora::LoraConfig;
@@ -154,6 +161,8 @@ pub struct AdversarialConfig {
     pub ldl_weight: f32,
     /// Window in pixels of that term's local residual variance (LDL's 7).
     pub ldl_window: usize,
+    /// Weight of the one-sided fine-band power term (0: off).
+    pub band_weight: f32,
     /// Source of the fake: `fidelity` X_{0,1}(x0), or `stochastic` X_{0,1}(x0 + sigma_0 eps), which
     /// gives the adapters a noise source to shape into texture (inference then runs in that mode).
     pub mode: crate::bridge::Mode,
@@ -189,6 +198,7 @@ impl Default for AdversarialConfig {
             guidance: 1.0,
             ldl_weight: 0.0,
             ldl_window: 7,
+            band_weight: 0.0,
             mode: crate::bridge::Mode::Fidelity,
             temperature: 1.0,
             skip_shuffle: false,
@@ -309,6 +319,13 @@ pub fn generator_loss<B: Backend>(
         total = total + gms.clone() * cfg.gms_weight;
         terms.push(("gms", gms));
     }
+    if cfg.band_weight > 0.0 {
+        let excess = (band_power(fake.clone()) + BAND_FLOOR).log()
+            - (band_power(real.clone()) + BAND_FLOOR).log();
+        let band = excess.clamp_min(0.0).mean();
+        total = total + band.clone() * cfg.band_weight;
+        terms.push(("band", band));
+    }
     if let (true, Some(stable)) = (cfg.ldl_weight > 0.0, stable) {
         // Pixel-space residuals in 0..1 units (the image is -1..1).
         let px = |d: Tensor<B, 4>| crate::space::shuffle(d, 2) * 0.5;
@@ -323,6 +340,61 @@ pub fn generator_loss<B: Backend>(
         terms.push(("ldl", ldl));
     }
     AdvLoss { total, terms }
+}
+
+/// One grey level of white noise, per DFT bin (|X_k|^2 / N) in 0..1 units.
+const BAND_FLOOR: f32 = 1.0 / (255.0 * 255.0);
+
+/// Luma power in each of the pattern measure's bands (metrics.rs) along columns, then along
+/// rows, of an unshuffled [n, 12, h, w] image (-1..1): [n, 2 x bands], a band without a DFT bin
+/// at this size left out.
+fn band_power<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let x = crate::space::shuffle(x, 2);
+    // Luma in 0..1 units; its offset goes with each line's mean.
+    let y = filter(x, &[0.299 / 2.0, 0.587 / 2.0, 0.114 / 2.0], [1, 3, 1, 1]);
+    let t = y.clone().swap_dims(2, 3);
+    Tensor::cat(vec![line_band_power(t), line_band_power(y)], 1)
+}
+
+/// Band power along the last axis of [n, 1, lines, len], averaged over the lines: [n, bands].
+fn line_band_power<B: Backend>(y: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, _, lines, len] = y.dims();
+    let dev = y.device();
+    let y = y.reshape([n * lines, len]);
+    let y = y.clone() - y.mean_dim(1);
+    // The DFT at the bins of the bands as two real matrices [len, bins], and each band's mean
+    // over its bins as [bins, bands].
+    let bands: Vec<Vec<usize>> = crate::metrics::band_bins(len)
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect();
+    let bins: Vec<usize> = bands.iter().flatten().copied().collect();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for i in 0..len {
+        for &k in &bins {
+            let a = 2.0 * std::f64::consts::PI * (k * i % len) as f64 / len as f64;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let mut mean = vec![0.0f32; bins.len() * bands.len()];
+    let mut row = 0;
+    for (j, b) in bands.iter().enumerate() {
+        for _ in b {
+            mean[row * bands.len() + j] = 1.0 / b.len() as f32;
+            row += 1;
+        }
+    }
+    let m = |v: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<B, 1>::from_floats(v.as_slice(), &dev).reshape(shape)
+    };
+    let (c, s) = (m(cos, [len, bins.len()]), m(sin, [len, bins.len()]));
+    let p = (y.clone().matmul(c).powi_scalar(2) + y.matmul(s).powi_scalar(2)) / len as f32;
+    let p = p
+        .reshape([n, lines, bins.len()])
+        .mean_dim(1)
+        .reshape([n, bins.len()]);
+    p.matmul(m(mean, [bins.len(), bands.len()]))
 }
 
 /// LDL's refined artifact map from the pixel-space residuals fake - real and stable - real
@@ -648,6 +720,62 @@ mod tests {
         // No stable fake, no term.
         let none = generator_loss(&d, real.clone(), fake.clone(), real, None, &cfg);
         assert_eq!(none.terms.len(), 2);
+    }
+
+    /// The band term by hand on a 64-px crop: the real image is a cosine of period 8 px along
+    /// the rows (outside the bands), the fake adds one of period 4 px and amplitude 0.1 (0..1
+    /// units). Along the rows that is |X_16|^2 / 64 = (0.1 x 32)^2 / 64 = 0.16 in bin 16, a mean
+    /// of 0.04 over the 4-5 px band's 4 bins (13..16), against none in the real: ln(1 + 0.04 x
+    /// 255^2) in 1 of the 10 (band, axis) pairs; every other pair is zero (along the columns each
+    /// column is flat). The other way round costs nothing, and its gradient takes the grain off.
+    #[test]
+    fn band_term_by_hand() {
+        type AD = Autodiff<B>;
+        let dev = Default::default();
+        let img = |grain: f32| -> Tensor<B, 4> {
+            let px: Vec<f32> = (0..3 * 64 * 64)
+                .map(|i| {
+                    let x = (i % 64) as f32 * std::f32::consts::PI;
+                    // -1..1 units: twice the 0..1 amplitudes.
+                    0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
+                })
+                .collect();
+            crate::space::unshuffle(
+                Tensor::from_data(TensorData::new(px, [1, 3, 64, 64]), &dev),
+                2,
+            )
+        };
+        let p: Vec<f32> = band_power(img(0.1)).into_data().to_vec().unwrap();
+        assert_eq!(p.len(), 10);
+        assert!((p[9] - 0.04).abs() < 1e-5, "{p:?}");
+        assert!(p[..9].iter().all(|v| v.abs() < 1e-7), "{p:?}");
+        let d = tiny_disc::<AD>();
+        let cfg = AdversarialConfig {
+            rec_weight: 0.0,
+            band_weight: 1.0,
+            ..Default::default()
+        };
+        let term = |fake: Tensor<AD, 4>, real: Tensor<AD, 4>| {
+            let lg = generator_loss(&d, real.clone(), fake, real, None, &cfg);
+            let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+            assert_eq!(names, ["g_rp", "rec", "band"]);
+            lg.terms[2].1.clone()
+        };
+        let fake = Tensor::<AD, 4>::from_inner(img(0.1)).require_grad();
+        let real = Tensor::<AD, 4>::from_inner(img(0.0));
+        let band = term(fake.clone(), real.clone());
+        let got: f32 = band.clone().into_scalar();
+        let want = (1.0 + 0.04 * 255.0f32 * 255.0).ln() / 10.0;
+        assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        let smooth: f32 = term(real.clone(), fake.clone()).into_scalar();
+        assert!(
+            smooth.abs() < 1e-4,
+            "{smooth}: less fine energy than the photo is free"
+        );
+        let grad = fake.grad(&band.backward()).unwrap();
+        let stepped = fake.inner() - grad.clone() * (0.01 / grad.abs().max().into_scalar());
+        let after: Vec<f32> = band_power(stepped).into_data().to_vec().unwrap();
+        assert!(after[9] < 0.04 * 0.99, "{after:?}");
     }
 
     /// Feature matching by hand: a one-stage D whose single feature is leaky_relu(R) (a centre

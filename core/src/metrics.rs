@@ -7,6 +7,12 @@
 //! - GMSD (Xue et al. 2014) in [0, ~0.35], lower is better: 2x2 mean + stride 2, Prewitt /3
 //!   gradients, c = 170, std of the gradient-magnitude similarity map.
 //! - HF ratio: mean squared 4-neighbour Laplacian of SR over that of HR; < 1 is blurrier than HR.
+//! - Pattern (docs/tradeoff.md, as scripts/pattern_ratio.py): the luma's power in five bands of
+//!   period from 2 to 5 px, along columns and along rows (each line's mean removed, averaged over
+//!   the lines), SR over HR, the largest of the ten ratios; unshaved. Above 1 the output has more
+//!   energy at some fine scale than the photo (a grain or hatching), which the HF ratio counts as
+//!   detail. Measured on Pillow's 8-bit luma, as the script does: the two agree to 1e-4 (to six
+//!   digits on PNGs; the HR decoders differ on JPEGs).
 //!
 //! Borders inside the filters use OpenCV's reflect-101, so the numbers match `sr_score.py`.
 
@@ -89,6 +95,22 @@ pub fn luma(img: &Image, gray: bool) -> Plane {
                 y
             }
         })
+        .collect();
+    Plane {
+        w: img.width,
+        h: img.height,
+        v,
+    }
+}
+
+/// 8-bit luma as Pillow's `convert("L")` computes it (ITU-R 601-2 weights in 16-bit fixed point,
+/// rounded): the plane scripts/pattern_ratio.py measures the pattern on.
+pub fn pil_luma(img: &Image) -> Plane {
+    let rgb = img.to_rgb();
+    let (r, g, b) = (rgb.plane(0), rgb.plane(1), rgb.plane(2));
+    let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u32;
+    let v = (0..img.pixels())
+        .map(|i| ((q(r[i]) * 19595 + q(g[i]) * 38470 + q(b[i]) * 7471 + 0x8000) >> 16) as f64)
         .collect();
     Plane {
         w: img.width,
@@ -216,9 +238,11 @@ pub struct Scores {
     pub ssim_y: f64,
     pub gmsd: f64,
     pub hf_ratio: f64,
+    #[serde(default)]
+    pub pattern: f64,
 }
 
-/// All four metrics of `sr` against `hr` (same size, RGB in [0, 1]; quantise `sr` to 8 bits
+/// All five metrics of `sr` against `hr` (same size, RGB in [0, 1]; quantise `sr` to 8 bits
 /// first to score what a saved file would hold).
 pub fn score(sr: &Image, hr: &Image, shave: usize, gray: bool) -> Scores {
     assert_eq!(
@@ -226,6 +250,7 @@ pub fn score(sr: &Image, hr: &Image, shave: usize, gray: bool) -> Scores {
         (hr.width, hr.height),
         "SR and HR sizes differ"
     );
+    let pattern = pattern(&pil_luma(sr), &pil_luma(hr));
     let ys = luma(sr, gray).shave(shave);
     let yh = luma(hr, gray).shave(shave);
     Scores {
@@ -233,7 +258,91 @@ pub fn score(sr: &Image, hr: &Image, shave: usize, gray: bool) -> Scores {
         ssim_y: ssim(&ys, &yh),
         gmsd: gmsd(&ys, &yh),
         hf_ratio: hf_ratio(&ys, &yh),
+        pattern,
     }
+}
+
+/// The pattern measure's bands in cycles per pixel, (low, high]: periods 2-2.5, 2.5-2.9,
+/// 2.9-3.3, 3.3-4 and 4-5 px.
+pub const PATTERN_BANDS: [(f64, f64); 5] = [
+    (0.4, 0.5),
+    (0.35, 0.4),
+    (0.3, 0.35),
+    (0.25, 0.3),
+    (0.2, 0.25),
+];
+
+/// The DFT bins k (frequency k / len) of a line of `len` samples in each of PATTERN_BANDS; a band
+/// too narrow for any bin at this length is empty.
+pub fn band_bins(len: usize) -> Vec<Vec<usize>> {
+    PATTERN_BANDS
+        .iter()
+        .map(|&(lo, hi)| {
+            (1..=len / 2)
+                .filter(|&k| {
+                    let f = k as f64 / len as f64;
+                    f > lo && f <= hi
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Power |DFT_k|^2 summed over each band's bins, of every line (its mean removed) of `p` along x
+/// (`along_x`) or along y, averaged over the lines.
+fn band_power(p: &Plane, along_x: bool) -> [f64; 5] {
+    let (len, lines) = if along_x { (p.w, p.h) } else { (p.h, p.w) };
+    let bins = band_bins(len);
+    let all: Vec<usize> = bins.iter().flatten().copied().collect();
+    // cos/sin tables [bin][i], by the exact phase k i mod len.
+    let table = |f: fn(f64) -> f64| -> Vec<Vec<f64>> {
+        all.iter()
+            .map(|&k| {
+                (0..len)
+                    .map(|i| f(2.0 * std::f64::consts::PI * ((k * i) % len) as f64 / len as f64))
+                    .collect()
+            })
+            .collect()
+    };
+    let (cos, sin) = (table(f64::cos), table(f64::sin));
+    let mut power = vec![0.0; all.len()];
+    let mut line = vec![0.0; len];
+    for j in 0..lines {
+        for (i, v) in line.iter_mut().enumerate() {
+            *v = if along_x {
+                p.v[j * p.w + i]
+            } else {
+                p.v[i * p.w + j]
+            };
+        }
+        let mean = line.iter().sum::<f64>() / len as f64;
+        line.iter_mut().for_each(|v| *v -= mean);
+        for (b, pw) in power.iter_mut().enumerate() {
+            let re: f64 = line.iter().zip(&cos[b]).map(|(v, c)| v * c).sum();
+            let im: f64 = line.iter().zip(&sin[b]).map(|(v, s)| v * s).sum();
+            *pw += re * re + im * im;
+        }
+    }
+    let mut out = [0.0; 5];
+    let mut at = 0;
+    for (o, b) in out.iter_mut().zip(&bins) {
+        *o = power[at..at + b.len()].iter().sum::<f64>() / lines.max(1) as f64;
+        at += b.len();
+    }
+    out
+}
+
+/// The pattern ratio of `sr` against `hr` (same size, unshaved luma): the largest over the bands
+/// and the two axes of SR's band power over HR's.
+pub fn pattern(sr: &Plane, hr: &Plane) -> f64 {
+    let mut worst: f64 = 0.0;
+    for along_x in [false, true] {
+        let (s, h) = (band_power(sr, along_x), band_power(hr, along_x));
+        for (a, b) in s.iter().zip(&h) {
+            worst = worst.max(a / b.max(1e-12));
+        }
+    }
+    worst
 }
 
 impl Scores {
@@ -244,6 +353,7 @@ impl Scores {
             ssim_y: all.iter().map(|s| s.ssim_y).sum::<f64>() / n,
             gmsd: all.iter().map(|s| s.gmsd).sum::<f64>() / n,
             hf_ratio: all.iter().map(|s| s.hf_ratio).sum::<f64>() / n,
+            pattern: all.iter().map(|s| s.pattern).sum::<f64>() / n,
         }
     }
 }
@@ -258,6 +368,53 @@ mod tests {
             h,
             v: (0..w * h).map(|i| f(i % w, i / w)).collect(),
         }
+    }
+
+    /// Pillow's luma of pure red, green, blue and one mixed colour (as `Image.convert("L")`
+    /// printed them: 76, 150, 29, 124).
+    #[test]
+    fn pil_luma_matches_pillow() {
+        let px = [
+            [255.0, 0.0, 0.0],
+            [0.0, 255.0, 0.0],
+            [0.0, 0.0, 255.0],
+            [200.0, 100.0, 50.0],
+        ];
+        let mut data = vec![0.0f32; 12];
+        for (i, p) in px.iter().enumerate() {
+            for c in 0..3 {
+                data[c * 4 + i] = p[c] / 255.0;
+            }
+        }
+        let img = Image::new(4, 1, 3, data).unwrap();
+        assert_eq!(pil_luma(&img).v, vec![76.0, 150.0, 29.0, 124.0]);
+    }
+
+    /// The pattern ratio by hand: a photo of a 4-px cosine along x (amplitude 2) and a 3-px
+    /// one along y (amplitude 1); an output with the 4-px one at 3 has 9/4 of its power in the
+    /// 4-5 px band along x and the same elsewhere: 2.25. A blurrier output (both halved) has 1/4.
+    /// A band an output fills where the photo has nothing is only bounded by the floor.
+    #[test]
+    fn pattern_by_hand() {
+        let img = |a: f64, b: f64| {
+            plane(48, 36, |x, y| {
+                let t = std::f64::consts::TAU;
+                100.0 + a * (t * x as f64 / 4.0).cos() + b * (t * y as f64 / 3.0).cos()
+            })
+        };
+        let hr = img(2.0, 1.0);
+        assert!((pattern(&hr, &hr) - 1.0).abs() < 1e-9);
+        let p = pattern(&img(3.0, 1.0), &hr);
+        assert!((p - 2.25).abs() < 1e-9, "{p}");
+        let p = pattern(&img(1.0, 0.5), &hr);
+        assert!((p - 0.25).abs() < 1e-9, "{p}");
+        // A 2-px grain on a photo with no fine detail at all.
+        let flat = plane(48, 36, |_, _| 100.0);
+        let grain = plane(48, 36, |x, _| 100.0 + if x % 2 == 0 { 1.0 } else { -1.0 });
+        assert!(pattern(&grain, &flat) > 1e9);
+        // 48 px: bins 10..12 (4-5 px) ... 20..24 (2-2.5 px), each band has some.
+        assert!(band_bins(48).iter().all(|b| !b.is_empty()));
+        assert_eq!(band_bins(48)[4], vec![10, 11, 12]);
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct EvalReport {
     pub ssim_y: f64,
     pub gmsd: f64,
     pub hf_ratio: f64,
+    pub pattern: f64,
     pub ms_per_image: f64,
     pub n: usize,
     pub images: Vec<ImageReport>,
@@ -130,6 +131,7 @@ pub fn evaluate(
         ssim_y: mean.ssim_y,
         gmsd: mean.gmsd,
         hf_ratio: mean.hf_ratio,
+        pattern: mean.pattern,
         ms_per_image: reports.iter().map(|r| r.ms).sum::<f64>() / reports.len().max(1) as f64,
         n: reports.len(),
         images: reports,
@@ -339,13 +341,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     } else {
         for r in &report.images {
             println!(
-                "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  {:8.1} ms",
-                r.name, r.scores.psnr_y, r.scores.ssim_y, r.scores.gmsd, r.scores.hf_ratio, r.ms
+                "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  PATTERN {:.2}  {:8.1} ms",
+                r.name,
+                r.scores.psnr_y,
+                r.scores.ssim_y,
+                r.scores.gmsd,
+                r.scores.hf_ratio,
+                r.scores.pattern,
+                r.ms
             );
         }
         println!(
-            "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  {:8.1} ms/image  (n={}, x{}, {:?}, steps {})",
-            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.ms_per_image, report.n, scale, args.method, args.request.steps()
+            "{:24} PSNR {:7.3}  SSIM {:.4}  GMSD {:.4}  HF {:.3}  PATTERN {:.2}  {:8.1} ms/image  (n={}, x{}, {:?}, steps {})",
+            "MEAN", report.psnr_y, report.ssim_y, report.gmsd, report.hf_ratio, report.pattern, report.ms_per_image, report.n, scale, args.method, args.request.steps()
         );
     }
     Ok(())

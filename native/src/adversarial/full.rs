@@ -112,14 +112,16 @@ pub fn train_full<B: AutodiffBackend>(
                     train_secs: state.train_secs,
                     gmsd: Some(r.gmsd),
                     hf_ratio: Some(r.hf_ratio),
+                    pattern: Some(r.pattern),
                 });
                 let best = state.record_gmsd(r.gmsd, f64::from(adv.guidance));
                 tracing::info!(
-                    "step {} validation x4 (EMA): PSNR-Y {:.3} dB, GMSD {:.4}, HF ratio {:.3}{}",
+                    "step {} validation x4 (EMA): PSNR-Y {:.3} dB, GMSD {:.4}, HF ratio {:.3}, pattern {:.2}{}",
                     state.step,
                     r.psnr_y,
                     r.gmsd,
                     r.hf_ratio,
+                    r.pattern,
                     if best { " (best)" } else { "" }
                 );
                 if best {

@@ -397,14 +397,16 @@ pub fn train_lora<B: AutodiffBackend>(
                     train_secs: state.train_secs,
                     gmsd: Some(r.gmsd),
                     hf_ratio: Some(hf),
+                    pattern: Some(r.pattern),
                 });
                 tracing::info!(
-                    "step {} validation x4 at LoRA {} ({:?}, temperature {}): PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}, GMSD {:.4}",
+                    "step {} validation x4 at LoRA {} ({:?}, temperature {}): PSNR-Y {psnr:.3} dB, HF ratio {hf:.3}, GMSD {:.4}, pattern {:.2}",
                     state.step,
                     adv.train_scale,
                     adv.mode,
                     adv.temperature,
-                    r.gmsd
+                    r.gmsd,
+                    r.pattern
                 );
             }
         }

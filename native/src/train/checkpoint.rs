@@ -36,11 +36,13 @@ pub struct ValPoint {
     pub step: usize,
     pub psnr_y: f64,
     pub train_secs: f64,
-    /// Adversarial runs also log GMSD and the HF ratio.
+    /// Adversarial runs also log GMSD, the HF ratio and the pattern ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gmsd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<f64>,
 }
 
 impl RunState {

@@ -141,6 +141,12 @@ impl TrainConfig {
                     a.guidance
                 );
             }
+            if !(a.band_weight.is_finite() && a.band_weight >= 0.0) {
+                bail!(
+                    "adversarial.band_weight must be a finite number >= 0, not {}",
+                    a.band_weight
+                );
+            }
             if a.ldl_window < 3 || a.ldl_window.is_multiple_of(2) {
                 bail!(
                     "adversarial.ldl_window must be odd and >= 3, not {}",
@@ -246,7 +252,8 @@ mod tests {
     }
 
     /// The artifact term compares with the EMA, which only the whole-network generator keeps; the
-    /// training guidance must be one the model knows; the artifact window is odd.
+    /// training guidance must be one the model knows; the artifact window is odd; the band
+    /// term's weight is a number.
     #[test]
     fn artifact_term_needs_the_full_generator() {
         let mut cfg = release_stage("fidelity");
@@ -266,9 +273,14 @@ mod tests {
         assert!(e.contains("guidance") && e.contains("w_max"), "{e}");
         adv.guidance = 1.0;
         adv.ldl_window = 4;
-        cfg.adversarial = Some(adv);
+        cfg.adversarial = Some(adv.clone());
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("ldl_window"), "{e}");
+        adv.ldl_window = 7;
+        adv.band_weight = f32::NAN;
+        cfg.adversarial = Some(adv);
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("band_weight"), "{e}");
     }
 
     #[test]

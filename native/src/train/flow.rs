@@ -310,6 +310,7 @@ fn worker<B: AutodiffBackend>(
                     train_secs: state.train_secs,
                     gmsd: None,
                     hf_ratio: None,
+                    pattern: None,
                 });
                 let best = state.best_psnr.is_none_or(|b| psnr > b);
                 tracing::info!(
