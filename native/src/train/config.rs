@@ -141,10 +141,18 @@ impl TrainConfig {
                     a.guidance
                 );
             }
-            if !(a.band_weight.is_finite() && a.band_weight >= 0.0) {
+            for (name, v) in [
+                ("band_weight", a.band_weight),
+                ("band_deficit_weight", a.band_deficit_weight),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    bail!("adversarial.{name} must be a finite number >= 0, not {v}");
+                }
+            }
+            if !(a.band_deficit_min_period.is_finite() && a.band_deficit_min_period >= 2.0) {
                 bail!(
-                    "adversarial.band_weight must be a finite number >= 0, not {}",
-                    a.band_weight
+                    "adversarial.band_deficit_min_period must be a period in pixels >= 2, not {}",
+                    a.band_deficit_min_period
                 );
             }
             if a.ldl_window < 3 || a.ldl_window.is_multiple_of(2) {
@@ -278,9 +286,19 @@ mod tests {
         assert!(e.contains("ldl_window"), "{e}");
         adv.ldl_window = 7;
         adv.band_weight = f32::NAN;
-        cfg.adversarial = Some(adv);
+        cfg.adversarial = Some(adv.clone());
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("band_weight"), "{e}");
+        adv.band_weight = 0.3;
+        adv.band_deficit_weight = -1.0;
+        cfg.adversarial = Some(adv.clone());
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("band_deficit_weight"), "{e}");
+        adv.band_deficit_weight = 0.3;
+        adv.band_deficit_min_period = 1.0;
+        cfg.adversarial = Some(adv);
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("band_deficit_min_period"), "{e}");
     }
 
     #[test]
