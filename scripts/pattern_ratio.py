@@ -13,7 +13,8 @@ to that hatching (its Set5 outputs at w 3, LoRA 3: 1.86 there, 2.57 with the fiv
 SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
 
 Usage: scripts/pattern_ratio.py SR_DIR HR_DIR
-       (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...); local L.LL")
+       (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...); local L.LL;
+       checker K.KK")
 """
 import functools
 import os
@@ -122,6 +123,30 @@ def local_pattern(sr_dir, hr_dir):
     return float(np.mean(per)) if per else None
 
 
+# The checkerboard ratio: the 2-D power of 64 x 64 tiles (each tile's mean removed) where both
+# frequencies are at least 0.4 cycles/px, the 2-px diagonal pattern that the five bands along one
+# axis at a time dilute with the edges'; SR over HR per image, then the mean over the images.
+TILE, CORNER = 64, 0.4
+
+
+def _corner_power(y):
+    nh, nw = y.shape[0] // TILE, y.shape[1] // TILE
+    t = y[: nh * TILE, : nw * TILE].reshape(nh, TILE, nw, TILE).transpose(0, 2, 1, 3)
+    t = t.reshape(-1, TILE, TILE)
+    p = np.abs(np.fft.fft2(t - t.mean(axis=(1, 2), keepdims=True))) ** 2
+    f = np.abs(np.fft.fftfreq(TILE))
+    return p[:, f >= CORNER][:, :, f >= CORNER].sum()
+
+
+def checker(sr_dir, hr_dir):
+    """The checkerboard ratio (see TILE), or None when an SR image is missing."""
+    pairs = _pairs(sr_dir, hr_dir)
+    if pairs is None:
+        return None
+    per = [_corner_power(y) / max(_corner_power(h), 1e-12) for h, y in pairs if min(h.shape) >= TILE]
+    return float(np.mean(per)) if per else None
+
+
 def pattern(sr_dir, hr_dir):
     """The pattern ratio (the first of `pattern_axes`), or None when an SR image is missing."""
     r = pattern_axes(sr_dir, hr_dir)
@@ -136,4 +161,5 @@ if __name__ == "__main__":
         sys.exit(f"pattern_ratio.py: {sys.argv[1]} lacks a PNG for some image of {sys.argv[2]}")
     bands = ", ".join(f"{label} {v:.2f}" for (label, _, _), v in zip(BANDS, r[3]))
     print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f}; by period: {bands}); "
-          f"local {local_pattern(sys.argv[1], sys.argv[2]):.2f}")
+          f"local {local_pattern(sys.argv[1], sys.argv[2]):.2f}; "
+          f"checker {checker(sys.argv[1], sys.argv[2]):.2f}")

@@ -144,6 +144,7 @@ impl TrainConfig {
             for (name, v) in [
                 ("band_weight", a.band_weight),
                 ("band_deficit_weight", a.band_deficit_weight),
+                ("checker_weight", a.checker_weight),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     bail!("adversarial.{name} must be a finite number >= 0, not {v}");
