@@ -554,6 +554,7 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::Param;
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{Distribution, TensorData};
 
     type B = Flex;
@@ -792,6 +793,34 @@ mod tests {
         assert_eq!(none.terms.len(), 2);
     }
 
+    /// A size x size RGB image (-1..1, the same in every channel) from a function of (x, y),
+    /// unshuffled as the generator's output is.
+    fn px_image<BB: Backend>(size: usize, f: impl Fn(usize, usize) -> f32) -> Tensor<BB, 4> {
+        let plane = size * size;
+        let px: Vec<f32> = (0..3 * plane)
+            .map(|i| f((i % plane) % size, (i % plane) / size))
+            .collect();
+        let dev = Default::default();
+        crate::space::unshuffle(
+            Tensor::from_data(TensorData::new(px, [1, 3, size, size]), &dev),
+            2,
+        )
+    }
+
+    /// The one optional term `cfg` switches on (after g_rp and rec) for `fake` against `real`.
+    fn only_term<BB: AutodiffBackend>(
+        d: &Discriminator<BB>,
+        fake: Tensor<BB, 4>,
+        real: Tensor<BB, 4>,
+        cfg: &AdversarialConfig,
+        name: &str,
+    ) -> Tensor<BB, 1> {
+        let lg = generator_loss(d, real.clone(), fake, real, None, cfg);
+        let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
+        assert_eq!(names, ["g_rp", "rec", name]);
+        lg.terms[2].1.clone()
+    }
+
     /// The band term by hand on a 64-px crop: the real image is a cosine of period 8 px along
     /// the rows (outside the bands), the fake adds one of period 4 px and amplitude 0.1 (0..1
     /// units). Along the rows that is |X_16|^2 / 64 = (0.1 x 32)^2 / 64 = 0.16 in bin 16, a mean
@@ -801,19 +830,12 @@ mod tests {
     #[test]
     fn band_term_by_hand() {
         type AD = Autodiff<B>;
-        let dev = Default::default();
         let img = |grain: f32| -> Tensor<B, 4> {
-            let px: Vec<f32> = (0..3 * 64 * 64)
-                .map(|i| {
-                    let x = (i % 64) as f32 * std::f32::consts::PI;
-                    // -1..1 units: twice the 0..1 amplitudes.
-                    0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
-                })
-                .collect();
-            crate::space::unshuffle(
-                Tensor::from_data(TensorData::new(px, [1, 3, 64, 64]), &dev),
-                2,
-            )
+            px_image(64, |x, _| {
+                let x = x as f32 * std::f32::consts::PI;
+                // -1..1 units: twice the 0..1 amplitudes.
+                0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
+            })
         };
         let p: Vec<f32> = band_power(img(0.1)).into_data().to_vec().unwrap();
         assert_eq!(p.len(), 10);
@@ -825,12 +847,7 @@ mod tests {
             band_weight: 1.0,
             ..Default::default()
         };
-        let term = |fake: Tensor<AD, 4>, real: Tensor<AD, 4>| {
-            let lg = generator_loss(&d, real.clone(), fake, real, None, &cfg);
-            let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
-            assert_eq!(names, ["g_rp", "rec", "band"]);
-            lg.terms[2].1.clone()
-        };
+        let term = |fake, real| only_term::<AD>(&d, fake, real, &cfg, "band");
         let fake = Tensor::<AD, 4>::from_inner(img(0.1)).require_grad();
         let real = Tensor::<AD, 4>::from_inner(img(0.0));
         let band = term(fake.clone(), real.clone());
@@ -855,17 +872,8 @@ mod tests {
     #[test]
     fn checker_term_by_hand() {
         type AD = Autodiff<B>;
-        let dev = Default::default();
         let a = 2.0 / 255.0;
-        let img = |f: &dyn Fn(usize, usize) -> f32| -> Tensor<AD, 4> {
-            let px: Vec<f32> = (0..3 * 32 * 32)
-                .map(|i| f((i % 1024) % 32, (i % 1024) / 32))
-                .collect();
-            Tensor::from_inner(crate::space::unshuffle(
-                Tensor::from_data(TensorData::new(px, [1, 3, 32, 32]), &dev),
-                2,
-            ))
-        };
+        let img = |f: &dyn Fn(usize, usize) -> f32| -> Tensor<AD, 4> { px_image(32, f) };
         // -1..1 units: twice the 0..1 amplitude.
         let flat = img(&|_, _| 0.1);
         let checker = img(&|x, y| 0.1 + 2.0 * a * if (x + y) % 2 == 0 { 1.0 } else { -1.0 });
@@ -877,12 +885,7 @@ mod tests {
             checker_weight: 1.0,
             ..Default::default()
         };
-        let term = |fake: Tensor<AD, 4>, real: Tensor<AD, 4>| {
-            let lg = generator_loss(&d, real.clone(), fake, real, None, &cfg);
-            let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
-            assert_eq!(names, ["g_rp", "rec", "checker"]);
-            lg.terms[2].1.clone()
-        };
+        let term = |fake, real| only_term::<AD>(&d, fake, real, &cfg, "checker");
         let e = BAND_FLOOR;
         // Boxes of the 30 x 30 valid response: 3 x 3 (the last 6 px are in none).
         let fake = checker.clone().require_grad();
@@ -912,18 +915,11 @@ mod tests {
     #[test]
     fn band_deficit_by_hand() {
         type AD = Autodiff<B>;
-        let dev = Default::default();
         let img = |grain: f32| -> Tensor<AD, 4> {
-            let px: Vec<f32> = (0..3 * 64 * 64)
-                .map(|i| {
-                    let x = (i % 64) as f32 * std::f32::consts::PI;
-                    0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
-                })
-                .collect();
-            Tensor::from_inner(crate::space::unshuffle(
-                Tensor::from_data(TensorData::new(px, [1, 3, 64, 64]), &dev),
-                2,
-            ))
+            px_image(64, |x, _| {
+                let x = x as f32 * std::f32::consts::PI;
+                0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
+            })
         };
         let d = tiny_disc::<AD>();
         let cfg = AdversarialConfig {
@@ -931,12 +927,7 @@ mod tests {
             band_deficit_weight: 1.0,
             ..Default::default()
         };
-        let term = |fake: Tensor<AD, 4>, real: Tensor<AD, 4>| {
-            let lg = generator_loss(&d, real.clone(), fake, real, None, &cfg);
-            let names: Vec<_> = lg.terms.iter().map(|t| t.0).collect();
-            assert_eq!(names, ["g_rp", "rec", "band_deficit"]);
-            lg.terms[2].1.clone()
-        };
+        let term = |fake, real| only_term::<AD>(&d, fake, real, &cfg, "band_deficit");
         let e = BAND_FLOOR;
         let fake = img(0.02).require_grad();
         let deficit = term(fake.clone(), img(0.1));
@@ -949,8 +940,7 @@ mod tests {
                 band_deficit_min_period: min_period,
                 ..cfg.clone()
             };
-            let lg = generator_loss(&d, img(0.1), img(0.02), img(0.1), None, &cfg);
-            lg.terms[2].1.clone().into_scalar()
+            only_term::<AD>(&d, img(0.02), img(0.1), &cfg, "band_deficit").into_scalar()
         };
         assert!(
             (only(4.0) - want * 5.0).abs() < 5e-3,
