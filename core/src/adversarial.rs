@@ -807,6 +807,16 @@ mod tests {
         )
     }
 
+    /// The band tests' 64-px crop: a cosine of period 8 px along the rows (outside the bands, 0.2
+    /// in 0..1 units) plus one of period 4 px and amplitude `grain`.
+    fn grain_image<BB: Backend>(grain: f32) -> Tensor<BB, 4> {
+        px_image(64, |x, _| {
+            let x = x as f32 * std::f32::consts::PI;
+            // -1..1 units: twice the 0..1 amplitudes.
+            0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
+        })
+    }
+
     /// The one optional term `cfg` switches on (after g_rp and rec) for `fake` against `real`.
     fn only_term<BB: AutodiffBackend>(
         d: &Discriminator<BB>,
@@ -830,13 +840,7 @@ mod tests {
     #[test]
     fn band_term_by_hand() {
         type AD = Autodiff<B>;
-        let img = |grain: f32| -> Tensor<B, 4> {
-            px_image(64, |x, _| {
-                let x = x as f32 * std::f32::consts::PI;
-                // -1..1 units: twice the 0..1 amplitudes.
-                0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
-            })
-        };
+        let img = grain_image::<B>;
         let p: Vec<f32> = band_power(img(0.1)).into_data().to_vec().unwrap();
         assert_eq!(p.len(), 10);
         assert!((p[9] - 0.04).abs() < 1e-5, "{p:?}");
@@ -915,12 +919,7 @@ mod tests {
     #[test]
     fn band_deficit_by_hand() {
         type AD = Autodiff<B>;
-        let img = |grain: f32| -> Tensor<AD, 4> {
-            px_image(64, |x, _| {
-                let x = x as f32 * std::f32::consts::PI;
-                0.4 * (x / 4.0).cos() + 2.0 * grain * (x / 2.0).cos()
-            })
-        };
+        let img = grain_image::<AD>;
         let d = tiny_disc::<AD>();
         let cfg = AdversarialConfig {
             rec_weight: 0.0,
