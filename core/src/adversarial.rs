@@ -400,9 +400,10 @@ fn band_power<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
 const CHECKER_POOL: usize = 8;
 
 /// Local energy of the luma's 2-px diagonal pattern, of an unshuffled [n, 12, h, w] image
-/// (-1..1): the mean square over 8 x 8 boxes (a remainder left out) of ([1, -2, 1] x [1, -2, 1]) / 16, whose gain is
-/// 16 sin^2(pi f_x) sin^2(pi f_y) / 16: 1 for a checkerboard (its amplitude in 0..1 units comes
-/// out), 0 on both axes, so edges and stripes along x or y cost nothing.
+/// (-1..1): the mean square over 8 x 8 boxes (a remainder left out) of the luma filtered by
+/// ([1, -2, 1] x [1, -2, 1]) / 16, whose gain is 16 sin^2(pi f_x) sin^2(pi f_y) / 16: 1 for a
+/// checkerboard (its amplitude in 0..1 units comes out), 0 on both axes, so edges and stripes
+/// along x or y cost nothing.
 fn checker_energy<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let x = crate::space::shuffle(x, 2);
     let y = filter(x, &[0.299 / 2.0, 0.587 / 2.0, 0.114 / 2.0], [1, 3, 1, 1]);
