@@ -385,13 +385,19 @@ pub fn generator_loss<B: Backend>(
 /// One grey level of white noise, per DFT bin (|X_k|^2 / N) in 0..1 units.
 const BAND_FLOOR: f32 = 1.0 / (255.0 * 255.0);
 
+/// BT.601 luma in 0..1 units (up to an offset) of an unshuffled [n, 12, h, w] image (-1..1), in
+/// pixel space: [n, 1, 2h, 2w].
+fn pixel_luma<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let x = crate::space::shuffle(x, 2);
+    filter(x, &[0.299 / 2.0, 0.587 / 2.0, 0.114 / 2.0], [1, 3, 1, 1])
+}
+
 /// Luma power in each of the pattern measure's bands (metrics.rs) along columns, then along
 /// rows, of an unshuffled [n, 12, h, w] image (-1..1): [n, 2 x bands], a band without a DFT bin
 /// at this size left out.
 fn band_power<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
-    let x = crate::space::shuffle(x, 2);
-    // Luma in 0..1 units; its offset goes with each line's mean.
-    let y = filter(x, &[0.299 / 2.0, 0.587 / 2.0, 0.114 / 2.0], [1, 3, 1, 1]);
+    // Its offset goes with each line's mean.
+    let y = pixel_luma(x);
     let t = y.clone().swap_dims(2, 3);
     Tensor::cat(vec![line_band_power(t), line_band_power(y)], 1)
 }
@@ -405,8 +411,7 @@ const CHECKER_POOL: usize = 8;
 /// checkerboard (its amplitude in 0..1 units comes out), 0 on both axes, so edges and stripes
 /// along x or y cost nothing.
 fn checker_energy<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let x = crate::space::shuffle(x, 2);
-    let y = filter(x, &[0.299 / 2.0, 0.587 / 2.0, 0.114 / 2.0], [1, 3, 1, 1]);
+    let y = pixel_luma(x);
     let k = [1., -2., 1., -2., 4., -2., 1., -2., 1.].map(|v: f32| v / 16.0);
     let c = filter(y, &k, [1, 1, 3, 3]);
     let p = CHECKER_POOL;
