@@ -63,58 +63,142 @@ pub struct DiscriminatorConfig {
     /// the image and x0 in pixel space, 6 channels at full resolution).
     #[config(default = "vec![32, 64, 96]")]
     pub widths: Vec<usize>,
+    /// A U-Net discriminator (Real-ESRGAN 2107.10833 §4.2): a decoder brings the coarsest stage
+    /// back to full resolution through the encoder's skips, so every pixel gets a score that
+    /// sees both its own neighbourhood and the stages' wider context.
+    /// (Optional in a config file, like `spectral_norm`: off.)
+    pub unet: Option<bool>,
+    /// Spectral normalisation (Miyato et al. 1802.05957) of every convolution but the first
+    /// and the head, as Real-ESRGAN's U-Net discriminator has it.
+    pub spectral_norm: Option<bool>,
 }
 
 /// D(x | x0): a patch discriminator, 3 x 3 convolutions with leaky ReLU and a 1 x 1 head that
 /// scores every patch. The first stage keeps full (unshuffled) resolution: a D that strides at
 /// at once sees a pattern whose period matches its stride only as a flat offset, and the
 /// generator learns exactly those (a 4-pixel grid in an early run). Per-patch scores, not one pooled score, so that
-/// every region must look real.
+/// every region must look real. With `unet`, `convs` holds the encoder's stages and then the
+/// decoder's (coarsest first): each decoder convolution runs at its input's resolution, is
+/// upsampled (nearest) x2 and added to the encoder's stage there; the head scores every pixel.
 #[derive(Module, Debug)]
 pub struct Discriminator<B: Backend> {
     convs: Vec<Conv2d<B>>,
     head: Conv2d<B>,
+    stages: usize,
+    spectral_norm: bool,
 }
 
 impl DiscriminatorConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Discriminator<B> {
+        let conv3 = |cin: usize, cout: usize, stride: usize| {
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
         let mut convs = Vec::new();
         let mut cin = 6;
         for (i, &w) in self.widths.iter().enumerate() {
-            let stride = if i == 0 { 1 } else { 2 };
-            convs.push(
-                Conv2dConfig::new([cin, w], [3, 3])
-                    .with_stride([stride, stride])
-                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                    .init(device),
-            );
+            convs.push(conv3(cin, w, if i == 0 { 1 } else { 2 }));
             cin = w;
+        }
+        if self.unet == Some(true) {
+            for l in (1..self.widths.len()).rev() {
+                convs.push(conv3(self.widths[l], self.widths[l - 1], 1));
+            }
+            cin = self.widths.first().copied().unwrap_or(6);
         }
         crate::weights::materialize(Discriminator {
             convs,
             head: Conv2dConfig::new([cin, 1], [1, 1]).init(device),
+            stages: self.widths.len(),
+            spectral_norm: self.spectral_norm == Some(true),
         })
     }
 }
 
+/// Power iterations per spectral-norm estimate. They start from the same vector at every call
+/// (no state to checkpoint), so the estimate is a fixed function of the weight; it is used
+/// detached (as in Miyato et al.), and sigma = u^T W v carries the gradient.
+const SN_ITERS: usize = 10;
+
+/// `w` [out, in, k, k] divided by its largest singular value as an out x (in k k) matrix.
+fn spectral_normalise<B: Backend>(w: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [o, i, kh, kw] = w.dims();
+    let m = w.clone().reshape([o, i * kh * kw]);
+    let md = m.clone().detach();
+    // A fixed start that no weight is orthogonal to by construction: alternating-sign ramp.
+    let start: Vec<f32> = (0..i * kh * kw)
+        .map(|j| (1.0 + (j % 7) as f32) * if j % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let mut v = Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(start, [i * kh * kw, 1]),
+        &w.device(),
+    );
+    let unit = |t: Tensor<B, 2>| t.clone() / (t.powi_scalar(2).sum().sqrt() + 1e-12).unsqueeze();
+    v = unit(v);
+    let mut u = unit(md.clone().matmul(v.clone()));
+    for _ in 0..SN_ITERS {
+        v = unit(md.clone().transpose().matmul(u));
+        u = unit(md.clone().matmul(v.clone()));
+    }
+    let sigma = u.transpose().matmul(m).matmul(v).reshape([1, 1, 1, 1]);
+    w / sigma
+}
+
 impl<B: Backend> Discriminator<B> {
-    /// Patch scores [n, patches] of images x given their sources x0, both [n, 12, h, w].
+    /// Patch (or, with `unet`, pixel) scores [n, positions] of images x given their sources x0,
+    /// both [n, 12, h, w].
     pub fn forward(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> Tensor<B, 2> {
         self.features(x, x0).1
     }
 
-    /// Each stage's activations, and the patch scores.
+    /// Convolution `i`, spectrally normalised where the config says so.
+    fn conv(&self, i: usize, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c = &self.convs[i];
+        if !self.spectral_norm || i == 0 {
+            return c.forward(x);
+        }
+        let p = burn::tensor::ops::PaddedConvOptions::asymmetric(
+            c.stride,
+            [1, 1],
+            [1, 1],
+            c.dilation,
+            c.groups,
+        );
+        burn::tensor::module::conv2d(
+            x,
+            spectral_normalise(c.weight.val()),
+            c.bias.as_ref().map(|b| b.val()),
+            p,
+        )
+    }
+
+    /// Each stage's activations (the encoder's, then the decoder's), and the scores.
     pub fn features(&self, x: Tensor<B, 4>, x0: Tensor<B, 4>) -> (Vec<Tensor<B, 4>>, Tensor<B, 2>) {
         let (x, x0) = (crate::space::shuffle(x, 2), crate::space::shuffle(x0, 2));
         let mut h = Tensor::cat(vec![x, x0], 1);
         let mut feats = Vec::with_capacity(self.convs.len());
-        for c in &self.convs {
-            h = leaky_relu(c.forward(h), 0.2);
+        for i in 0..self.stages {
+            h = leaky_relu(self.conv(i, h), 0.2);
+            feats.push(h.clone());
+        }
+        for i in self.stages..self.convs.len() {
+            let skip = feats[2 * self.stages - 2 - i].clone();
+            h = upsample2(leaky_relu(self.conv(i, h), 0.2)) + skip;
             feats.push(h.clone());
         }
         let n = h.dims()[0];
         (feats, self.head.forward(h).reshape([n as i32, -1]))
     }
+}
+
+/// Nearest-neighbour upsampling by 2.
+fn upsample2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let x = x.reshape([n, c, h, 1, w, 1]);
+    let x = Tensor::cat(vec![x.clone(), x], 3);
+    Tensor::cat(vec![x.clone(), x], 5).reshape([n, c, 2 * h, 2 * w])
 }
 
 /// What an adversarial stage trains.
@@ -596,6 +680,73 @@ mod tests {
         let x = Tensor::<B, 4>::random([3, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         // Pixel space is 16 x 16; stage 1 keeps it, stage 2 halves it: 8 x 8 patch scores.
         assert_eq!(d.forward(x.clone(), x).dims(), [3, 64]);
+    }
+
+    /// The U-Net discriminator scores every pixel, from both its neighbourhood and the coarse
+    /// stages: a change far from a pixel (beyond the first stage's 3 x 3) moves its score.
+    #[test]
+    fn unet_discriminator_scores_every_pixel() {
+        let dev = Default::default();
+        let cfg = DiscriminatorConfig::new()
+            .with_widths(vec![8, 8, 8])
+            .with_unet(Some(true))
+            .with_spectral_norm(Some(true));
+        let d = cfg.init::<B>(&dev);
+        let x = Tensor::<B, 4>::random([2, 12, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let s = d.forward(x.clone(), x.clone());
+        // Pixel space is 16 x 16.
+        assert_eq!(s.dims(), [2, 256]);
+        // Move one pixel (pixel space (15, 15): unshuffled channel 3, position (7, 7)) and read
+        // the score at pixel (8, 8), out of the first stage's reach.
+        let bump = Tensor::<B, 4>::zeros([2, 12, 8, 8], &dev).slice_assign(
+            [0..2, 3..4, 7..8, 7..8],
+            Tensor::<B, 4>::ones([2, 1, 1, 1], &dev) * 5.0,
+        );
+        let s2 = d.forward(x.clone() + bump, x);
+        let at = |t: Tensor<B, 2>| t.slice([0..1, 136..137]).into_scalar();
+        assert!((at(s2) - at(s)).abs() > 1e-6);
+        // A patch discriminator's bytes do not load into it: the shapes differ.
+        let patch = DiscriminatorConfig::new()
+            .with_widths(vec![8, 8, 8])
+            .init::<B>(&dev);
+        let bytes = crate::weights::module_to_bytes(patch);
+        assert!(crate::weights::module_from_bytes(cfg.init::<B>(&dev), &bytes, &dev).is_err());
+    }
+
+    /// Spectral normalisation divides by the largest singular value: by hand on a diagonal
+    /// matrix, and on a random one (whose normalised largest singular value, by many more power
+    /// iterations here, is 1), with the gradient reaching the weight.
+    #[test]
+    fn spectral_norm_by_hand() {
+        use burn::backend::Autodiff;
+        let dev = Default::default();
+        let w = Tensor::<B, 4>::from_data(
+            TensorData::new(vec![3.0f32, 0.0, 0.0, 1.0, 0.0, 0.0], [3, 2, 1, 1]),
+            &dev,
+        );
+        let got = spectral_normalise(w).into_data().to_vec::<f32>().unwrap();
+        let want = [1.0, 0.0, 0.0, 1.0 / 3.0, 0.0, 0.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "{got:?}");
+        }
+        let w =
+            Tensor::<Autodiff<B>, 4>::random([16, 8, 3, 3], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+        let n = spectral_normalise(w.clone());
+        let m = n.clone().inner().reshape([16, 72]);
+        let mut v = Tensor::<B, 2>::ones([72, 1], &dev);
+        for _ in 0..500 {
+            let u = m.clone().matmul(v);
+            v = m
+                .clone()
+                .transpose()
+                .matmul(u.clone() / u.powi_scalar(2).sum().sqrt().unsqueeze());
+            v = v.clone() / v.powi_scalar(2).sum().sqrt().unsqueeze();
+        }
+        let top = m.matmul(v).powi_scalar(2).sum().sqrt().into_scalar();
+        assert!((top - 1.0).abs() < 0.02, "largest singular value {top}");
+        let g = n.sum().backward();
+        assert!(w.grad(&g).unwrap().abs().max().into_scalar() > 0.0);
     }
 
     /// For a linear patch score D_p(x) = a . x_p + b, the finite-difference R1 is ||a||^2 in
