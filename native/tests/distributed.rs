@@ -227,3 +227,54 @@ fn learned_weighting_nets_stay_identical_across_nodes() {
     assert_eq!(u0, u1, "the nodes' loss-weight nets differ");
     assert!(u0.iter().any(|v| v.abs() > 1e-6), "u never moved: {u0:?}");
 }
+
+/// Whole-network adversarial training on 2 CPU devices (native adversarial/full.rs): each takes
+/// half the batch, and the discriminator's and the generator's gradients are each averaged over
+/// the replicas, so 2 steps match 1 device's. R1/R2 are off (gamma 0): their perturbations are
+/// drawn per replica, so with them on the runs differ by design. The U-Net discriminator with
+/// spectral normalisation is the one under test.
+#[test]
+fn adversarial_on_two_devices_matches_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    run(&args(d, "base", &["cpu"])).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
+    v["val_every"] = 100.into();
+    v["adversarial"] = serde_json::json!({
+        "generator": "full",
+        "discriminator": { "widths": [8, 8, 8], "unet": true, "spectral_norm": true },
+        "gamma": 0.0, "lr_d": 0.002, "gan_weight": 0.1, "rec_weight": 0.0,
+        "rec_l1_weight": 1.0, "fm_weight": 1.0, "gms_weight": 1.0
+    });
+    std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
+    let adv = |out: &str, devices: &[&str], max: Option<usize>| {
+        let mut a = args(d, out, devices);
+        a.config = d.join("adv.json");
+        a.init = Some(d.join("base/final"));
+        a.max_steps = max;
+        run(&a).unwrap();
+    };
+    adv("adv_one", &["cpu"], None);
+    adv("adv_two", &["cpu", "cpu"], None);
+    adv("adv_one_step", &["cpu"], Some(1));
+    let one = weights(&d.join("adv_one"), 2);
+    // A stopped run has no final/; its network is the finished one's.
+    std::fs::create_dir_all(d.join("adv_one_step/final")).unwrap();
+    std::fs::copy(
+        d.join("adv_one/final/config.json"),
+        d.join("adv_one_step/final/config.json"),
+    )
+    .unwrap();
+    let moved = max_gap(&one, &weights(&d.join("adv_one_step"), 1));
+    assert!(moved > 1e-4, "training did not move the weights ({moved})");
+    let gap = max_gap(&one, &weights(&d.join("adv_two"), 2));
+    eprintln!(
+        "adversarial: second step moved weights by up to {moved:.3e}; 2 devices vs 1: {gap:.3e}"
+    );
+    assert!(
+        gap < TOL,
+        "2 devices vs 1: max weight gap {gap} (step moved {moved})"
+    );
+}

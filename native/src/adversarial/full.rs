@@ -7,25 +7,30 @@
 //! and rises with artifacts, where PSNR only falls as detail appears. `val/STEP/` keeps the EMA
 //! of every validation, since the preset is chosen among them at several w afterwards
 //! (scripts/candidate.sh). The dial between the base and the result is network interpolation
-//! (ESRGAN §3.4), `flowmapsr interpolate`.
+//! (ESRGAN §3.4), `flowmapsr interpolate`. With `--devices cpu,cpu` (one node) the run is
+//! data-parallel: each device takes an equal share of the batch, and the discriminator's and the
+//! generator's gradients are each averaged over the replicas (burn-collective's all-reduce).
 
 use super::{
     adversarial_step, base_dir, base_model, generator_adam, load_base, load_optim, validate_fake,
     Critic, StepInput,
 };
 use crate::imageio;
+use crate::train::distributed::all_reduce_mean;
 use crate::train::log::StepLog;
 use crate::train::{Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Tensor};
+use burn_collective::{CollectiveConfig, PeerId};
 use flowmapsr_core::adversarial::AdversarialConfig;
 use flowmapsr_core::ema;
 use flowmapsr_core::unet::UNet;
 use flowmapsr_core::weights::{
-    materialize, module_from_bytes, module_to_bytes, record_to_bytes, save_dir,
+    materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir,
 };
 use flowmapsr_core::Image;
 use std::time::Instant;
@@ -36,8 +41,9 @@ pub fn train_full<B: AutodiffBackend>(
     adv: &AdversarialConfig,
     images: &[Image],
     val: Option<&[(String, imageio::Decoded)]>,
-    device: B::Device,
+    devices: Vec<B::Device>,
 ) -> Result<()> {
+    let device = devices[0].clone();
     let init = base_dir(args)?;
     // The base as it is; the config's model is it, or it with more blocks (checked by name).
     let base_cfg = base_model(&init, Some(&cfg.model), true)?;
@@ -68,32 +74,163 @@ pub fn train_full<B: AutodiffBackend>(
         cfg.model.unet.flops_per_pixel(),
         critic.disc.num_params()
     );
+    let world = devices.len();
+    if !cfg.batch.is_multiple_of(world) {
+        bail!(
+            "batch {} must be divisible by the number of devices ({world})",
+            cfg.batch
+        );
+    }
+    let collective = (world > 1).then(|| CollectiveConfig::default().with_num_devices(world));
+    let run = Run {
+        args,
+        cfg,
+        adv,
+        images,
+        val,
+        world,
+        collective,
+    };
+    let run = &run;
+    // Replicas of the state above on the other devices: modules forked, optimiser states
+    // through their records, so every replica starts identical and stays so (one all-reduce of
+    // each network's gradients per step, then the same Adam step everywhere).
+    let (optim_d, optim_g_rec) = (
+        record_to_bytes::<B, _>(critic.optim.to_record()),
+        record_to_bytes::<B, _>(optim_g.to_record()),
+    );
+    std::thread::scope(|s| {
+        let others: Vec<_> = devices[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let d = d.clone();
+                let replica = Replica {
+                    net: net.clone().fork(&d),
+                    ema_net: ema_net.clone().fork(&d),
+                    critic: Critic::<B>::new(adv, &d).with(critic.disc.clone().fork(&d)),
+                    optim_g: generator_adam(cfg).init::<B, UNet<B>>(),
+                    state: state.clone(),
+                };
+                let (od, og) = (&optim_d, &optim_g_rec);
+                s.spawn(move || {
+                    let r = replica.with_optims(od, og, &d)?;
+                    worker::<B>(run, r, d, i + 1)
+                })
+            })
+            .collect();
+        let lead = Replica {
+            net,
+            ema_net,
+            critic,
+            optim_g,
+            state,
+        };
+        let mut result = worker::<B>(run, lead, device, 0);
+        for h in others {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+/// What every replica shares.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    cfg: &'a TrainConfig,
+    adv: &'a AdversarialConfig,
+    images: &'a [Image],
+    val: Option<&'a [(String, imageio::Decoded)]>,
+    world: usize,
+    collective: Option<CollectiveConfig>,
+}
+
+/// One replica's networks, optimisers and run state.
+struct Replica<B: AutodiffBackend> {
+    net: UNet<B>,
+    ema_net: UNet<B::InnerBackend>,
+    critic: Critic<B>,
+    optim_g: OptimizerAdaptor<Adam, UNet<B>, B>,
+    state: RunState,
+}
+
+impl<B: AutodiffBackend> Replica<B> {
+    /// The lead replica's optimiser states (their records' bytes), on `device`.
+    fn with_optims(mut self, optim_d: &[u8], optim_g: &[u8], device: &B::Device) -> Result<Self> {
+        self.critic.optim = self
+            .critic
+            .optim
+            .load_record(record_from_bytes::<B, _>(optim_d, device)?);
+        self.optim_g = self
+            .optim_g
+            .load_record(record_from_bytes::<B, _>(optim_g, device)?);
+        Ok(self)
+    }
+}
+
+/// One data-parallel replica (rank `rank` of the run's devices): its share of every batch, the
+/// discriminator's and the generator's gradients each averaged over the replicas. Rank 0 logs,
+/// validates and writes checkpoints.
+fn worker<B: AutodiffBackend>(
+    run: &Run,
+    rep: Replica<B>,
+    device: B::Device,
+    rank: usize,
+) -> Result<()> {
+    let (args, cfg, adv) = (run.args, run.cfg, run.adv);
+    let Replica {
+        mut net,
+        mut ema_net,
+        mut critic,
+        mut optim_g,
+        mut state,
+    } = rep;
+    let lead = rank == 0;
+    let peer = run.collective.as_ref().map(|_| PeerId::from(rank as u32));
+    if let (Some(c), Some(p)) = (&run.collective, peer) {
+        burn_collective::register::<B::InnerBackend>(p, device.clone(), c.clone())
+            .map_err(|e| anyhow::anyhow!("joining the collective as peer {rank}: {e:?}"))?;
+    }
     let end = args
         .max_steps
         .map_or(cfg.steps, |m| (state.step + m).min(cfg.steps));
+    let per = cfg.batch / run.world;
     let mut log = StepLog::default();
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
-        let mut inp = StepInput::<B>::draw(images, cfg, adv, step, &device)?;
+        let rows = rank * per..(rank + 1) * per;
+        let mut inp = StepInput::<B>::draw(run.images, cfg, adv, step, rows, rank, &device)?;
         let v = net.velocity_lora(inp.src.clone(), inp.batch.x0.clone(), &inp.cond, None);
         let fake = inp.src.clone() + v;
         // The artifact term's stable model: the EMA's fake of the same draw, no gradient.
         let stable = (adv.ldl_weight > 0.0).then(|| {
             let src = inp.src.clone().inner();
-            let c = adv.cond(cfg.batch, &device);
+            let c = adv.cond(per, &device);
             let v = ema_net.velocity_lora(src.clone(), inp.batch.x0.clone().inner(), &c, None);
             Tensor::from_inner(src + v)
         });
         let lg;
-        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, stable, step, &mut log)?;
-        let gg = GradientsParams::from_grads(lg.total.backward(), &net);
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, stable, step, peer, &mut log)?;
+        let mut gg = GradientsParams::from_grads(lg.total.backward(), &net);
+        if let Some(p) = peer {
+            let total = all_reduce_mean(&net, &mut gg, None, lg.total.clone().inner(), p)?;
+            let total: f64 = total.into_scalar().elem();
+            if !total.is_finite() {
+                bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
+            }
+        }
         net = optim_g.step(cfg.lr_at(step), net, gg);
         ema_net = ema::update(ema_net, &net.valid(), cfg.ema_decay);
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
         let last = state.step == end;
-        if state.step.is_multiple_of(cfg.log_every) || last {
+        if lead && (state.step.is_multiple_of(cfg.log_every) || last) {
             let (terms, secs) = log.take();
             tracing::info!(
                 "step {} lr {:.2e} {terms} | {secs:.2} s/step",
@@ -103,7 +240,7 @@ pub fn train_full<B: AutodiffBackend>(
         }
         // val_every beyond the schedule: no validation at all (a lent GPU trains only; the
         // checkpoints are validated on another machine).
-        if let (Some(v), true) = (val, cfg.val_every <= cfg.steps) {
+        if let (Some(v), true, true) = (run.val, cfg.val_every <= cfg.steps, lead) {
             if state.step.is_multiple_of(cfg.val_every) || last {
                 let r = validate_fake(&ema_net, &cfg.model, v, adv, &device)?;
                 state.history.push(ValPoint {
@@ -132,7 +269,7 @@ pub fn train_full<B: AutodiffBackend>(
                 save_dir(&ema_net, &cfg.model, &kept)?;
             }
         }
-        if state.step.is_multiple_of(cfg.ckpt_every) || last {
+        if lead && (state.step.is_multiple_of(cfg.ckpt_every) || last) {
             let mut files = vec![
                 ("model.bin", module_to_bytes(net.valid())),
                 ("ema.bin", module_to_bytes(ema_net.clone())),
@@ -141,6 +278,13 @@ pub fn train_full<B: AutodiffBackend>(
             files.extend(critic.files());
             Checkpoint::save(&args.out, &state, &files)?;
         }
+    }
+    if let Some(p) = peer {
+        burn_collective::finish_collective::<B::InnerBackend>(p)
+            .map_err(|e| anyhow::anyhow!("leaving the collective: {e:?}"))?;
+    }
+    if !lead {
+        return Ok(());
     }
     let fin = args.out.join("final");
     if state.step == cfg.steps {

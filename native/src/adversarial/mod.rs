@@ -8,6 +8,7 @@
 
 use crate::eval::EvalReport;
 use crate::imageio;
+use crate::train::distributed::all_reduce_mean;
 use crate::train::log::StepLog;
 use crate::train::{read_in, validate, Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Context, Result};
@@ -17,6 +18,7 @@ use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use burn::tensor::Tensor;
+use burn_collective::PeerId;
 use flowmapsr_core::adversarial::{
     discriminator_loss, generator_loss, AdvLoss, AdversarialConfig, Discriminator, Generator,
 };
@@ -161,11 +163,17 @@ impl<B: AutodiffBackend> StepInput<B> {
         cfg: &TrainConfig,
         adv: &AdversarialConfig,
         step: usize,
+        rows: std::ops::Range<usize>,
+        rank: usize,
         device: &B::Device,
     ) -> Result<Self> {
-        let batch = make_batch::<B>(images, &cfg.batch_spec(), step, 0..cfg.batch, device)?;
+        let n = rows.len();
+        let batch = make_batch::<B>(images, &cfg.batch_spec(), step, rows, device)?;
+        // Rank 0 (the only one on one device) keeps the single-device stream.
         let mut rng = ChaCha8Rng::seed_from_u64(
-            cfg.seed.wrapping_add(2) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            cfg.seed.wrapping_add(2)
+                ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (rank as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
         );
         let src = match adv.mode {
             Mode::Fidelity => batch.x0.clone(),
@@ -175,7 +183,7 @@ impl<B: AutodiffBackend> StepInput<B> {
                         * (adv.temperature * cfg.model.bridge.sigma_0)
             }
         };
-        let cond = adv.cond(cfg.batch, device);
+        let cond = adv.cond(n, device);
         Ok(Self {
             batch,
             src,
@@ -187,6 +195,7 @@ impl<B: AutodiffBackend> StepInput<B> {
 
 /// The discriminator's Adam step on (real, detached fake), then the generator's loss against the
 /// updated D (its terms logged); a non-finite loss stops the run with the last checkpoint intact.
+/// With `peer` (a data-parallel replica) D's gradients are averaged over the replicas first.
 pub(crate) fn adversarial_step<B: AutodiffBackend>(
     critic: Critic<B>,
     adv: &AdversarialConfig,
@@ -194,6 +203,7 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
     fake: Tensor<B, 4>,
     stable: Option<Tensor<B, 4>>,
     step: usize,
+    peer: Option<PeerId>,
     log: &mut StepLog,
 ) -> Result<(Critic<B>, AdvLoss<B>)> {
     let Critic { disc, mut optim } = critic;
@@ -206,11 +216,16 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
         adv,
         &mut inp.rng,
     );
-    let gd = GradientsParams::from_grads(ld.total.backward(), &disc);
+    let mut gd = GradientsParams::from_grads(ld.total.backward(), &disc);
+    if let Some(p) = peer {
+        all_reduce_mean(&disc, &mut gd, None, ld.total.clone().inner(), p)?;
+    }
     let disc = optim.step(adv.lr_d, disc, gd);
     let lg = generator_loss(&disc, x1, fake, x0, stable, adv);
+    // Data-parallel: the caller checks the generator's loss once it is averaged, so that every
+    // replica stops together.
     let total: f64 = lg.total.clone().into_scalar().elem();
-    if !total.is_finite() {
+    if peer.is_none() && !total.is_finite() {
         bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
     }
     for (name, t) in ld.terms.iter().chain(&lg.terms) {
@@ -236,6 +251,11 @@ impl<B: AutodiffBackend> Critic<B> {
                 .with_beta_2(0.99)
                 .init::<B, Discriminator<B>>(),
         }
+    }
+
+    /// With this discriminator (a replica's copy of the lead's).
+    pub fn with(self, disc: Discriminator<B>) -> Self {
+        Self { disc, ..self }
     }
 
     /// As a checkpoint holds it (disc.bin, optim_d.bin).
@@ -316,11 +336,12 @@ pub fn train_lora<B: AutodiffBackend>(
     adv: &AdversarialConfig,
     images: &[Image],
     val: Option<&[(String, imageio::Decoded)]>,
-    device: B::Device,
+    devices: Vec<B::Device>,
 ) -> Result<()> {
     if adv.generator == Generator::Full {
-        return full::train_full::<B>(args, cfg, adv, images, val, device);
+        return full::train_full::<B>(args, cfg, adv, images, val, devices);
     }
+    let device = devices.into_iter().next().context("no device")?;
     // The frozen base: --init, kept in OUT/base so that `--resume` needs nothing else. Its
     // config.json states its architecture; the run's model config is that one.
     let init = base_dir(args)?;
@@ -364,7 +385,7 @@ pub fn train_lora<B: AutodiffBackend>(
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
-        let mut inp = StepInput::<B>::draw(images, cfg, adv, step, &device)?;
+        let mut inp = StepInput::<B>::draw(images, cfg, adv, step, 0..cfg.batch, 0, &device)?;
         let v = base.velocity_lora(
             inp.src.clone(),
             inp.batch.x0.clone(),
@@ -373,7 +394,7 @@ pub fn train_lora<B: AutodiffBackend>(
         );
         let fake = inp.src.clone() + v;
         let lg;
-        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, None, step, &mut log)?;
+        (critic, lg) = adversarial_step(critic, adv, &mut inp, fake, None, step, None, &mut log)?;
         let gg = GradientsParams::from_grads(lg.total.backward(), &lora);
         lora = optim_g.step(cfg.lr_at(step), lora, gg);
         state.step += 1;

@@ -9,7 +9,6 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use flowmapsr_core::objectives::weighting::LossWeight;
-use flowmapsr_core::unet::UNet;
 
 /// Where this process sits in a data-parallel run.
 #[derive(Clone, Debug)]
@@ -64,12 +63,12 @@ impl Topology {
     }
 }
 
-/// Averages the gradients (of the model, then of the loss-weight net if any) and the loss over
+/// Averages the gradients (of the model (a generator or a discriminator), then of the loss-weight net if any) and the loss over
 /// every replica of the run with one burn-collective all-reduce of one flat vector (parameters in
 /// module order, then the loss): one exchange per step, and every replica stops together if the
 /// loss is not finite.
 pub fn all_reduce_mean<B: AutodiffBackend>(
-    model: &UNet<B>,
+    model: &impl Module<B>,
     grads: &mut GradientsParams,
     mut weight: Option<(&LossWeight<B>, &mut GradientsParams)>,
     loss: Tensor<B::InnerBackend, 1>,

@@ -88,17 +88,20 @@ pub fn train<B: AutodiffBackend>(
         serde_json::to_vec_pretty(cfg)?,
     )?;
     if let Some(adv) = &cfg.adversarial {
-        if devices.len() > 1 || topo.world > 1 {
-            bail!("adversarial LoRA training runs on one device");
+        let full = adv.generator == flowmapsr_core::adversarial::Generator::Full;
+        if topo.world > devices.len() || (devices.len() > 1 && !full) {
+            bail!(
+                "adversarial training runs on one node, and on several devices only with \
+                 \"generator\": \"full\""
+            );
         }
-        let device = devices.into_iter().next().expect("one device");
         return crate::adversarial::train_lora::<B>(
             args,
             cfg,
             adv,
             &images,
             val.as_deref(),
-            device,
+            devices,
         );
     }
 
