@@ -16,7 +16,7 @@ use super::{
     Critic, StepInput,
 };
 use crate::imageio;
-use crate::train::distributed::all_reduce_mean;
+use crate::train::distributed::{all_reduce_mean, join_workers};
 use crate::train::log::StepLog;
 use crate::train::{Checkpoint, RunState, TrainArgs, TrainConfig, ValPoint};
 use anyhow::{bail, Result};
@@ -126,16 +126,7 @@ pub fn train_full<B: AutodiffBackend>(
             optim_g,
             state,
         };
-        let mut result = worker::<B>(run, lead, device, 0);
-        for h in others {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        join_workers(worker::<B>(run, lead, device, 0), others)
     })
 }
 

@@ -121,3 +121,21 @@ pub fn all_reduce_mean<B: AutodiffBackend>(
     }
     Ok(loss)
 }
+
+/// The run's result once every replica's thread has ended: the lead's (rank 0, run on the
+/// calling thread), or else the first error among the others.
+pub fn join_workers(
+    lead: Result<()>,
+    others: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>,
+) -> Result<()> {
+    let mut result = lead;
+    for h in others {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}

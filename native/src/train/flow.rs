@@ -2,7 +2,7 @@
 //! batch, the objective (core objectives/), Adam, EMA teacher, validation and checkpoints.
 
 use super::checkpoint::{Checkpoint, RunState, ValPoint};
-use super::distributed::{all_reduce_mean, Topology};
+use super::distributed::{all_reduce_mean, join_workers, Topology};
 use super::log::StepLog;
 use super::{load_split, TrainArgs, TrainConfig, Weighting};
 use crate::imageio;
@@ -157,16 +157,8 @@ pub fn train<B: AutodiffBackend>(
                 s.spawn(move || worker::<B>(shared, replica, w, d, i + 1))
             })
             .collect();
-        let mut result = worker::<B>(shared, model, weight, devices[0].clone(), 0);
-        for h in others {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
+        let lead = worker::<B>(shared, model, weight, devices[0].clone(), 0);
+        join_workers(lead, others)
     })
 }
 
