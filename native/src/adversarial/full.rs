@@ -221,6 +221,7 @@ fn worker<B: AutodiffBackend>(
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
         let last = state.step == end;
+        // The terms logged are rank 0's, on its share of the batch.
         if lead && (state.step.is_multiple_of(cfg.log_every) || last) {
             let (terms, secs) = log.take();
             tracing::info!(
