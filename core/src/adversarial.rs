@@ -159,12 +159,10 @@ impl<B: Backend> Discriminator<B> {
         if !self.spectral_norm || i == 0 {
             return c.forward(x);
         }
+        // Every stage pads by half its kernel ("same" at stride 1), as `init` builds them.
+        let pad = [c.kernel_size[0] / 2, c.kernel_size[1] / 2];
         let p = burn::tensor::ops::PaddedConvOptions::asymmetric(
-            c.stride,
-            [1, 1],
-            [1, 1],
-            c.dilation,
-            c.groups,
+            c.stride, pad, pad, c.dilation, c.groups,
         );
         burn::tensor::module::conv2d(
             x,
