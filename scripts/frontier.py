@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Does a candidate move past the reference's frontier, or along it?
+
+Guidance w trades fidelity for detail along a curve: a higher w gives a higher HF ratio and a
+lower PSNR. Comparing two weights at one w mixes a move along that curve with a move past it.
+This script traces the reference's curve on the held-out images: PSNR-Y, GMSD, HF ratio, pattern
+and checkerboard ratios at each of its w values. Then, for each candidate point, it gives the
+reference's PSNR and GMSD at the candidate's HF ratio, by linear interpolation between the two
+nearest reference points (marked * where it extrapolates, by at most EXTRA in HF; further out it
+says "outside"), and the candidate's difference from them. dPSNR > 0 and dGMSD < 0 is past the
+frontier.
+
+The held-out images are the 10 that `train --holdout 10` keeps out, linked as
+scripts/candidate.sh links them. Each point is `flowmapsr eval --scale 4 --save` (its MEAN line;
+eval agrees with ../shared/tools/sr_score.py to 0.01 dB) and scripts/pattern_ratio.py.
+
+Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN]
+       e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import pattern_ratio  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+EXTS = {"png", "jpg", "jpeg", "webp"}
+# How far beyond the reference's HF range a comparison may extrapolate.
+EXTRA = 0.02
+
+
+def holdout(shared, out):
+    """Links the images `train --holdout 10` keeps out (native train/data.rs): i * n / 10 of the
+    sorted files of T91 then SunHays80."""
+    files = []
+    for d in ["T91", "SunHays80"]:
+        p = os.path.join(shared, "data", "train", d)
+        files += sorted(os.path.join(p, f) for f in os.listdir(p)
+                        if f.rsplit(".", 1)[-1].lower() in EXTS)
+    os.makedirs(out)
+    for i in range(10):
+        f = files[i * len(files) // 10]
+        os.symlink(os.path.abspath(f), os.path.join(out, os.path.basename(f)))
+    return out
+
+
+def point(binary, data, weights, w, save):
+    out = subprocess.run([binary, "eval", "--data", data, "--scale", "4", "--weights", weights,
+                          "--guidance", str(w), "--save", save],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"frontier.py: eval of {weights} at w {w} failed:\n{out.stderr[-2000:]}")
+    mean = next(l for l in out.stdout.splitlines() if l.startswith("MEAN"))
+    v = dict(re.findall(r"([A-Z]+)\s+([0-9.]+)", mean))
+    return {"psnr": float(v["PSNR"]), "gmsd": float(v["GMSD"]), "hf": float(v["HF"]),
+            "pattern": pattern_ratio.pattern(save, data), "checker": pattern_ratio.checker(save, data)}
+
+
+def at_hf(ref, hf):
+    """The reference's (PSNR, GMSD) at HF ratio `hf`, and whether that extrapolates; None beyond
+    EXTRA outside the reference's range."""
+    pts = sorted(ref, key=lambda p: p["hf"])
+    if len(pts) < 2:
+        sys.exit("frontier.py: the reference needs at least two w values")
+    inside = pts[0]["hf"] <= hf <= pts[-1]["hf"]
+    if not pts[0]["hf"] - EXTRA <= hf <= pts[-1]["hf"] + EXTRA:
+        return None
+    i = 0
+    while i < len(pts) - 2 and pts[i + 1]["hf"] < hf:
+        i += 1
+    a, b = pts[i], pts[i + 1]
+    t = (hf - a["hf"]) / max(b["hf"] - a["hf"], 1e-9)
+    return (a["psnr"] + t * (b["psnr"] - a["psnr"]), a["gmsd"] + t * (b["gmsd"] - a["gmsd"]), inside)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ref", default=os.path.join(ROOT, "weights", "realistic"))
+    ap.add_argument("--ref-w", nargs="+", type=float, default=[1.6, 1.8, 2.0, 2.2, 2.4])
+    ap.add_argument("--cand", action="append", default=[], metavar="LABEL=DIR@W")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "flowmapsr"))
+    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    a = ap.parse_args()
+    cands = []
+    for c in a.cand:
+        m = re.fullmatch(r"([^=]+)=(.+)@([0-9.]+)", c)
+        if not m:
+            sys.exit(f"frontier.py: --cand {c!r}: expected LABEL=DIR@W")
+        cands.append((m[1], m[2], float(m[3])))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = holdout(a.shared, os.path.join(tmp, "holdout"))
+        save = lambda k: os.path.join(tmp, f"sr{k}")  # noqa: E731
+        ref = [dict(point(a.bin, data, a.ref, w, save(f"r{i}")), w=w) for i, w in enumerate(a.ref_w)]
+        print(f"x4, held-out (10 images). Reference: {a.ref}\n")
+        print("| | w | PSNR-Y | GMSD | HF ratio | pattern | checker | ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        row = lambda label, p: (f"| {label} | {p['w']:g} | {p['psnr']:.3f} | {p['gmsd']:.4f} | "  # noqa: E731
+                                f"{p['hf']:.3f} | {p['pattern']:.2f} | {p['checker']:.2f} |")
+        for p in ref:
+            print(row("reference", p) + " | | |")
+        for i, (label, d, w) in enumerate(cands):
+            p = dict(point(a.bin, data, d, w, save(f"c{i}")), w=w)
+            at = at_hf(ref, p["hf"])
+            if at is None:
+                print(row(label, p) + " outside | | |")
+                continue
+            rp, rg, inside = at
+            star = "" if inside else "*"
+            print(row(label, p) + f" {rp:.3f} / {rg:.4f}{star} | {p['psnr'] - rp:+.3f} | {p['gmsd'] - rg:+.4f} |")
+        lo, hi = min(p["hf"] for p in ref), max(p["hf"] for p in ref)
+        print(f"\n* extrapolated beyond the reference's HF range ({lo:.3f}-{hi:.3f}); "
+              f"outside: more than {EXTRA} beyond it.")
+
+
+if __name__ == "__main__":
+    main()
