@@ -20,21 +20,8 @@ BIN=${BIN:-target/release/flowmapsr}
 [ -x "$BIN" ] || cargo build --release --bin flowmapsr
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-# The held-out images exactly as `train --holdout 10` picks them (native train/data.rs): i * n / 10
-# of the sorted files of T91 then SunHays80.
-mkdir -p "$W/hr/holdout"
-python3 - "$SHARED/data/train" "$W/hr/holdout" <<'PY'
-import os, sys
-root, out = sys.argv[1:]
-exts = {"png", "jpg", "jpeg", "webp"}
-files = []
-for d in ["T91", "SunHays80"]:
-    p = os.path.join(root, d)
-    files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.rsplit(".", 1)[-1].lower() in exts)
-for i in range(10):
-    f = files[i * len(files) // 10]
-    os.symlink(os.path.abspath(f), os.path.join(out, os.path.basename(f)))
-PY
+# The held-out images exactly as `train --holdout 10` picks them (scripts/holdout.py).
+python3 scripts/holdout.py "$SHARED/data/train" "$W/hr/holdout"
 ln -s "$(realpath "$SHARED/data/eval/Set5")" "$W/hr/Set5"
 ln -s "$(realpath "$SHARED/data/eval/Set14")" "$W/hr/Set14"
 SETS=${SETS:-holdout Set5 Set14}

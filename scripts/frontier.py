@@ -10,9 +10,9 @@ nearest reference points (marked * where it extrapolates, by at most EXTRA in HF
 says "outside"), and the candidate's difference from them. dPSNR > 0 and dGMSD < 0 is past the
 frontier.
 
-The held-out images are the 10 that `train --holdout 10` keeps out, linked as
-scripts/candidate.sh links them. Each point is `flowmapsr eval --scale 4 --save` (its MEAN line;
-eval agrees with ../shared/tools/sr_score.py to 0.01 dB) and scripts/pattern_ratio.py.
+The held-out images are the 10 that `train --holdout 10` keeps out (scripts/holdout.py). Each
+point is `flowmapsr eval --scale 4 --save` (its MEAN line; eval agrees with
+../shared/tools/sr_score.py to 0.01 dB) and scripts/pattern_ratio.py.
 
 Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN]
        e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
@@ -27,26 +27,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pattern_ratio  # noqa: E402
+from holdout import holdout  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
-EXTS = {"png", "jpg", "jpeg", "webp"}
 # How far beyond the reference's HF range a comparison may extrapolate.
 EXTRA = 0.02
-
-
-def holdout(shared, out):
-    """Links the images `train --holdout 10` keeps out (native train/data.rs): i * n / 10 of the
-    sorted files of T91 then SunHays80."""
-    files = []
-    for d in ["T91", "SunHays80"]:
-        p = os.path.join(shared, "data", "train", d)
-        files += sorted(os.path.join(p, f) for f in os.listdir(p)
-                        if f.rsplit(".", 1)[-1].lower() in EXTS)
-    os.makedirs(out)
-    for i in range(10):
-        f = files[i * len(files) // 10]
-        os.symlink(os.path.abspath(f), os.path.join(out, os.path.basename(f)))
-    return out
 
 
 def point(binary, data, weights, w, save):
@@ -78,6 +63,11 @@ def at_hf(ref, hf):
     return (a["psnr"] + t * (b["psnr"] - a["psnr"]), a["gmsd"] + t * (b["gmsd"] - a["gmsd"]), inside)
 
 
+def row(label, p):
+    return (f"| {label} | {p['w']:g} | {p['psnr']:.3f} | {p['gmsd']:.4f} | "
+            f"{p['hf']:.3f} | {p['pattern']:.2f} | {p['checker']:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ref", default=os.path.join(ROOT, "weights", "realistic"))
@@ -93,18 +83,16 @@ def main():
             sys.exit(f"frontier.py: --cand {c!r}: expected LABEL=DIR@W")
         cands.append((m[1], m[2], float(m[3])))
     with tempfile.TemporaryDirectory() as tmp:
-        data = holdout(a.shared, os.path.join(tmp, "holdout"))
-        save = lambda k: os.path.join(tmp, f"sr{k}")  # noqa: E731
-        ref = [dict(point(a.bin, data, a.ref, w, save(f"r{i}")), w=w) for i, w in enumerate(a.ref_w)]
+        data = holdout(os.path.join(a.shared, "data", "train"), os.path.join(tmp, "holdout"))
+        ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}")), w=w)
+               for i, w in enumerate(a.ref_w)]
         print(f"x4, held-out (10 images). Reference: {a.ref}\n")
         print("| | w | PSNR-Y | GMSD | HF ratio | pattern | checker | ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
         print("|---|---|---|---|---|---|---|---|---|---|")
-        row = lambda label, p: (f"| {label} | {p['w']:g} | {p['psnr']:.3f} | {p['gmsd']:.4f} | "  # noqa: E731
-                                f"{p['hf']:.3f} | {p['pattern']:.2f} | {p['checker']:.2f} |")
         for p in ref:
             print(row("reference", p) + " | | |")
         for i, (label, d, w) in enumerate(cands):
-            p = dict(point(a.bin, data, d, w, save(f"c{i}")), w=w)
+            p = dict(point(a.bin, data, d, w, os.path.join(tmp, f"c{i}")), w=w)
             at = at_hf(ref, p["hf"])
             if at is None:
                 print(row(label, p) + " outside | | |")
