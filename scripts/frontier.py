@@ -14,10 +14,15 @@ The held-out images are the 10 that `train --holdout 10` keeps out (scripts/hold
 point is `flowmapsr eval --scale 4 --save` (its MEAN line; eval agrees with
 ../shared/tools/sr_score.py to 0.01 dB) and scripts/pattern_ratio.py.
 
-Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN]
+Measured points are cached (--cache; keyed by a hash of the binary, the weights, the images and w),
+so the reference's curve is measured once per binary.
+
+Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN] [--cache DIR]
        e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
 """
 import argparse
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -34,7 +39,36 @@ ROOT = os.path.dirname(HERE)
 EXTRA = 0.02
 
 
-def point(binary, data, weights, w, save):
+def cache_key(binary, data, weights, w):
+    """What a point depends on: the binary, the weights (model and config), the images and w."""
+    h = hashlib.sha256(f"w={w!r}".encode())
+    files = [binary] + [os.path.join(weights, f) for f in ("model.bin", "config.json")]
+    files += sorted(os.path.join(data, f) for f in os.listdir(data))
+    for f in files:
+        h.update(os.path.basename(f).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def point(binary, data, weights, w, save, cache):
+    """One point, from the cache when nothing it depends on changed: the reference's curve is the
+    same for every candidate, and each point costs ~45 s on 2 cores."""
+    path = os.path.join(cache, cache_key(binary, data, weights, w) + ".json") if cache else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    p = measure(binary, data, weights, w, save)
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(p, f)
+        os.replace(path + ".tmp", path)
+    return p
+
+
+def measure(binary, data, weights, w, save):
     out = subprocess.run([binary, "eval", "--data", data, "--scale", "4", "--weights", weights,
                           "--guidance", str(w), "--save", save],
                          capture_output=True, text=True)
@@ -75,6 +109,10 @@ def main():
     ap.add_argument("--cand", action="append", default=[], metavar="LABEL=DIR@W")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "flowmapsr"))
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    ap.add_argument("--cache", default=os.path.join(xdg, "flowmapsr", "frontier"),
+                    help="where measured points are kept (keyed by a hash of binary, weights, "
+                         "images and w); '' measures every point afresh")
     a = ap.parse_args()
     cands = []
     for c in a.cand:
@@ -84,7 +122,7 @@ def main():
         cands.append((m[1], m[2], float(m[3])))
     with tempfile.TemporaryDirectory() as tmp:
         data = holdout(os.path.join(a.shared, "data", "train"), os.path.join(tmp, "holdout"))
-        ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}")), w=w)
+        ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}"), a.cache), w=w)
                for i, w in enumerate(a.ref_w)]
         print(f"x4, held-out (10 images). Reference: {a.ref}\n")
         print("| | w | PSNR-Y | GMSD | HF ratio | pattern | checker | ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
@@ -92,7 +130,7 @@ def main():
         for p in ref:
             print(row("reference", p) + " | | |")
         for i, (label, d, w) in enumerate(cands):
-            p = dict(point(a.bin, data, d, w, os.path.join(tmp, f"c{i}")), w=w)
+            p = dict(point(a.bin, data, d, w, os.path.join(tmp, f"c{i}"), a.cache), w=w)
             at = at_hf(ref, p["hf"])
             if at is None:
                 print(row(label, p) + " outside | | |")
