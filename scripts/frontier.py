@@ -14,8 +14,8 @@ The held-out images are the 10 that `train --holdout 10` keeps out (scripts/hold
 point is `flowmapsr eval --scale 4 --save` (its MEAN line; eval agrees with
 ../shared/tools/sr_score.py to 0.01 dB) and scripts/pattern_ratio.py.
 
-Measured points are cached (--cache; keyed by a hash of the binary, the weights, the images and w),
-so the reference's curve is measured once per binary.
+Measured points are cached (--cache; keyed by a hash of the binary, the weights, the images, w and
+pattern_ratio.py), so the reference's curve is measured once per binary.
 
 Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN] [--cache DIR]
        e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
@@ -40,9 +40,11 @@ EXTRA = 0.02
 
 
 def cache_key(binary, data, weights, w):
-    """What a point depends on: the binary, the weights (model and config), the images and w."""
+    """What a point depends on: the binary, the weights (model and config), the images, w, and the
+    pattern measure (scripts/pattern_ratio.py)."""
     h = hashlib.sha256(f"w={w!r}".encode())
-    files = [binary] + [os.path.join(weights, f) for f in ("model.bin", "config.json")]
+    files = [binary, os.path.join(HERE, "pattern_ratio.py")]
+    files += [os.path.join(weights, f) for f in ("model.bin", "config.json")]
     files += sorted(os.path.join(data, f) for f in os.listdir(data))
     for f in files:
         h.update(os.path.basename(f).encode())

@@ -81,6 +81,8 @@ def main():
         hr_dir = holdout(os.path.join(a.shared, "data", "train"), os.path.join(tmp, "hr"))
         outs = []
         for i, spec in enumerate(a.ups):
+            if "=" not in spec:
+                sys.exit(f"gmsd_where.py: {spec!r}: expected LABEL=PRESET or LABEL=WEIGHTS@W")
             label, what = spec.split("=", 1)
             save = os.path.join(tmp, f"u{i}")
             cmd = [a.bin, "eval", "--data", hr_dir, "--scale", str(SCALE), "--save", save]
@@ -95,7 +97,7 @@ def main():
             lr = os.path.join(tmp, "lr")
             run([sys.executable, os.path.join(tools, "sr_score.py"), "make-lr", hr_dir, lr,
                  "--scale", str(SCALE)])
-            run(["python3", os.path.join(tools, "upscalerjs_peer", "peer.py"), "gans", lr,
+            run([sys.executable, os.path.join(tools, "upscalerjs_peer", "peer.py"), "gans", lr,
                  os.path.join(tmp, "peer")])
             outs.append(("peer (gans)", os.path.join(tmp, "peer"), None))
         for u in a.unsharp:
