@@ -21,6 +21,7 @@ Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [
        e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
 """
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,16 @@ ROOT = os.path.dirname(HERE)
 EXTRA = 0.02
 
 
+@functools.lru_cache(maxsize=None)
+def file_hash(path):
+    """sha256 of a file, once per run: the binary and the images are in every point's key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def cache_key(binary, data, weights, w):
     """What a point depends on: the binary, the weights (model and config), the images, w, and the
     pattern measure (scripts/pattern_ratio.py)."""
@@ -48,9 +59,7 @@ def cache_key(binary, data, weights, w):
     files += sorted(os.path.join(data, f) for f in os.listdir(data))
     for f in files:
         h.update(os.path.basename(f).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(file_hash(f).encode())
     return h.hexdigest()
 
 
@@ -114,7 +123,7 @@ def main():
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     ap.add_argument("--cache", default=os.path.join(xdg, "flowmapsr", "frontier"),
                     help="where measured points are kept (keyed by a hash of binary, weights, "
-                         "images and w); '' measures every point afresh")
+                         "images, w and pattern_ratio.py); '' measures every point afresh")
     a = ap.parse_args()
     cands = []
     for c in a.cand:

@@ -50,12 +50,6 @@ def gms_map(sr_y, hr_y):
     return (2 * ma * mb + c) / (ma ** 2 + mb ** 2 + c), ma, mb
 
 
-def luma(rgb):
-    """BT.601 luma in 16..235 of 8-bit RGB (sr_score.py's rgb2y)."""
-    rgb = rgb.astype(np.float64)
-    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
-
-
 def unsharp(rgb, sigma, amount):
     x = rgb.astype(np.float64)
     x = x + amount * (x - cv2.GaussianBlur(x, (0, 0), sigma))
@@ -77,6 +71,8 @@ def main():
     ap.add_argument("--unsharp", action="append", default=[], metavar="SIGMA:AMOUNT")
     a = ap.parse_args()
     tools = os.path.join(a.shared, "tools")
+    sys.path.insert(0, tools)
+    from sr_score import rgb2y as luma  # the reference scorer's Y, not a copy of it
     with tempfile.TemporaryDirectory() as tmp:
         hr_dir = holdout(os.path.join(a.shared, "data", "train"), os.path.join(tmp, "hr"))
         outs = []
