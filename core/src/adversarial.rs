@@ -712,8 +712,10 @@ mod tests {
     }
 
     /// Spectral normalisation divides by the largest singular value: by hand on a diagonal
-    /// matrix, and on a random one (whose normalised largest singular value, by many more power
-    /// iterations here, is 1), with the gradient reaching the weight.
+    /// matrix, and on a seeded random one (whose normalised largest singular value, by many more
+    /// power iterations here, is 1), with the gradient reaching the weight. The draw is seeded:
+    /// the estimate's error shrinks like (s2/s1)^20, and an unseeded draw with nearly equal top
+    /// singular values can leave it several percent short.
     #[test]
     fn spectral_norm_by_hand() {
         use burn::backend::Autodiff;
@@ -727,9 +729,12 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-4, "{got:?}");
         }
-        let w =
-            Tensor::<Autodiff<B>, 4>::random([16, 8, 3, 3], Distribution::Normal(0.0, 1.0), &dev)
-                .require_grad();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+        let draw: Vec<f32> = (0..16 * 72)
+            .map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng))
+            .collect();
+        let w = Tensor::<Autodiff<B>, 4>::from_data(TensorData::new(draw, [16, 8, 3, 3]), &dev)
+            .require_grad();
         let n = spectral_normalise(w.clone());
         let m = n.clone().inner().reshape([16, 72]);
         let mut v = Tensor::<B, 2>::ones([72, 1], &dev);
@@ -742,7 +747,8 @@ mod tests {
             v = v.clone() / v.powi_scalar(2).sum().sqrt().unsqueeze();
         }
         let top = m.matmul(v).powi_scalar(2).sum().sqrt().into_scalar();
-        assert!((top - 1.0).abs() < 0.02, "largest singular value {top}");
+        // Power iteration never overestimates sigma, so the normalised top is never under 1.
+        assert!(top > 1.0 - 1e-4 && top < 1.02, "largest singular value {top}");
         let g = n.sum().backward();
         assert!(w.grad(&g).unwrap().abs().max().into_scalar() > 0.0);
     }
