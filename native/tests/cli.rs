@@ -62,19 +62,19 @@ fn the_shipped_dial_moves_the_output() {
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
     assert_eq!(base, up("faithful.png", &["--preset", "faithful"]));
     assert_ne!(base, up("w3l3.png", &["--guidance", "3", "--lora", "3"]));
-    // The realistic preset is its own weights (weights/realistic) at w 2, without an adapter;
+    // The realistic preset is its own weights (weights/realistic) at w 2.1, without an adapter;
     // an explicit knob overrides the preset's, and --weights replaces its weights.
     let realistic = up("realistic.png", &["--preset", "realistic"]);
     assert_ne!(base, realistic);
     assert_ne!(
         realistic,
-        up("w2.png", &["--guidance", "2"]),
-        "the faithful weights at w 2"
+        up("w2.png", &["--guidance", "2.1"]),
+        "the faithful weights at w 2.1"
     );
     let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights/realistic");
     assert_eq!(
         realistic,
-        up("real-dir.png", &["--weights", real, "--guidance", "2"])
+        up("real-dir.png", &["--weights", real, "--guidance", "2.1"])
     );
     assert_eq!(
         up("real-w3.png", &["--preset", "realistic", "--guidance", "3"]),
