@@ -748,7 +748,10 @@ mod tests {
         }
         let top = m.matmul(v).powi_scalar(2).sum().sqrt().into_scalar();
         // Power iteration never overestimates sigma, so the normalised top is never under 1.
-        assert!(top > 1.0 - 1e-4 && top < 1.02, "largest singular value {top}");
+        assert!(
+            top > 1.0 - 1e-4 && top < 1.02,
+            "largest singular value {top}"
+        );
         let g = n.sum().backward();
         assert!(w.grad(&g).unwrap().abs().max().into_scalar() > 0.0);
     }
