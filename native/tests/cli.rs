@@ -68,7 +68,7 @@ fn the_shipped_dial_moves_the_output() {
     assert_ne!(base, realistic);
     assert_ne!(
         realistic,
-        up("w2.png", &["--guidance", "2.1"]),
+        up("w21.png", &["--guidance", "2.1"]),
         "the faithful weights at w 2.1"
     );
     let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights/realistic");
