@@ -57,13 +57,22 @@ def candidate_points(path):
     return out
 
 
+def mark(draw, x, y, colour, shape, r):
+    """A marker centred on pixel (x, y): o a disc, s a square, d a diamond (r + 2 to its tips)."""
+    if shape == "o":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    elif shape == "s":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
+    else:
+        draw.polygon([(x, y - r - 2), (x + r + 2, y), (x, y + r + 2), (x - r - 2, y)], fill=colour)
+
+
 class Panel:
     """One plot: data ranges mapped onto a pixel box, with ticks and labels."""
 
     def __init__(self, draw, box, xr, yr, xlabel, ylabel, font, yfmt):
         self.d, self.box, self.xr, self.yr, self.font = draw, box, xr, yr, font
         x0, y0, x1, y1 = box
-        draw.rectangle(box, outline=(0, 0, 0))
         for i in range(6):
             xv = xr[0] + (xr[1] - xr[0]) * i / 5
             yv = yr[0] + (yr[1] - yr[0]) * i / 5
@@ -75,7 +84,7 @@ class Panel:
             draw.line([(x0 - 5, y), (x0, y)], fill=(0, 0, 0))
             draw.line([(x0, y), (x1, y)], fill=(235, 235, 235))
             draw.text((x0 - 8, y), yfmt.format(yv), fill=(0, 0, 0), font=font, anchor="rm")
-        draw.rectangle(box, outline=(0, 0, 0))
+        draw.rectangle(box, outline=(0, 0, 0))  # over the grid's end lines
         draw.text(((x0 + x1) / 2, y1 + 30), xlabel, fill=(0, 0, 0), font=font, anchor="mt")
         draw.text((x0, y0 - 10), ylabel, fill=(0, 0, 0), font=font, anchor="ls")
 
@@ -92,15 +101,8 @@ class Panel:
         self.d.line([self.xy(*p) for p in pts], fill=colour, width=2)
 
     def marker(self, xv, yv, colour, shape="o", r=4):
-        if not self.inside(xv, yv):
-            return
-        x, y = self.xy(xv, yv)
-        if shape == "o":
-            self.d.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-        elif shape == "s":
-            self.d.rectangle([x - r, y - r, x + r, y + r], fill=colour)
-        else:  # star-ish: a diamond
-            self.d.polygon([(x, y - r - 2), (x + r + 2, y), (x, y + r + 2), (x - r - 2, y)], fill=colour)
+        if self.inside(xv, yv):
+            mark(self.d, *self.xy(xv, yv), colour, shape, r)
 
     def note(self, xv, yv, text, colour):
         if self.inside(xv, yv):
@@ -145,7 +147,7 @@ def main():
 
     legend = []
     for i, (label, pts) in enumerate(curves):
-        c = CURVE_COLOURS[i % len(CURVE_COLOURS)] if len(curves) <= 2 else COLOURS[i]
+        c = CURVE_COLOURS[i] if i < len(CURVE_COLOURS) else COLOURS[i % len(COLOURS)]
         left.line([(h, p) for h, p, _ in pts], c)
         right.line([(h, g) for h, _, g in pts], c)
         for h, p, g in pts:
@@ -177,10 +179,8 @@ def main():
         x = 80 if k % 2 == 0 else 640
         if shape == "line":
             d.line([(x, y + 7), (x + 24, y + 7)], fill=c, width=2)
-        elif shape == "d":
-            d.polygon([(x + 12, y), (x + 19, y + 7), (x + 12, y + 14), (x + 5, y + 7)], fill=c)
         else:
-            d.ellipse([x + 8, y + 3, x + 16, y + 11], fill=c)
+            mark(d, x + 12, y + 7, c, shape, 5 if shape == "d" else 4)
         d.text((x + 32, y + 7), text, fill=(0, 0, 0), font=font, anchor="lm")
         if k % 2 == 1:
             y += 20
