@@ -1,6 +1,9 @@
 //! Weights I/O: a model is `config.json` (a [`ModelConfig`]) beside `model.bin`, a burn record
-//! (bincode, full precision) inside a small checked container:
-//!   b"FMSRWTS1" | crc32 (u32 LE) of the payload | payload length (u64 LE) | payload.
+//! (bincode) inside a small checked container:
+//!   magic | crc32 (u32 LE) of the payload | payload length (u64 LE) | payload,
+//! where the magic says the precision of the floats: b"FMSRWTS1" f32 (what training writes),
+//! b"FMSRWTH1" IEEE f16 (half the bytes, for shipping larger networks to the browser; loads into
+//! f32 parameters, the same network to about 1e-3 relative).
 //! The checksum turns a corrupt or truncated file into an error instead of a decoder panic, and
 //! the loaded parameter shapes are checked against the config. Loads from bytes, so the browser
 //! uses the same path as the CLI.
@@ -14,11 +17,33 @@ use crate::lora::{LoraConfig, UNetLora};
 use crate::unet::{UNet, UNetConfig};
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::record::{
+    BinBytesRecorder, FullPrecisionSettings, HalfPrecisionSettings, PrecisionSettings, Record,
+    Recorder,
+};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"FMSRWTS1";
+const MAGIC_HALF: &[u8; 8] = b"FMSRWTH1";
+
+/// How a container stores its floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32: training's checkpoints and the default.
+    Full,
+    /// IEEE f16: half the bytes.
+    Half,
+}
+
+impl Precision {
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            Precision::Full => MAGIC,
+            Precision::Half => MAGIC_HALF,
+        }
+    }
+}
 
 #[derive(Config, Debug)]
 pub struct ModelConfig {
@@ -57,25 +82,77 @@ pub fn module_to_bytes<B: Backend, M: Module<B>>(m: M) -> Vec<u8> {
     record_to_bytes::<B, _>(m.into_record())
 }
 
+/// A module's record as checked bytes with its floats in `precision`; an error where a parameter
+/// is beyond f16's range (65504), which would turn into infinity.
+pub fn module_to_bytes_as<B: Backend, M: Module<B>>(m: M, precision: Precision) -> Res<Vec<u8>> {
+    match precision {
+        Precision::Full => Ok(module_to_bytes(m)),
+        Precision::Half => {
+            let peak = max_abs(&m);
+            if !(peak <= f32::from(burn::tensor::f16::MAX)) {
+                return Err(Error::BadWeights(format!(
+                    "a parameter of magnitude {peak} is beyond f16's range (65504): keep these \
+                     weights in full precision"
+                )));
+            }
+            Ok(container::<B, _, HalfPrecisionSettings>(
+                m.into_record(),
+                precision,
+            ))
+        }
+    }
+}
+
+/// The largest parameter magnitude of a module (NaN if any parameter is NaN).
+pub fn max_abs<B: Backend, M: Module<B>>(m: &M) -> f32 {
+    struct Peak(f32);
+    impl<B: Backend> ModuleVisitor<B> for Peak {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let v: f32 = p.val().abs().max().into_scalar().elem();
+            // NaN wins, so that a broken network is never called in range.
+            self.0 = if v.is_nan() || self.0.is_nan() {
+                f32::NAN
+            } else {
+                self.0.max(v)
+            };
+        }
+    }
+    let mut v = Peak(0.0);
+    m.visit(&mut v);
+    v.0
+}
+
 /// Any record (a module's, an optimizer's) as checked bytes.
 pub fn record_to_bytes<B: Backend, R: Record<B>>(r: R) -> Vec<u8> {
-    let payload = BinBytesRecorder::<FullPrecisionSettings>::default()
+    container::<B, _, FullPrecisionSettings>(r, Precision::Full)
+}
+
+fn container<B: Backend, R: Record<B>, S: PrecisionSettings>(
+    r: R,
+    precision: Precision,
+) -> Vec<u8> {
+    let payload = BinBytesRecorder::<S>::default()
         .record(r, ())
         .expect("in-memory record");
     let mut out = Vec::with_capacity(payload.len() + 20);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(precision.magic());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
 
-fn payload(bytes: &[u8]) -> Res<&[u8]> {
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
-        return Err(Error::BadWeights(
-            "not a flowmapsr weights file (bad header)".into(),
-        ));
-    }
+/// The precision a container declares, and its checked payload.
+fn payload(bytes: &[u8]) -> Res<(Precision, &[u8])> {
+    let precision = match bytes.get(..8) {
+        Some(m) if bytes.len() >= 20 && m == MAGIC => Precision::Full,
+        Some(m) if bytes.len() >= 20 && m == MAGIC_HALF => Precision::Half,
+        _ => {
+            return Err(Error::BadWeights(
+                "not a flowmapsr weights file (bad header)".into(),
+            ))
+        }
+    };
     let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
     let p = &bytes[20..];
@@ -88,7 +165,12 @@ fn payload(bytes: &[u8]) -> Res<&[u8]> {
     if crc32fast::hash(p) != crc {
         return Err(Error::BadWeights("checksum mismatch (corrupt file)".into()));
     }
-    Ok(p)
+    Ok((precision, p))
+}
+
+/// The precision of a weights file's floats (its header checked, not its payload).
+pub fn precision_of(bytes: &[u8]) -> Res<Precision> {
+    payload(bytes).map(|(p, _)| p)
 }
 
 struct Shapes(Vec<Vec<usize>>);
@@ -104,12 +186,14 @@ fn shapes<B: Backend, M: Module<B>>(m: &M) -> Vec<Vec<usize>> {
     s.0
 }
 
-/// A record from checked bytes.
+/// A record from checked bytes, in either precision.
 pub fn record_from_bytes<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Res<R> {
-    let p = payload(bytes)?.to_vec();
+    let (precision, p) = payload(bytes)?;
+    let p = p.to_vec();
     let device = device.clone();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        BinBytesRecorder::<FullPrecisionSettings>::default().load(p, &device)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match precision {
+        Precision::Full => BinBytesRecorder::<FullPrecisionSettings>::default().load(p, &device),
+        Precision::Half => BinBytesRecorder::<HalfPrecisionSettings>::default().load(p, &device),
     }))
     .map_err(|_| Error::BadWeights("the record does not match what was expected".into()))?
     .map_err(|e| Error::BadWeights(format!("record: {e}")))
@@ -238,9 +322,21 @@ pub fn save_lora<B: Backend>(lora: &UNetLora<B>, cfg: &LoraConfig, dir: &Path) -
 
 /// Save `dir/config.json` + `dir/model.bin` (each written atomically).
 pub fn save_dir<B: Backend>(net: &UNet<B>, cfg: &ModelConfig, dir: &Path) -> Res<()> {
+    save_dir_as(net, cfg, dir, Precision::Full)
+}
+
+/// [`save_dir`] with `model.bin`'s floats in `precision`.
+pub fn save_dir_as<B: Backend>(
+    net: &UNet<B>,
+    cfg: &ModelConfig,
+    dir: &Path,
+    precision: Precision,
+) -> Res<()> {
+    // Encode first: a network out of f16's range leaves no folder behind.
+    let bin = module_to_bytes_as(net.clone(), precision)?;
     std::fs::create_dir_all(dir)?;
     write_atomic(&dir.join("config.json"), cfg.to_json().as_bytes())?;
-    write_atomic(&dir.join("model.bin"), &module_to_bytes(net.clone()))
+    write_atomic(&dir.join("model.bin"), &bin)
 }
 
 #[cfg(test)]
@@ -261,6 +357,82 @@ mod tests {
         assert_eq!(c.unet.widths, vec![8, 16]);
         assert_eq!(shapes::<Flex, _>(&back), shapes::<Flex, _>(&net));
         assert_eq!(module_to_bytes(back), bytes);
+    }
+
+    #[test]
+    fn half_precision_round_trips_to_f16_rounding() {
+        let dev = Default::default();
+        let net = materialize(cfg().unet.init::<Flex>(&dev));
+        let full = module_to_bytes(net.clone());
+        let half = module_to_bytes_as(net.clone(), Precision::Half).unwrap();
+        assert_eq!(precision_of(&half).unwrap(), Precision::Half);
+        assert_eq!(precision_of(&full).unwrap(), Precision::Full);
+        assert!(
+            half.len() * 10 < full.len() * 6,
+            "f16 file {} bytes against {} in f32",
+            half.len(),
+            full.len()
+        );
+        let (back, _) = load_model::<Flex>(cfg().to_json().as_bytes(), &half, &dev).unwrap();
+        // Every parameter within f16's rounding: half an ulp, 2^-11 relative (subnormals absolute).
+        let flat = |m: &UNet<Flex>| {
+            struct All(Vec<f32>);
+            impl ModuleVisitor<Flex> for All {
+                fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Flex, D>>) {
+                    self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+                }
+            }
+            let mut a = All(Vec::new());
+            m.visit(&mut a);
+            a.0
+        };
+        let (a, b) = (flat(&net), flat(&back));
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter().any(|x| x.abs() > 1e-2),
+            "the test net must have weights"
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= x.abs() / 2048.0 + 6e-8,
+                "{x} came back as {y}"
+            );
+        }
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| x != y),
+            "the floats were rounded"
+        );
+        // Written again in half precision, the same bytes.
+        assert_eq!(module_to_bytes_as(back, Precision::Half).unwrap(), half);
+        // A flipped byte in a half-precision file is caught like in a full one.
+        let mut flipped = half.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let e = load_model::<Flex>(cfg().to_json().as_bytes(), &flipped, &dev).unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn weights_beyond_f16_range_are_refused() {
+        struct Scale;
+        impl burn::module::ModuleMapper<Flex> for Scale {
+            fn map_float<const D: usize>(
+                &mut self,
+                p: Param<Tensor<Flex, D>>,
+            ) -> Param<Tensor<Flex, D>> {
+                p.map(|t| t * 1e7)
+            }
+        }
+        let dev = Default::default();
+        let net = materialize(cfg().unet.init::<Flex>(&dev)).map(&mut Scale);
+        assert!(max_abs(&net) > 65504.0);
+        let e = module_to_bytes_as(net.clone(), Precision::Half).unwrap_err();
+        assert!(e.to_string().contains("f16's range"), "{e}");
+        let dir = std::env::temp_dir().join(format!("fmsr-half-{}", std::process::id()));
+        assert!(save_dir_as(&net, &cfg(), &dir, Precision::Half).is_err());
+        assert!(!dir.exists(), "nothing written for a refused network");
+        // Full precision keeps them.
+        assert!(module_to_bytes_as(net, Precision::Full).is_ok());
     }
 
     #[test]

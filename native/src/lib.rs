@@ -63,7 +63,12 @@ pub struct ExportArgs {
     /// Weights folder (default: the shipped weights).
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
-    /// Output .safetensors file.
+    /// `safetensors`: one .safetensors file (the network). `f16`, `f32`: a weights folder
+    /// (config.json + model.bin [+ lora.json + lora.bin]) with every parameter in that precision,
+    /// loadable wherever `--weights` is (the shipped weights are f16: half the bytes).
+    #[arg(long, value_enum, default_value_t = weights::ExportFormat::Safetensors)]
+    pub format: weights::ExportFormat,
+    /// Output: a .safetensors file, or a folder for `--format f16|f32`.
     #[arg(short, long)]
     pub output: std::path::PathBuf,
 }
@@ -77,6 +82,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(&a),
         Command::Orchestrator(a) => orchestrator(&a),
         Command::Interpolate(a) => weights::interpolate(&a),
-        Command::Export(a) => weights::export_safetensors(a.weights.as_deref(), &a.output),
+        Command::Export(a) => weights::export(&a),
     }
 }

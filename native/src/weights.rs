@@ -117,6 +117,80 @@ pub fn load_preset<B: Backend>(
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Safetensors,
+    F16,
+    F32,
+}
+
+pub fn export(a: &crate::ExportArgs) -> Result<()> {
+    use flowmapsr_core::weights::Precision;
+    match a.format {
+        ExportFormat::Safetensors => export_safetensors(a.weights.as_deref(), &a.output),
+        ExportFormat::F16 => export_folder(a.weights.as_deref(), &a.output, Precision::Half),
+        ExportFormat::F32 => export_folder(a.weights.as_deref(), &a.output, Precision::Full),
+    }
+}
+
+/// Write the weights (and their LoRA adapter, if they have one) as a weights folder with the
+/// parameters in `precision` (core weights.rs): f16 is half the bytes, for the browser.
+pub fn export_folder(
+    dir: Option<&Path>,
+    out: &Path,
+    precision: flowmapsr_core::weights::Precision,
+) -> Result<()> {
+    use flowmapsr_core::weights::{module_to_bytes_as, save_dir_as, write_atomic};
+    let device = burn::backend::flex::FlexDevice;
+    let target = crate::upscale::resolved(out);
+    let input = dir.unwrap_or(Path::new("weights"));
+    if crate::upscale::resolved(input) == target {
+        anyhow::bail!(
+            "refusing to overwrite the input weights {}: pick another --output",
+            input.display()
+        );
+    }
+    let (m, cfg) = load_adapted::<burn::backend::Flex>(dir, &device)?;
+    if m.lora.is_none() && (out.join("lora.json").exists() || out.join("lora.bin").exists()) {
+        // It would load as these weights' adapter.
+        anyhow::bail!(
+            "{} holds a LoRA adapter that these weights do not have: pick another --output",
+            out.display()
+        );
+    }
+    let lora_json = match dir {
+        Some(d) => m
+            .lora
+            .as_ref()
+            .map(|_| std::fs::read(d.join("lora.json")))
+            .transpose()?,
+        None => Some(shipped("lora.json")?.into_owned()),
+    };
+    save_dir_as(&m.net, &cfg, out, precision)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if let (Some(lora), Some(json)) = (&m.lora, lora_json) {
+        let bin = module_to_bytes_as(lora.clone(), precision)?;
+        write_atomic(&out.join("lora.json"), &json)?;
+        write_atomic(&out.join("lora.bin"), &bin)?;
+    }
+    let size = |f: &str| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} in {}: model.bin {} bytes{}",
+        out.display(),
+        match precision {
+            flowmapsr_core::weights::Precision::Half => "f16",
+            flowmapsr_core::weights::Precision::Full => "f32",
+        },
+        size("model.bin"),
+        if m.lora.is_some() {
+            format!(", lora.bin {} bytes", size("lora.bin"))
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
 /// Write the weights as safetensors (tensor names are the module paths, e.g. `down.1.blocks.0.conv1.weight`).
 pub fn export_safetensors(dir: Option<&Path>, out: &Path) -> Result<()> {
     use burn::store::{ModuleSnapshot, SafetensorsStore};

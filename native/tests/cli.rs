@@ -493,3 +493,81 @@ fn bench_prints_json_with_the_network_and_the_projection_timed_apart() {
     }
     assert_eq!(v["tile"], 16);
 }
+
+/// `export --format f32|f16`: weights folders in either precision that load wherever `--weights`
+/// does and keep the adapter. The shipped weights are f16, so their f32 export runs exactly the
+/// same network, and its f16 export gives back the shipped bytes. Export never writes over the
+/// weights it reads.
+#[test]
+fn export_writes_weights_in_either_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights");
+    let real = format!("{shipped}/realistic");
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let export = |format: &str, weights: Option<&str>, out: &Path| {
+        let mut argv = vec!["export", "--format", format, "-o", s(out)];
+        if let Some(w) = weights {
+            argv.extend_from_slice(&["--weights", w]);
+        }
+        run(&argv)
+    };
+    let (f32_dir, f16_dir) = (dir.path().join("f32"), dir.path().join("f16"));
+    let o = export("f32", Some(&real), &f32_dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = export("f16", Some(s(&f32_dir)), &f16_dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shipped_bin = read(&Path::new(&real).join("model.bin"));
+    let full = read(&f32_dir.join("model.bin"));
+    assert!(
+        shipped_bin.len() * 10 < full.len() * 6,
+        "shipped {} bytes, f32 {}",
+        shipped_bin.len(),
+        full.len()
+    );
+    assert_eq!(read(&f16_dir.join("model.bin")), shipped_bin);
+    assert!(
+        !f32_dir.join("lora.bin").exists(),
+        "the realistic weights have no adapter"
+    );
+
+    let input = dir.path().join("in.png");
+    picture(32, 24).save(&input).unwrap();
+    let up = |weights: &str, name: &str, knobs: &[&str]| {
+        let o_path = dir.path().join(name);
+        let mut argv = vec!["upscale", s(&input), "-o", s(&o_path), "--scale", "4"];
+        argv.extend_from_slice(&["--weights", weights]);
+        argv.extend_from_slice(knobs);
+        let o = run(&argv);
+        assert!(o.status.success(), "{weights}: {}", stderr(&o));
+        image::open(&o_path).unwrap().to_rgb8().into_raw()
+    };
+    let w = ["--guidance", "2.1"];
+    assert_eq!(up(&real, "a.png", &w), up(s(&f32_dir), "b.png", &w));
+
+    // The shipped faithful weights carry their LoRA adapter across, and the dial still acts.
+    let faithful = dir.path().join("faithful");
+    let o = export("f32", None, &faithful);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lora_shipped = read(&Path::new(shipped).join("lora.bin")).len();
+    assert!(lora_shipped * 10 < read(&faithful.join("lora.bin")).len() * 6);
+    let l = ["--lora", "2"];
+    assert_eq!(up(shipped, "c.png", &l), up(s(&faithful), "d.png", &l));
+    assert_ne!(
+        up(s(&faithful), "e.png", &[]),
+        up(s(&faithful), "f.png", &l)
+    );
+
+    // Never over its input, and never beside an adapter the weights do not have.
+    let before = read(&f16_dir.join("model.bin"));
+    let o = export("f32", Some(s(&f16_dir)), &f16_dir);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(before, read(&f16_dir.join("model.bin")));
+    let o = export("f16", Some(&real), &faithful);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("LoRA adapter"), "{}", stderr(&o));
+}
