@@ -62,19 +62,23 @@ fn the_shipped_dial_moves_the_output() {
     assert_eq!(base, up("zero.png", &["--guidance", "1", "--lora", "0"]));
     assert_eq!(base, up("faithful.png", &["--preset", "faithful"]));
     assert_ne!(base, up("w3l3.png", &["--guidance", "3", "--lora", "3"]));
-    // The realistic preset is its own weights (weights/realistic) at w 2.1, without an adapter;
+    // The realistic preset is its own weights (weights/realistic) at its w, without an adapter;
     // an explicit knob overrides the preset's, and --weights replaces its weights.
+    let w = flowmapsr_core::request::Preset::Realistic
+        .knobs()
+        .1
+        .to_string();
     let realistic = up("realistic.png", &["--preset", "realistic"]);
     assert_ne!(base, realistic);
     assert_ne!(
         realistic,
-        up("w21.png", &["--guidance", "2.1"]),
-        "the faithful weights at w 2.1"
+        up("w-preset.png", &["--guidance", &w]),
+        "the faithful weights at the preset's w"
     );
     let real = concat!(env!("CARGO_MANIFEST_DIR"), "/../weights/realistic");
     assert_eq!(
         realistic,
-        up("real-dir.png", &["--weights", real, "--guidance", "2.1"])
+        up("real-dir.png", &["--weights", real, "--guidance", &w])
     );
     assert_eq!(
         up("real-w3.png", &["--preset", "realistic", "--guidance", "3"]),
@@ -541,7 +545,7 @@ fn export_writes_weights_in_either_precision() {
         assert!(o.status.success(), "{weights}: {}", stderr(&o));
         image::open(&o_path).unwrap().to_rgb8().into_raw()
     };
-    let w = ["--guidance", "2.1"];
+    let w = ["--guidance", "2"];
     assert_eq!(up(&real, "a.png", &w), up(s(&f32_dir), "b.png", &w));
 
     // The shipped faithful weights carry their LoRA adapter across, and the dial still acts.

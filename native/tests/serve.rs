@@ -154,10 +154,11 @@ fn good_requests_health_metrics_and_landing_page() {
     };
     let fidelity = dial("");
     assert_ne!(fidelity, dial("&guidance=2&lora=1"));
-    // The realistic preset runs its own weights (w 2.1 on the faithful ones is something else).
+    // The realistic preset runs its own weights (its w on the faithful ones is something else).
     let realistic = dial("&preset=realistic");
     assert_ne!(fidelity, realistic);
-    assert_ne!(realistic, dial("&guidance=2.1"));
+    let w = flowmapsr_core::request::Preset::Realistic.knobs().1;
+    assert_ne!(realistic, dial(&format!("&guidance={w}")));
     // The LR projection: auto (the default) is on for a PNG.
     assert_eq!(fidelity, dial("&projection=on"));
     assert_eq!(fidelity, dial("&projection=auto"));
