@@ -2,8 +2,8 @@
 //! (bincode) inside a small checked container:
 //!   magic | crc32 (u32 LE) of the payload | payload length (u64 LE) | payload,
 //! where the magic says the precision of the floats: b"FMSRWTS1" f32 (what training writes),
-//! b"FMSRWTH1" IEEE f16 (half the bytes, for shipping larger networks to the browser; loads into
-//! f32 parameters, the same network to about 1e-3 relative).
+//! b"FMSRWTH1" IEEE f16 (half the bytes: the shipped weights, for the browser's download; loads
+//! into f32 parameters, each within f16's rounding of 2^-11 relative).
 //! The checksum turns a corrupt or truncated file into an error instead of a decoder panic, and
 //! the loaded parameter shapes are checked against the config. Loads from bytes, so the browser
 //! uses the same path as the CLI.
