@@ -37,6 +37,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// "f16" or "f32".
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Full => "f32",
+            Precision::Half => "f16",
+        }
+    }
+
     fn magic(self) -> &'static [u8; 8] {
         match self {
             Precision::Full => MAGIC,
@@ -104,7 +112,7 @@ pub fn module_to_bytes_as<B: Backend, M: Module<B>>(m: M, precision: Precision) 
 }
 
 /// The largest parameter magnitude of a module (NaN if any parameter is NaN).
-pub fn max_abs<B: Backend, M: Module<B>>(m: &M) -> f32 {
+fn max_abs<B: Backend, M: Module<B>>(m: &M) -> f32 {
     struct Peak(f32);
     impl<B: Backend> ModuleVisitor<B> for Peak {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
@@ -166,11 +174,6 @@ fn payload(bytes: &[u8]) -> Res<(Precision, &[u8])> {
         return Err(Error::BadWeights("checksum mismatch (corrupt file)".into()));
     }
     Ok((precision, p))
-}
-
-/// The precision of a weights file's floats (its header checked, not its payload).
-pub fn precision_of(bytes: &[u8]) -> Res<Precision> {
-    payload(bytes).map(|(p, _)| p)
 }
 
 struct Shapes(Vec<Vec<usize>>);
@@ -315,9 +318,20 @@ pub fn load_lora_dir<B: Backend>(
 
 /// Save `dir/lora.json` + `dir/lora.bin` (each written atomically).
 pub fn save_lora<B: Backend>(lora: &UNetLora<B>, cfg: &LoraConfig, dir: &Path) -> Res<()> {
+    save_lora_as(lora, cfg, dir, Precision::Full)
+}
+
+/// [`save_lora`] with `lora.bin`'s floats in `precision`.
+pub fn save_lora_as<B: Backend>(
+    lora: &UNetLora<B>,
+    cfg: &LoraConfig,
+    dir: &Path,
+    precision: Precision,
+) -> Res<()> {
+    let bin = module_to_bytes_as(lora.clone(), precision)?;
     std::fs::create_dir_all(dir)?;
     write_atomic(&dir.join("lora.json"), cfg.to_json_string().as_bytes())?;
-    write_atomic(&dir.join("lora.bin"), &module_to_bytes(lora.clone()))
+    write_atomic(&dir.join("lora.bin"), &bin)
 }
 
 /// Save `dir/config.json` + `dir/model.bin` (each written atomically).
@@ -365,8 +379,8 @@ mod tests {
         let net = materialize(cfg().unet.init::<Flex>(&dev));
         let full = module_to_bytes(net.clone());
         let half = module_to_bytes_as(net.clone(), Precision::Half).unwrap();
-        assert_eq!(precision_of(&half).unwrap(), Precision::Half);
-        assert_eq!(precision_of(&full).unwrap(), Precision::Full);
+        assert_eq!(payload(&half).unwrap().0, Precision::Half);
+        assert_eq!(payload(&full).unwrap().0, Precision::Full);
         assert!(
             half.len() * 10 < full.len() * 6,
             "f16 file {} bytes against {} in f32",

@@ -140,49 +140,44 @@ pub fn export_folder(
     out: &Path,
     precision: flowmapsr_core::weights::Precision,
 ) -> Result<()> {
-    use flowmapsr_core::weights::{module_to_bytes_as, save_dir_as, write_atomic};
+    use flowmapsr_core::weights::{save_dir_as, save_lora_as};
     let device = burn::backend::flex::FlexDevice;
-    let target = crate::upscale::resolved(out);
     let input = dir.unwrap_or(Path::new("weights"));
-    if crate::upscale::resolved(input) == target {
+    if crate::upscale::resolved(input) == crate::upscale::resolved(out) {
         anyhow::bail!(
             "refusing to overwrite the input weights {}: pick another --output",
             input.display()
         );
     }
-    let (m, cfg) = load_adapted::<burn::backend::Flex>(dir, &device)?;
-    if m.lora.is_none() && (out.join("lora.json").exists() || out.join("lora.bin").exists()) {
+    let (net, cfg) = load::<burn::backend::Flex>(dir, &device)?;
+    let lora = match dir {
+        Some(d) => load_lora_dir(&net, d, &device)
+            .with_context(|| format!("loading the LoRA adapter in {}", d.display()))?,
+        None => Some(
+            load_lora(&net, &shipped("lora.json")?, &shipped("lora.bin")?, &device)
+                .context("loading the shipped LoRA adapter")?,
+        ),
+    };
+    if lora.is_none() && (out.join("lora.json").exists() || out.join("lora.bin").exists()) {
         // It would load as these weights' adapter.
         anyhow::bail!(
             "{} holds a LoRA adapter that these weights do not have: pick another --output",
             out.display()
         );
     }
-    let lora_json = match dir {
-        Some(d) => m
-            .lora
-            .as_ref()
-            .map(|_| std::fs::read(d.join("lora.json")))
-            .transpose()?,
-        None => Some(shipped("lora.json")?.into_owned()),
-    };
-    save_dir_as(&m.net, &cfg, out, precision)
+    save_dir_as(&net, &cfg, out, precision)
         .with_context(|| format!("writing {}", out.display()))?;
-    if let (Some(lora), Some(json)) = (&m.lora, lora_json) {
-        let bin = module_to_bytes_as(lora.clone(), precision)?;
-        write_atomic(&out.join("lora.json"), &json)?;
-        write_atomic(&out.join("lora.bin"), &bin)?;
+    if let Some((l, lcfg)) = &lora {
+        save_lora_as(l, lcfg, out, precision)
+            .with_context(|| format!("writing the adapter into {}", out.display()))?;
     }
     let size = |f: &str| std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} in {}: model.bin {} bytes{}",
         out.display(),
-        match precision {
-            flowmapsr_core::weights::Precision::Half => "f16",
-            flowmapsr_core::weights::Precision::Full => "f32",
-        },
+        precision.name(),
         size("model.bin"),
-        if m.lora.is_some() {
+        if lora.is_some() {
             format!(", lora.bin {} bytes", size("lora.bin"))
         } else {
             String::new()
