@@ -56,6 +56,9 @@ pub struct BenchReport {
     pub tile: usize,
     pub scale: u32,
     pub steps: usize,
+    /// The knobs it ran at (a preset's, or the flags').
+    pub guidance: f32,
+    pub lora: f32,
     pub ms_per_tile: f64,
     pub output_mp_per_s: f64,
     pub model_flops_per_output_pixel: f64,
@@ -183,6 +186,8 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         tile: t,
         scale: req.scale,
         steps: req.steps(),
+        guidance: req.guidance(),
+        lora: req.lora(),
         ms_per_tile: secs * 1e3,
         output_mp_per_s: px / secs / 1e6,
         model_flops_per_output_pixel: fpp,
