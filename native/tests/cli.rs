@@ -496,6 +496,26 @@ fn bench_prints_json_with_the_network_and_the_projection_timed_apart() {
         assert!(x.is_finite() && x > 0.0, "{k} = {x}");
     }
     assert_eq!(v["tile"], 16);
+    assert_eq!(
+        (v["guidance"].as_f64(), v["lora"].as_f64()),
+        (Some(1.0), Some(0.0)),
+        "{v}"
+    );
+    // It reports the knobs it ran at: a preset's (scripts/realism.sh labels its rows with them).
+    let o = run(&[
+        "bench",
+        "--tile",
+        "16",
+        "--reps",
+        "1",
+        "--json",
+        "--preset",
+        "realistic",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = flowmapsr_core::request::Preset::Realistic.knobs().1;
+    assert_eq!(v["guidance"].as_f64(), Some(w as f64), "{v}");
 }
 
 /// `export --format f32|f16`: weights folders in either precision that load wherever `--weights`
