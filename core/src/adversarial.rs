@@ -271,6 +271,12 @@ pub struct AdversarialConfig {
     pub train_scale: f32,
     /// Discriminator learning rate (the adapters use the run's lr schedule).
     pub lr_d: f64,
+    /// Steps between fresh discriminators (0: never): at every multiple of it the
+    /// discriminator and its optimiser start again from an initialisation seeded by the run's
+    /// seed and the step. A kept discriminator lets the generator slide back along the
+    /// fidelity-detail curve after its first thousand steps; each fresh one so far moved it past
+    /// the curve it started from (docs/realistic-training.md). `"generator": "full"` only.
+    pub critic_reset_every: usize,
 }
 
 impl Default for AdversarialConfig {
@@ -303,11 +309,17 @@ impl Default for AdversarialConfig {
             skip_shuffle: false,
             train_scale: 1.0,
             lr_d: 2e-4,
+            critic_reset_every: 0,
         }
     }
 }
 
 impl AdversarialConfig {
+    /// Whether the discriminator starts afresh before the step numbered `step` (0-based).
+    pub fn resets_critic_at(&self, step: usize) -> bool {
+        self.critic_reset_every > 0 && step > 0 && step.is_multiple_of(self.critic_reset_every)
+    }
+
     /// The fake's condition for `n` samples: X_{0,1} (one step), w = `guidance`, positive prompt.
     pub fn cond<B: Backend>(&self, n: usize, device: &B::Device) -> Cond<B> {
         Cond::per_sample(

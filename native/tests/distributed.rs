@@ -14,6 +14,7 @@ use flowmapsr_cli::train::{run, NodeArgs, TrainArgs};
 use flowmapsr_tests::synthetic_images;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 fn setup(d: &Path) {
@@ -55,6 +56,15 @@ fn args(d: &Path, out: &str, devices: &[&str]) -> TrainArgs {
     }
 }
 
+/// One test at a time in this process: burn-collective registers a run's peers process-wide,
+/// and the CPU backend's seeded generator is one per process (a test that draws from it between
+/// another's seed and initialisation would give that run other weights).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Collect(Vec<f32>);
 
 impl<B: Backend> ModuleVisitor<B> for Collect {
@@ -88,6 +98,7 @@ const TOL: f32 = 1e-6;
 
 #[test]
 fn two_devices_one_process_and_two_nodes_match_one_device() {
+    let _one = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     setup(d);
@@ -198,6 +209,7 @@ fn run_two_nodes(d: &Path, config: &str, prefix: &str, extra: &[&str]) {
 /// averaged either way). u starts at exactly 0 and must have moved.
 #[test]
 fn learned_weighting_nets_stay_identical_across_nodes() {
+    let _one = one_at_a_time();
     use flowmapsr_core::objectives::weighting::{LossWeight, LossWeightConfig};
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -230,32 +242,13 @@ fn learned_weighting_nets_stay_identical_across_nodes() {
 
 /// Whole-network adversarial training on 2 CPU devices (native adversarial/full.rs): each takes
 /// half the batch, and the discriminator's and the generator's gradients are each averaged over
-/// the replicas, so 2 steps match 1 device's. R1/R2 are off (gamma 0): their perturbations are
-/// drawn per replica, so with them on the runs differ by design. The U-Net discriminator with
-/// spectral normalisation is the one under test.
+/// the replicas, so 2 steps match 1 device's.
 #[test]
 fn adversarial_on_two_devices_matches_one_device() {
+    let _one = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    setup(d);
-    run(&args(d, "base", &["cpu"])).unwrap();
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
-    v["val_every"] = 100.into();
-    v["adversarial"] = serde_json::json!({
-        "generator": "full",
-        "discriminator": { "widths": [8, 8, 8], "unet": true, "spectral_norm": true },
-        "gamma": 0.0, "lr_d": 0.002, "gan_weight": 0.1, "rec_weight": 0.0,
-        "rec_l1_weight": 1.0, "fm_weight": 1.0, "gms_weight": 1.0
-    });
-    std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
-    let adv = |out: &str, devices: &[&str], max: Option<usize>| {
-        let mut a = args(d, out, devices);
-        a.config = d.join("adv.json");
-        a.init = Some(d.join("base/final"));
-        a.max_steps = max;
-        run(&a).unwrap();
-    };
+    let adv = adversarial_setup(d, 0);
     adv("adv_one", &["cpu"], None);
     adv("adv_two", &["cpu", "cpu"], None);
     adv("adv_one_step", &["cpu"], Some(1));
@@ -277,4 +270,64 @@ fn adversarial_on_two_devices_matches_one_device() {
         gap < TOL,
         "2 devices vs 1: max weight gap {gap} (step moved {moved})"
     );
+}
+
+/// A fresh discriminator before step 1 (`critic_reset_every` 1): the lead draws it and hands it
+/// to the other replica, so 2 devices still match 1 (a replica that drew its own would judge the
+/// fakes by other weights, and its half of the generator's gradient would differ), and the run
+/// differs from one that kept its discriminator.
+#[test]
+fn a_fresh_discriminator_is_the_same_on_every_replica() {
+    let _one = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let adv = adversarial_setup(d, 1);
+    adv("reset_one", &["cpu"], None);
+    adv("reset_two", &["cpu", "cpu"], None);
+    let one = weights(&d.join("reset_one"), 2);
+    let gap = max_gap(&one, &weights(&d.join("reset_two"), 2));
+    assert!(
+        gap < TOL,
+        "2 devices vs 1 with a fresh discriminator: {gap}"
+    );
+    let text = std::fs::read_to_string(d.join("adv.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["adversarial"]["critic_reset_every"] = 0.into();
+    std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
+    adv("kept", &["cpu"], None);
+    let apart = max_gap(&one, &weights(&d.join("kept"), 2));
+    eprintln!("fresh discriminator: 2 devices vs 1 {gap:.3e}; against a kept one {apart:.3e}");
+    assert!(
+        apart > 1e-6,
+        "a fresh discriminator changed nothing ({apart})"
+    );
+}
+
+/// A trained base in `d/base` and the adversarial config `d/adv.json` (U-Net discriminator with
+/// spectral normalisation, R1/R2 off: their perturbations are drawn per replica); returns a
+/// launcher `(out, devices, max_steps)`.
+fn adversarial_setup(
+    d: &Path,
+    critic_reset_every: usize,
+) -> impl Fn(&str, &[&str], Option<usize>) + '_ {
+    setup(d);
+    run(&args(d, "base", &["cpu"])).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
+    v["val_every"] = 100.into();
+    v["adversarial"] = serde_json::json!({
+        "generator": "full",
+        "discriminator": { "widths": [8, 8, 8], "unet": true, "spectral_norm": true },
+        "gamma": 0.0, "lr_d": 0.002, "gan_weight": 0.1, "rec_weight": 0.0,
+        "rec_l1_weight": 1.0, "fm_weight": 1.0, "gms_weight": 1.0,
+        "critic_reset_every": critic_reset_every
+    });
+    std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
+    move |out: &str, devices: &[&str], max: Option<usize>| {
+        let mut a = args(d, out, devices);
+        a.config = d.join("adv.json");
+        a.init = Some(d.join("base/final"));
+        a.max_steps = max;
+        run(&a).unwrap();
+    }
 }

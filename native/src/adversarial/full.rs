@@ -33,6 +33,7 @@ use flowmapsr_core::weights::{
     materialize, module_from_bytes, module_to_bytes, record_from_bytes, record_to_bytes, save_dir,
 };
 use flowmapsr_core::Image;
+use std::sync::{Barrier, Mutex};
 use std::time::Instant;
 
 pub fn train_full<B: AutodiffBackend>(
@@ -90,6 +91,10 @@ pub fn train_full<B: AutodiffBackend>(
         val,
         world,
         collective,
+        fresh: FreshCritic {
+            bytes: Mutex::new(Vec::new()),
+            met: Barrier::new(world),
+        },
     };
     let run = &run;
     // Replicas of the state above on the other devices: modules forked, optimiser states
@@ -139,6 +144,46 @@ struct Run<'a> {
     val: Option<&'a [(String, imageio::Decoded)]>,
     world: usize,
     collective: Option<CollectiveConfig>,
+    fresh: FreshCritic,
+}
+
+/// How a fresh discriminator (`critic_reset_every`) reaches every replica: the lead draws it,
+/// the others take its bytes, so the replicas stay identical.
+struct FreshCritic {
+    bytes: Mutex<Vec<u8>>,
+    met: Barrier,
+}
+
+impl Run<'_> {
+    /// A fresh discriminator and optimiser before step `step`, the same on every replica. Its
+    /// initialisation is seeded by the run's seed and the step, so a resumed run draws the one
+    /// the uninterrupted run drew.
+    fn fresh_critic<B: AutodiffBackend>(
+        &self,
+        step: usize,
+        rank: usize,
+        device: &B::Device,
+    ) -> Result<Critic<B>> {
+        if rank == 0 {
+            B::seed(device, self.cfg.seed ^ (step as u64).rotate_left(32));
+            let critic = Critic::<B>::new(self.adv, device);
+            if self.world > 1 {
+                *self.fresh.bytes.lock().expect("a replica panicked") =
+                    module_to_bytes(critic.disc.valid());
+                self.fresh.met.wait();
+                // Every replica has read the bytes before any could be written again.
+                self.fresh.met.wait();
+            }
+            return Ok(critic);
+        }
+        // Drawn only once the lead's draw is done (the backend's generator may be shared).
+        self.fresh.met.wait();
+        let critic = Critic::<B>::new(self.adv, device);
+        let bytes = self.fresh.bytes.lock().expect("a replica panicked").clone();
+        let disc = module_from_bytes(critic.disc.clone(), &bytes, device);
+        self.fresh.met.wait();
+        Ok(critic.with(disc?))
+    }
 }
 
 /// One replica's networks, optimisers and run state.
@@ -195,6 +240,15 @@ fn worker<B: AutodiffBackend>(
     while state.step < end {
         let t0 = Instant::now();
         let step = state.step;
+        if adv.resets_critic_at(step) {
+            critic = run.fresh_critic::<B>(step, rank, &device)?;
+            if lead {
+                tracing::info!(
+                    "step {step}: a fresh discriminator (critic_reset_every {})",
+                    adv.critic_reset_every
+                );
+            }
+        }
         let rows = rank * per..(rank + 1) * per;
         let mut inp = StepInput::<B>::draw(run.images, cfg, adv, step, rows, rank, &device)?;
         let v = net.velocity_lora(inp.src.clone(), inp.batch.x0.clone(), &inp.cond, None);

@@ -134,6 +134,9 @@ impl TrainConfig {
             if a.ldl_weight > 0.0 && a.generator != Generator::Full {
                 bail!("adversarial.ldl_weight needs \"generator\": \"full\" (the artifact map compares with its EMA)");
             }
+            if a.critic_reset_every > 0 && a.generator != Generator::Full {
+                bail!("adversarial.critic_reset_every needs \"generator\": \"full\"");
+            }
             let w_max = self.model.w_max();
             if !(a.guidance >= 1.0 && a.guidance <= w_max) {
                 bail!(
@@ -300,6 +303,30 @@ mod tests {
         cfg.adversarial = Some(adv);
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("band_deficit_min_period"), "{e}");
+    }
+
+    /// A fresh discriminator every N steps: the whole-network generator only (the LoRA stage
+    /// keeps no EMA and has no schedule for it), at multiples of N past step 0.
+    #[test]
+    fn critic_reset_needs_the_full_generator() {
+        let mut cfg = release_stage("fidelity");
+        let mut adv = AdversarialConfig {
+            critic_reset_every: 1000,
+            ..Default::default()
+        };
+        cfg.adversarial = Some(adv.clone());
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(
+            e.contains("critic_reset_every") && e.contains("full"),
+            "{e}"
+        );
+        adv.generator = Generator::Full;
+        cfg.adversarial = Some(adv.clone());
+        cfg.check().unwrap();
+        let at: Vec<usize> = (0..3001).filter(|&s| adv.resets_critic_at(s)).collect();
+        assert_eq!(at, [1000, 2000, 3000]);
+        adv.critic_reset_every = 0;
+        assert!(!(0..3001).any(|s| adv.resets_critic_at(s)));
     }
 
     #[test]
