@@ -271,11 +271,11 @@ pub struct AdversarialConfig {
     pub train_scale: f32,
     /// Discriminator learning rate (the adapters use the run's lr schedule).
     pub lr_d: f64,
-    /// Steps between fresh discriminators (0: never): at every multiple of it the
+    /// Steps between fresh discriminators (0: never): before every multiple of it the
     /// discriminator and its optimiser start again from an initialisation seeded by the run's
-    /// seed and the step. A kept discriminator lets the generator slide back along the
-    /// fidelity-detail curve after its first thousand steps; each fresh one so far moved it past
-    /// the curve it started from (docs/realistic-training.md). `"generator": "full"` only.
+    /// seed and the step. A kept discriminator let a run slide back under its start's
+    /// fidelity-detail curve; with a reset every 1,500 steps a run stays past that curve, while
+    /// its detail falls (docs/realistic-training.md). `"generator": "full"` only.
     pub critic_reset_every: usize,
 }
 

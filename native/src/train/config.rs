@@ -305,8 +305,8 @@ mod tests {
         assert!(e.contains("band_deficit_min_period"), "{e}");
     }
 
-    /// A fresh discriminator every N steps: the whole-network generator only (the LoRA stage
-    /// keeps no EMA and has no schedule for it), at multiples of N past step 0.
+    /// A fresh discriminator every N steps: the whole-network trainer only (the LoRA trainer
+    /// has no reset), at multiples of N past step 0.
     #[test]
     fn critic_reset_needs_the_full_generator() {
         let mut cfg = release_stage("fidelity");
