@@ -43,8 +43,9 @@ def score(set_, method):
     pat = pattern_ratio.pattern_axes(f"{w}/{set_}/{method}", f"{evald}/{set_}")[0]
     return f"{float(vals['PSNR']):.3f} / {float(vals['GMSD']):.4f} / {float(vals['HF']):.3f} / {pat:.2f}"
 
-# The preset's w as the binary ran it (bench reports its knobs).
-real_w = json.load(open(f"{w}/bench_realistic.json"))["guidance"]
+# Each preset's bench report; the realistic row is labelled with the w the binary ran it at.
+bench = {p: json.load(open(f"{w}/bench_{p}.json")) for p in ("faithful", "realistic")}
+real_w = bench["realistic"]["guidance"]
 rows = [("bicubic", "bicubic"), ("flowmapsr `--preset faithful` (the default)", "faithful"),
         (f"flowmapsr `--preset realistic` (weights/realistic, w {real_w:g})", "realistic"),
         ("GAN peer: idealo RRDN `gans` (UpscalerJS)", "gans")]
@@ -101,8 +102,7 @@ print("## Speed per tile\n")
 print("`flowmapsr bench --tile 128 --preset P` (one 128-px tile x4, CPU, burn flex, 2 cores):\n")
 print("| preset | ms per 128-px tile |")
 print("|---|---|")
-for p in ["faithful", "realistic"]:
-    b = json.load(open(f"{w}/bench_{p}.json"))
+for p, b in bench.items():
     print(f"| {p} | {b['ms_per_tile']:.0f} |")
 print("\nThe peer takes about 6.2 s per Set14 image on the same machine (../shared/benchmarks/peers.md).")
 PY

@@ -290,10 +290,7 @@ fn a_fresh_discriminator_is_the_same_on_every_replica() {
         gap < TOL,
         "2 devices vs 1 with a fresh discriminator: {gap}"
     );
-    let text = std::fs::read_to_string(d.join("adv.json")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["adversarial"]["critic_reset_every"] = 0.into();
-    std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
+    write_adversarial(d, 0);
     adv("kept", &["cpu"], None);
     let apart = max_gap(&one, &weights(&d.join("kept"), 2));
     eprintln!("fresh discriminator: 2 devices vs 1 {gap:.3e}; against a kept one {apart:.3e}");
@@ -303,15 +300,28 @@ fn a_fresh_discriminator_is_the_same_on_every_replica() {
     );
 }
 
-/// A trained base in `d/base` and the adversarial config `d/adv.json` (U-Net discriminator with
-/// spectral normalisation, R1/R2 off: their perturbations are drawn per replica); returns a
-/// launcher `(out, devices, max_steps)`.
+/// A trained base in `d/base` and the adversarial config `d/adv.json`; returns a launcher
+/// `(out, devices, max_steps)` of runs from that base with that config.
 fn adversarial_setup(
     d: &Path,
     critic_reset_every: usize,
 ) -> impl Fn(&str, &[&str], Option<usize>) + '_ {
     setup(d);
     run(&args(d, "base", &["cpu"])).unwrap();
+    write_adversarial(d, critic_reset_every);
+    move |out: &str, devices: &[&str], max: Option<usize>| {
+        let mut a = args(d, out, devices);
+        a.config = d.join("adv.json");
+        a.init = Some(d.join("base/final"));
+        a.max_steps = max;
+        run(&a).unwrap();
+    }
+}
+
+/// `d/adv.json`: `d/train.json` with a U-Net discriminator with spectral normalisation, R1/R2
+/// off (their perturbations are drawn per replica) and a fresh discriminator every
+/// `critic_reset_every` steps (0: never).
+fn write_adversarial(d: &Path, critic_reset_every: usize) {
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
     v["val_every"] = 100.into();
@@ -323,11 +333,4 @@ fn adversarial_setup(
         "critic_reset_every": critic_reset_every
     });
     std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
-    move |out: &str, devices: &[&str], max: Option<usize>| {
-        let mut a = args(d, out, devices);
-        a.config = d.join("adv.json");
-        a.init = Some(d.join("base/final"));
-        a.max_steps = max;
-        run(&a).unwrap();
-    }
 }
