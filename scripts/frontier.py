@@ -3,12 +3,13 @@
 
 Guidance w trades fidelity for detail along a curve: a higher w gives a higher HF ratio and a
 lower PSNR. Comparing two weights at one w mixes a move along that curve with a move past it.
-This script traces the reference's curve on the held-out images: PSNR-Y, GMSD, HF ratio, pattern
-and checkerboard ratios at each of its w values. Then, for each candidate point, it gives the
-reference's PSNR and GMSD at the candidate's HF ratio, by linear interpolation between the two
-nearest reference points (marked * where it extrapolates, by at most EXTRA in HF; further out it
-says "outside"), and the candidate's difference from them. dPSNR > 0 and dGMSD < 0 is past the
-frontier.
+This script traces the reference's curve on the held-out images: PSNR-Y, GMSD, HF ratio, the HF
+ratio without the 2-px grain (scripts/pattern_ratio.py: the detail a checkerboard does not make
+up), pattern and checkerboard ratios at each of its w values. Then, for each candidate point, it
+gives the reference's PSNR and GMSD at the candidate's HF ratio, by linear interpolation between
+the two nearest reference points (marked * where it extrapolates, by at most EXTRA in HF; further
+out it says "outside"), and the candidate's difference from them. dPSNR > 0 and dGMSD < 0 is past
+the frontier.
 
 The held-out images are the 10 that `train --holdout 10` keeps out (scripts/holdout.py). Each
 point is `flowmapsr eval --scale 4 --save` (its MEAN line; eval agrees with
@@ -88,7 +89,8 @@ def measure(binary, data, weights, w, save):
     mean = next(l for l in out.stdout.splitlines() if l.startswith("MEAN"))
     v = dict(re.findall(r"([A-Z]+)\s+([0-9.]+)", mean))
     return {"psnr": float(v["PSNR"]), "gmsd": float(v["GMSD"]), "hf": float(v["HF"]),
-            "pattern": pattern_ratio.pattern(save, data), "checker": pattern_ratio.checker(save, data)}
+            "pattern": pattern_ratio.pattern(save, data), "checker": pattern_ratio.checker(save, data),
+            "hf_ng": pattern_ratio.hf_ratio(save, data)}
 
 
 def at_hf(ref, hf):
@@ -110,7 +112,7 @@ def at_hf(ref, hf):
 
 def row(label, p):
     return (f"| {label} | {p['w']:g} | {p['psnr']:.3f} | {p['gmsd']:.4f} | "
-            f"{p['hf']:.3f} | {p['pattern']:.2f} | {p['checker']:.2f} |")
+            f"{p['hf']:.3f} | {p['hf_ng']:.3f} | {p['pattern']:.2f} | {p['checker']:.2f} |")
 
 
 def main():
@@ -136,8 +138,9 @@ def main():
         ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}"), a.cache), w=w)
                for i, w in enumerate(a.ref_w)]
         print(f"x4, held-out (10 images). Reference: {a.ref}\n")
-        print("| | w | PSNR-Y | GMSD | HF ratio | pattern | checker | ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| | w | PSNR-Y | GMSD | HF ratio | HF w/o grain | pattern | checker "
+              "| ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for p in ref:
             print(row("reference", p) + " | | |")
         for i, (label, d, w) in enumerate(cands):
