@@ -14,7 +14,7 @@ SR images are PNGs named after the HR stems (`flowmapsr eval --save DIR`).
 
 Usage: scripts/pattern_ratio.py SR_DIR HR_DIR
        (prints "pattern X.XX (along columns C.CC, along rows R.RR; by period: ...); local L.LL;
-       checker K.KK; HF ratio without the grain H.HHH")
+       checker K.KK; HF ratio H.HHH, without the grain G.GGG")
 """
 import functools
 import os
@@ -195,4 +195,5 @@ if __name__ == "__main__":
     print(f"pattern {r[0]:.2f} (along columns {r[1]:.2f}, along rows {r[2]:.2f}; by period: {bands}); "
           f"local {local_pattern(sys.argv[1], sys.argv[2]):.2f}; "
           f"checker {checker(sys.argv[1], sys.argv[2]):.2f}; "
-          f"HF ratio without the grain {hf_ratio(sys.argv[1], sys.argv[2]):.3f}")
+          f"HF ratio {hf_ratio(sys.argv[1], sys.argv[2], grain=True):.3f}, "
+          f"without the grain {hf_ratio(sys.argv[1], sys.argv[2]):.3f}")
