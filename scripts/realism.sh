@@ -62,7 +62,7 @@ for label, m in rows:
 print("\nThe gate of a `realistic` preset that beats the peer at equal fidelity: PSNR-Y at most 0.3 dB")
 print("under the peer's, GMSD and HF ratio at least as good, pattern at most 1.1, on both sets. The")
 print("shipped weights do not meet it: the realistic preset (the network deepened and trained whole")
-print("against a discriminator for 11,000 steps, docs/realistic-training.md) is sharper than the")
+print("against a discriminator for 12,250 steps, docs/realistic-training.md) is sharper than the")
 print("faithful one and softer than the peer, with a higher GMSD, and on Set5 more periodic detail.\n")
 
 print("Where the realistic preset's fine detail sits: the checkerboard ratio (`scripts/pattern_ratio.py`,")

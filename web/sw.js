@@ -2,7 +2,7 @@
 // weights cache-first (large, and versioned with the app). VERSION is a hash of the shipped weights
 // (web/src/lib.rs test `sw_cache_version_follows_the_weights` computes it and fails when it is
 // stale), so new weights get a new cache: old caches are deleted on activation.
-const VERSION = "w-cfb32aea4cc7c856";
+const VERSION = "w-05a611a2731a156a";
 const APP = `flowmapsr-app-${VERSION}`;
 const WEIGHTS = `flowmapsr-weights-${VERSION}`;
 // The SIMD worker (what every current browser runs); the plain one is cached when a browser without

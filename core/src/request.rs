@@ -29,8 +29,8 @@ pub enum Preset {
     #[default]
     Faithful,
     /// Sharper: the realistic weights (the whole network deepened and trained against a
-    /// discriminator, docs/realistic-training.md), one step, w 2.2 (chosen on held-out training
-    /// images; needs w_max >= 2.2).
+    /// discriminator, docs/realistic-training.md), one step, w 1.95 (chosen on held-out training
+    /// images; needs w_max >= 1.95).
     Realistic,
 }
 
@@ -39,7 +39,7 @@ impl Preset {
     pub fn knobs(self) -> (usize, f32, f32) {
         match self {
             Self::Faithful => (1, 1.0, 0.0),
-            Self::Realistic => (1, 2.2, 0.0),
+            Self::Realistic => (1, 1.95, 0.0),
         }
     }
 
@@ -334,15 +334,15 @@ mod tests {
             preset: Preset::Realistic,
             ..Default::default()
         };
-        assert_eq!((r.steps(), r.guidance(), r.lora()), (1, 2.2, 0.0));
+        assert_eq!((r.steps(), r.guidance(), r.lora()), (1, 1.95, 0.0));
         r.validate(&lim()).unwrap();
-        assert_eq!(r.options(false).guidance, 2.2);
+        assert_eq!(r.options(false).guidance, 1.95);
         let mine = SampleRequest {
             lora: Some(1.0),
             steps: Some(2),
             ..r
         };
-        assert_eq!((mine.steps(), mine.guidance(), mine.lora()), (2, 2.2, 1.0));
+        assert_eq!((mine.steps(), mine.guidance(), mine.lora()), (2, 1.95, 1.0));
         let q: SampleRequest =
             serde_json::from_str(r#"{"preset":"realistic","guidance":3}"#).unwrap();
         assert_eq!((q.guidance(), q.lora()), (3.0, 0.0));
