@@ -246,6 +246,11 @@ pub struct AdversarialConfig {
     /// at (their preset's), so that the discriminator and the losses judge what users get
     /// (1: the plain flow map).
     pub guidance: f32,
+    /// Half-width of the range each fake's w is drawn from, per sample and uniform in
+    /// [guidance - spread, guidance + spread] (0: every fake at `guidance`); validation stays at
+    /// `guidance`. A run that trains one w leaves the response to the w around it untrained,
+    /// and not monotone (docs/realistic-training.md).
+    pub guidance_spread: f32,
     /// Weight of the LDL artifact term (0: off); needs the EMA's fake (`"generator": "full"`).
     pub ldl_weight: f32,
     /// Window in pixels of that term's local residual variance (LDL's 7).
@@ -298,6 +303,7 @@ impl Default for AdversarialConfig {
             fm_weight: 0.0,
             gms_weight: 0.0,
             guidance: 1.0,
+            guidance_spread: 0.0,
             ldl_weight: 0.0,
             ldl_window: 7,
             band_weight: 0.0,
@@ -320,15 +326,30 @@ impl AdversarialConfig {
         self.critic_reset_every > 0 && step > 0 && step.is_multiple_of(self.critic_reset_every)
     }
 
-    /// The fake's condition for `n` samples: X_{0,1} (one step), w = `guidance`, positive prompt.
-    pub fn cond<B: Backend>(&self, n: usize, device: &B::Device) -> Cond<B> {
-        Cond::per_sample(
+    /// The fakes' condition: X_{0,1} (one step), positive prompt, one w per sample (`fake_ws`).
+    pub fn cond_at<B: Backend>(&self, ws: &[f32], device: &B::Device) -> Cond<B> {
+        let n = ws.len();
+        Cond::rows(
             &vec![0.0; n],
             &vec![1.0; n],
-            self.guidance,
-            PROMPT_POSITIVE,
+            ws,
+            &vec![PROMPT_POSITIVE; n],
             device,
         )
+    }
+
+    /// The w of each of `n` fakes: `guidance`, or with `guidance_spread` a uniform draw around
+    /// it. Without a spread `rng` is not touched, so a run's stream is what it was before the
+    /// knob existed.
+    pub fn fake_ws(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
+        if self.guidance_spread == 0.0 {
+            return vec![self.guidance; n];
+        }
+        let (lo, hi) = (
+            self.guidance - self.guidance_spread,
+            self.guidance + self.guidance_spread,
+        );
+        (0..n).map(|_| rng.random_range(lo..=hi)).collect()
     }
 }
 
@@ -679,6 +700,36 @@ mod tests {
             .collect();
         let img = Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, n, n]), &Default::default());
         crate::space::unshuffle(img, 2)
+    }
+
+    /// Without a spread every fake is at `guidance` and the step's RNG is left as it was (runs
+    /// from before the knob resume bit for bit); with one, each sample draws its own w within
+    /// guidance +- spread, the same for the same seed, and the condition carries it.
+    #[test]
+    fn fake_ws_draws_around_the_guidance() {
+        use rand::{Rng, SeedableRng};
+        let seeded = || rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut adv = AdversarialConfig {
+            guidance: 2.0,
+            ..Default::default()
+        };
+        let mut rng = seeded();
+        assert_eq!(adv.fake_ws(4, &mut rng), vec![2.0; 4]);
+        assert_eq!(rng.random::<u64>(), seeded().random::<u64>());
+
+        adv.guidance_spread = 0.5;
+        let ws = adv.fake_ws(64, &mut seeded());
+        assert!(ws.iter().all(|w| (1.5..=2.5).contains(w)), "{ws:?}");
+        let (lo, hi) = ws
+            .iter()
+            .fold((9f32, 0f32), |(a, b), &w| (a.min(w), b.max(w)));
+        assert!(lo < 1.7 && hi > 2.3, "64 draws span the range: {lo}..{hi}");
+        assert_eq!(ws, adv.fake_ws(64, &mut seeded()));
+
+        let dev = Default::default();
+        let c = adv.cond_at::<B>(&ws[..3], &dev);
+        let got: Vec<f32> = c.w.into_data().to_vec().unwrap();
+        assert_eq!(got, ws[..3].to_vec());
     }
 
     #[test]

@@ -256,7 +256,7 @@ fn worker<B: AutodiffBackend>(
         // The artifact term's stable model: the EMA's fake of the same draw, no gradient.
         let stable = (adv.ldl_weight > 0.0).then(|| {
             let src = inp.src.clone().inner();
-            let c = adv.cond(per, &device);
+            let c = adv.cond_at(&inp.ws, &device);
             let v = ema_net.velocity_lora(src.clone(), inp.batch.x0.clone().inner(), &c, None);
             Tensor::from_inner(src + v)
         });

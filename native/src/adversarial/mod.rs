@@ -147,13 +147,16 @@ pub(crate) fn validate_fake<B: Backend>(
 }
 
 /// One step's draw: the batch (seeded by step), the fake's source and condition, and the step's
-/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = adv.guidance; src = x0
+/// RNG for the R1/R2 perturbations. fake = X_{0,1}(src) at NFE 1, w = adv.guidance (or per
+/// sample around it, `guidance_spread`; `ws`); src = x0
 /// (fidelity) or x0 + temperature sigma_0 eps (stochastic); D is conditioned on the clean x0
 /// either way.
 pub(crate) struct StepInput<B: AutodiffBackend> {
     pub batch: Batch<B>,
     pub src: Tensor<B, 4>,
     pub cond: Cond<B>,
+    /// The w of each row's fake, which `cond` holds.
+    pub ws: Vec<f32>,
     pub rng: ChaCha8Rng,
 }
 
@@ -183,11 +186,13 @@ impl<B: AutodiffBackend> StepInput<B> {
                         * (adv.temperature * cfg.model.bridge.sigma_0)
             }
         };
-        let cond = adv.cond(n, device);
+        let ws = adv.fake_ws(n, &mut rng);
+        let cond = adv.cond_at(&ws, device);
         Ok(Self {
             batch,
             src,
             cond,
+            ws,
             rng,
         })
     }

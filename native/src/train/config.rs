@@ -144,6 +144,14 @@ impl TrainConfig {
                     a.guidance
                 );
             }
+            let spread = a.guidance_spread;
+            if !(spread >= 0.0 && a.guidance - spread >= 1.0 && a.guidance + spread <= w_max) {
+                bail!(
+                    "adversarial.guidance_spread must keep guidance +- spread in [1, {w_max}] \
+                     (the model's w_max), not {} +- {spread}",
+                    a.guidance
+                );
+            }
             for (name, v) in [
                 ("band_weight", a.band_weight),
                 ("band_deficit_weight", a.band_deficit_weight),
@@ -283,6 +291,18 @@ mod tests {
         cfg.adversarial = Some(adv.clone());
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("guidance") && e.contains("w_max"), "{e}");
+        adv.guidance = 2.0;
+        for bad in [-0.1, 1.5, 1.2, f32::NAN] {
+            // Below 0, below w 1 (2 - 1.5), above w_max 3 (2 + 1.2), not a number.
+            adv.guidance_spread = bad;
+            cfg.adversarial = Some(adv.clone());
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(e.contains("guidance_spread"), "{bad}: {e}");
+        }
+        adv.guidance_spread = 0.5;
+        cfg.adversarial = Some(adv.clone());
+        cfg.check().unwrap();
+        adv.guidance_spread = 0.0;
         adv.guidance = 1.0;
         adv.ldl_window = 4;
         cfg.adversarial = Some(adv.clone());
