@@ -248,8 +248,9 @@ pub struct AdversarialConfig {
     pub guidance: f32,
     /// Half-width of the range each fake's w is drawn from, per sample and uniform in
     /// [guidance - spread, guidance + spread] (0: every fake at `guidance`); validation stays at
-    /// `guidance`. A run that trains one w leaves the response to the w around it untrained,
-    /// and not monotone (docs/realistic-training.md).
+    /// `guidance`. A run that trains one w leaves the response to the w around it untrained and
+    /// not monotone; over a trained range it flattens instead (docs/realistic-training.md, "The
+    /// fake over a range of w").
     pub guidance_spread: f32,
     /// Weight of the LDL artifact term (0: off); needs the EMA's fake (`"generator": "full"`).
     pub ldl_weight: f32,
