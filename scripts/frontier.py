@@ -18,7 +18,13 @@ point is `flowmapsr eval --scale 4 --save` (its MEAN line; eval agrees with
 Measured points are cached (--cache; keyed by a hash of the binary, the weights, the images, w and
 pattern_ratio.py), so the reference's curve is measured once per binary.
 
+With --grain-cut every point, reference and candidate alike, is measured on its outputs with the
+2-px grain cut (scripts/degrain.py; PSNR-Y, GMSD and HF ratio then come from
+../shared/tools/sr_score.py): for a run that trains with `adversarial.grain_cut`, whose grain
+nothing judged.
+
 Usage: scripts/frontier.py [--ref DIR] [--ref-w W...] [--cand LABEL=DIR@W ...] [--bin BIN] [--cache DIR]
+                           [--grain-cut] [--shared DIR]
        e.g. scripts/frontier.py --cand step500=runs/x/val/500@2 --cand step500=runs/x/val/500@2.3
 """
 import argparse
@@ -51,11 +57,13 @@ def file_hash(path):
     return h.hexdigest()
 
 
-def cache_key(binary, data, weights, w):
-    """What a point depends on: the binary, the weights (model and config), the images, w, and the
-    pattern measure (scripts/pattern_ratio.py)."""
-    h = hashlib.sha256(f"w={w!r}".encode())
+def cache_key(binary, data, weights, w, cut=False):
+    """What a point depends on: the binary, the weights (model and config), the images, w, the
+    pattern measure (scripts/pattern_ratio.py), and with `cut` the cut (scripts/degrain.py)."""
+    h = hashlib.sha256(f"w={w!r}".encode() + (b" cut" if cut else b""))
     files = [binary, os.path.join(HERE, "pattern_ratio.py")]
+    if cut:
+        files.append(os.path.join(HERE, "degrain.py"))
     files += [os.path.join(weights, f) for f in ("model.bin", "config.json")]
     files += sorted(os.path.join(data, f) for f in os.listdir(data))
     for f in files:
@@ -64,14 +72,18 @@ def cache_key(binary, data, weights, w):
     return h.hexdigest()
 
 
-def point(binary, data, weights, w, save, cache):
+def point(binary, data, weights, w, save, cache, cut_with=None):
     """One point, from the cache when nothing it depends on changed: the reference's curve is the
-    same for every candidate, and each point costs ~45 s on 2 cores."""
-    path = os.path.join(cache, cache_key(binary, data, weights, w) + ".json") if cache else None
+    same for every candidate, and each point costs ~45 s on 2 cores. `cut_with`: the shared
+    folder, to measure the point with the grain cut."""
+    key = cache_key(binary, data, weights, w, cut_with is not None)
+    path = os.path.join(cache, key + ".json") if cache else None
     if path and os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     p = measure(binary, data, weights, w, save)
+    if cut_with is not None:
+        p = measure_cut(data, save, cut_with)
     if path:
         os.makedirs(cache, exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -91,6 +103,23 @@ def measure(binary, data, weights, w, save):
     return {"psnr": float(v["PSNR"]), "gmsd": float(v["GMSD"]), "hf": float(v["HF"]),
             "pattern": pattern_ratio.pattern(save, data), "checker": pattern_ratio.checker(save, data),
             "hf_ng": pattern_ratio.hf_ratio(save, data)}
+
+
+def measure_cut(data, save, shared):
+    """The point of the outputs in `save` with the grain cut (scripts/degrain.py)."""
+    import numpy as np
+    from PIL import Image
+    import degrain
+    out = save + "-cut"
+    os.makedirs(out, exist_ok=True)
+    for name in sorted(os.listdir(save)):
+        if name.lower().endswith(".png"):
+            x = np.asarray(Image.open(os.path.join(save, name)).convert("RGB"), dtype=np.float64)
+            y = np.clip(np.round(degrain.cut(x)), 0, 255).astype(np.uint8)
+            Image.fromarray(y).save(os.path.join(out, name))
+    psnr, gmsd, hf, pattern, checker, hf_ng = degrain.score(out, data, shared)
+    return {"psnr": psnr, "gmsd": gmsd, "hf": hf, "pattern": pattern, "checker": checker,
+            "hf_ng": hf_ng}
 
 
 def at_hf(ref, hf):
@@ -126,7 +155,10 @@ def main():
     ap.add_argument("--cache", default=os.path.join(xdg, "flowmapsr", "frontier"),
                     help="where measured points are kept (keyed by a hash of binary, weights, "
                          "images, w and pattern_ratio.py); '' measures every point afresh")
+    ap.add_argument("--grain-cut", action="store_true",
+                    help="measure every point with the 2-px grain cut (scripts/degrain.py)")
     a = ap.parse_args()
+    cut_with = a.shared if a.grain_cut else None
     cands = []
     for c in a.cand:
         m = re.fullmatch(r"([^=]+)=(.+)@([0-9.]+)", c)
@@ -135,16 +167,18 @@ def main():
         cands.append((m[1], m[2], float(m[3])))
     with tempfile.TemporaryDirectory() as tmp:
         data = holdout(os.path.join(a.shared, "data", "train"), os.path.join(tmp, "holdout"))
-        ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}"), a.cache), w=w)
+        ref = [dict(point(a.bin, data, a.ref, w, os.path.join(tmp, f"r{i}"), a.cache, cut_with),
+                    w=w)
                for i, w in enumerate(a.ref_w)]
-        print(f"x4, held-out (10 images). Reference: {a.ref}\n")
+        cut = ", every output with the grain cut (scripts/degrain.py)" if a.grain_cut else ""
+        print(f"x4, held-out (10 images){cut}. Reference: {a.ref}\n")
         print("| | w | PSNR-Y | GMSD | HF ratio | HF w/o grain | pattern | checker "
               "| ref. PSNR / GMSD at this HF | dPSNR | dGMSD |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for p in ref:
             print(row("reference", p) + " | | |")
         for i, (label, d, w) in enumerate(cands):
-            p = dict(point(a.bin, data, d, w, os.path.join(tmp, f"c{i}"), a.cache), w=w)
+            p = dict(point(a.bin, data, d, w, os.path.join(tmp, f"c{i}"), a.cache, cut_with), w=w)
             at = at_hf(ref, p["hf"])
             if at is None:
                 print(row(label, p) + " outside | | |")

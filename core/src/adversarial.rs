@@ -283,6 +283,11 @@ pub struct AdversarialConfig {
     /// fidelity-detail curve; with a reset every 1,500 steps a run stays past that curve, while
     /// its detail falls (docs/realistic-training.md). `"generator": "full"` only.
     pub critic_reset_every: usize,
+    /// Judge the fake, the EMA's fake and the photo with the 2-px grain cut ([`cut_grain`]): the
+    /// generator's grain is then neither seen by the discriminator nor paid for by any term, so
+    /// that its detail has to be drawn below the corner. The validation in the log is of the
+    /// uncut output; judge such a run's outputs cut (scripts/degrain.py).
+    pub grain_cut: bool,
 }
 
 impl Default for AdversarialConfig {
@@ -317,6 +322,7 @@ impl Default for AdversarialConfig {
             train_scale: 1.0,
             lr_d: 2e-4,
             critic_reset_every: 0,
+            grain_cut: false,
         }
     }
 }
@@ -352,6 +358,46 @@ impl AdversarialConfig {
         );
         (0..n).map(|_| rng.random_range(lo..=hi)).collect()
     }
+}
+
+/// The frequency above which, on both axes at once, an output's luma holds the 2-px grain
+/// (scripts/pattern_ratio.py's checkerboard corner, in cycles per pixel).
+pub const GRAIN_CORNER: f64 = 0.4;
+
+/// `x` (an unshuffled [n, 12, h, w] image) with the 2-D spectrum of every colour zeroed where
+/// both frequencies are at least [`GRAIN_CORNER`]: y - P_H y P_W in pixel space, P_N the real
+/// projector onto the DFT bins k of length N with |k / N| >= the corner (the cut is circular,
+/// as scripts/degrain.py's FFT). Photos hold little there; the generator's grain is all there.
+pub fn cut_grain<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let y = crate::space::shuffle(x, 2);
+    let [n, c, h, w] = y.dims();
+    let dev = y.device();
+    let proj = |len: usize| {
+        let keep: Vec<usize> = (0..len)
+            .filter(|&k| {
+                let f = if 2 * k < len { k } else { len - k };
+                f as f64 / len as f64 >= GRAIN_CORNER - 1e-12
+            })
+            .collect();
+        let p: Vec<f32> = (0..len * len)
+            .map(|ij| {
+                let d = (ij / len + len - ij % len) % len;
+                let sum: f64 = keep
+                    .iter()
+                    .map(|&k| {
+                        (2.0 * std::f64::consts::PI * (k * d % len) as f64 / len as f64).cos()
+                    })
+                    .sum();
+                (sum / len as f64) as f32
+            })
+            .collect();
+        Tensor::<B, 1>::from_floats(p.as_slice(), &dev)
+            .reshape([1, len, len])
+            .expand([n * c, len, len])
+    };
+    let y3 = y.clone().reshape([n * c, h, w]);
+    let corner = proj(h).matmul(y3).matmul(proj(w)).reshape([n, c, h, w]);
+    crate::space::unshuffle(y - corner, 2)
 }
 
 /// Named loss terms of one adversarial step.
@@ -731,6 +777,47 @@ mod tests {
         let c = adv.cond_at::<B>(&ws[..3], &dev);
         let got: Vec<f32> = c.w.into_data().to_vec().unwrap();
         assert_eq!(got, ws[..3].to_vec());
+    }
+
+    /// The 2-px checkerboard is all corner and goes; 4-px cells, 2-px stripes along one axis and
+    /// a rectangle of either size (rows and columns at different periods) stay as they were; a
+    /// second cut changes nothing.
+    #[test]
+    fn cut_grain_takes_the_grain_and_keeps_the_rest() {
+        let dev = Default::default();
+        let v = |t: Tensor<B, 4>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+        let max_diff = |a: Tensor<B, 4>, b: Tensor<B, 4>| {
+            v(a).iter()
+                .zip(v(b))
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        };
+        let fine = checker(16, 1, 0.5);
+        assert!(max_diff(cut_grain(fine.clone()), fine.zeros_like()) < 1e-4);
+        let coarse = checker(16, 2, 0.5);
+        assert!(max_diff(cut_grain(coarse.clone()), coarse) < 1e-4);
+        // Columns alternating +-0.5, every row alike: all at (0, 0.5).
+        let px: Vec<f32> = (0..3 * 16 * 24usize)
+            .map(|i| {
+                if (i % 24usize).is_multiple_of(2) {
+                    0.5
+                } else {
+                    -0.5
+                }
+            })
+            .collect();
+        let stripes = crate::space::unshuffle(
+            Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, 16, 24]), &dev),
+            2,
+        );
+        assert!(max_diff(cut_grain(stripes.clone()), stripes) < 1e-4);
+        let x = Tensor::<B, 4>::random([2, 12, 8, 12], Distribution::Normal(0.0, 1.0), &dev);
+        let once = cut_grain(x.clone());
+        assert!(max_diff(cut_grain(once.clone()), once.clone()) < 1e-4);
+        // White noise loses the corner's share of its power: on 16 x 24 pixels, 3 of the 16
+        // row frequencies and 5 of the 24 column frequencies, 0.039.
+        let power = |t: Tensor<B, 4>| v(t.powi_scalar(2).sum().reshape([1, 1, 1, 1]))[0];
+        let share = 1.0 - power(once) / power(x);
+        assert!((0.02..0.07).contains(&share), "{share}");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use burn::tensor::ElementConversion;
 use burn::tensor::Tensor;
 use burn_collective::PeerId;
 use flowmapsr_core::adversarial::{
-    discriminator_loss, generator_loss, AdvLoss, AdversarialConfig, Discriminator, Generator,
+    cut_grain, discriminator_loss, generator_loss, AdvLoss, AdversarialConfig, Discriminator,
+    Generator,
 };
 use flowmapsr_core::batch::make_batch;
 use flowmapsr_core::bridge::{noise, Mode};
@@ -212,7 +213,13 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
     log: &mut StepLog,
 ) -> Result<(Critic<B>, AdvLoss<B>)> {
     let Critic { disc, mut optim } = critic;
-    let (x0, x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
+    let (x0, mut x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
+    let (mut fake, mut stable) = (fake, stable);
+    if adv.grain_cut {
+        x1 = cut_grain(x1);
+        fake = cut_grain(fake);
+        stable = stable.map(cut_grain);
+    }
     let ld = discriminator_loss(
         &disc,
         x1.clone(),
