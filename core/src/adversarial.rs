@@ -779,9 +779,9 @@ mod tests {
         assert_eq!(got, ws[..3].to_vec());
     }
 
-    /// The 2-px checkerboard is all corner and goes; 4-px cells, 2-px stripes along one axis and
-    /// a rectangle of either size (rows and columns at different periods) stay as they were; a
-    /// second cut changes nothing.
+    /// The 2-px checkerboard is all corner and goes; 4-px cells and 2-px stripes along one axis
+    /// (on a 16 x 24 image) stay as they were; a second cut changes nothing, and white noise
+    /// loses the corner's share of its power.
     #[test]
     fn cut_grain_takes_the_grain_and_keeps_the_rest() {
         let dev = Default::default();
