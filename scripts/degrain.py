@@ -37,14 +37,9 @@ CORNER = pattern_ratio.CORNER
 
 
 def cut(x):
-    """x (H x W x 3, 0..255) with every channel's spectrum zeroed where both |f| >= CORNER."""
-    fy, fx = np.abs(np.fft.fftfreq(x.shape[0])), np.abs(np.fft.fftfreq(x.shape[1]))
-    out = np.empty_like(x)
-    for c in range(x.shape[2]):
-        f = np.fft.fft2(x[..., c])
-        f[np.ix_(fy >= CORNER, fx >= CORNER)] = 0
-        out[..., c] = np.fft.ifft2(f).real
-    return out
+    """x (H x W x 3, 0..255) with every channel's spectrum zeroed where both |f| >= CORNER
+    (pattern_ratio.py's cut of the luma, per channel)."""
+    return np.stack([pattern_ratio._without_corner(x[..., c]) for c in range(x.shape[2])], -1)
 
 
 def fir_cut(x, taps):
@@ -55,6 +50,18 @@ def fir_cut(x, taps):
     h = lp / lp.sum() * (-1.0) ** n
     c = convolve1d(convolve1d(x, h, axis=0, mode="reflect"), h, axis=1, mode="reflect")
     return x - c
+
+
+def cut_dir(src, dst, fir=None):
+    """Every PNG of `src`, cut (`cut`, or `fir_cut` with `fir` taps), as a PNG of the same name in
+    `dst`."""
+    os.makedirs(dst, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if not name.lower().endswith(".png"):
+            continue
+        x = np.asarray(Image.open(os.path.join(src, name)).convert("RGB"), dtype=np.float64)
+        y = cut(x) if fir is None else fir_cut(x, fir)
+        Image.fromarray(np.clip(np.round(y), 0, 255).astype(np.uint8)).save(os.path.join(dst, name))
 
 
 def score(sr, hr, shared):
@@ -80,14 +87,7 @@ def main():
         sys.exit("degrain.py: OUT_DIR must not be SR_DIR (the outputs would be overwritten)")
     if a.fir is not None and (a.fir < 3 or a.fir % 2 == 0):
         sys.exit(f"degrain.py: --fir {a.fir}: an odd number of taps, at least 3")
-    os.makedirs(a.out, exist_ok=True)
-    for name in sorted(os.listdir(a.sr)):
-        if not name.lower().endswith(".png"):
-            continue
-        x = np.asarray(Image.open(os.path.join(a.sr, name)).convert("RGB"), dtype=np.float64)
-        y = cut(x) if a.fir is None else fir_cut(x, a.fir)
-        y = np.clip(np.round(y), 0, 255).astype(np.uint8)
-        Image.fromarray(y).save(os.path.join(a.out, name))
+    cut_dir(a.sr, a.out, a.fir)
     print("| | PSNR-Y | GMSD | HF ratio | pattern | checker | HF w/o grain |")
     print("|---|---|---|---|---|---|---|")
     for label, d in (("as drawn", a.sr), ("grain cut" if a.fir is None else f"{a.fir}-tap cut", a.out)):

@@ -81,9 +81,7 @@ def point(binary, data, weights, w, save, cache, cut_with=None):
     if path and os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    p = measure(binary, data, weights, w, save)
-    if cut_with is not None:
-        p = measure_cut(data, save, cut_with)
+    p = measure(binary, data, weights, w, save, cut_with)
     if path:
         os.makedirs(cache, exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -92,34 +90,26 @@ def point(binary, data, weights, w, save, cache, cut_with=None):
     return p
 
 
-def measure(binary, data, weights, w, save):
+def measure(binary, data, weights, w, save, cut_with=None):
+    """One point: `flowmapsr eval` saves the outputs; its MEAN line and pattern_ratio.py score them,
+    or with `cut_with` (the shared folder) the outputs with the grain cut (scripts/degrain.py),
+    scored by sr_score.py and pattern_ratio.py."""
     out = subprocess.run([binary, "eval", "--data", data, "--scale", "4", "--weights", weights,
                           "--guidance", str(w), "--save", save],
                          capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"frontier.py: eval of {weights} at w {w} failed:\n{out.stderr[-2000:]}")
+    if cut_with is not None:
+        import degrain
+        degrain.cut_dir(save, save + "-cut")
+        psnr, gmsd, hf, pattern, checker, hf_ng = degrain.score(save + "-cut", data, cut_with)
+        return {"psnr": psnr, "gmsd": gmsd, "hf": hf, "pattern": pattern, "checker": checker,
+                "hf_ng": hf_ng}
     mean = next(l for l in out.stdout.splitlines() if l.startswith("MEAN"))
     v = dict(re.findall(r"([A-Z]+)\s+([0-9.]+)", mean))
     return {"psnr": float(v["PSNR"]), "gmsd": float(v["GMSD"]), "hf": float(v["HF"]),
             "pattern": pattern_ratio.pattern(save, data), "checker": pattern_ratio.checker(save, data),
             "hf_ng": pattern_ratio.hf_ratio(save, data)}
-
-
-def measure_cut(data, save, shared):
-    """The point of the outputs in `save` with the grain cut (scripts/degrain.py)."""
-    import numpy as np
-    from PIL import Image
-    import degrain
-    out = save + "-cut"
-    os.makedirs(out, exist_ok=True)
-    for name in sorted(os.listdir(save)):
-        if name.lower().endswith(".png"):
-            x = np.asarray(Image.open(os.path.join(save, name)).convert("RGB"), dtype=np.float64)
-            y = np.clip(np.round(degrain.cut(x)), 0, 255).astype(np.uint8)
-            Image.fromarray(y).save(os.path.join(out, name))
-    psnr, gmsd, hf, pattern, checker, hf_ng = degrain.score(out, data, shared)
-    return {"psnr": psnr, "gmsd": gmsd, "hf": hf, "pattern": pattern, "checker": checker,
-            "hf_ng": hf_ng}
 
 
 def at_hf(ref, hf):

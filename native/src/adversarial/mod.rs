@@ -213,13 +213,12 @@ pub(crate) fn adversarial_step<B: AutodiffBackend>(
     log: &mut StepLog,
 ) -> Result<(Critic<B>, AdvLoss<B>)> {
     let Critic { disc, mut optim } = critic;
-    let (x0, mut x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
-    let (mut fake, mut stable) = (fake, stable);
-    if adv.grain_cut {
-        x1 = cut_grain(x1);
-        fake = cut_grain(fake);
-        stable = stable.map(cut_grain);
-    }
+    let (x0, x1) = (inp.batch.x0.clone(), inp.batch.x1.clone());
+    let (x1, fake, stable) = if adv.grain_cut {
+        (cut_grain(x1), cut_grain(fake), stable.map(cut_grain))
+    } else {
+        (x1, fake, stable)
+    };
     let ld = discriminator_loss(
         &disc,
         x1.clone(),
