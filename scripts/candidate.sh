@@ -8,6 +8,8 @@
 #        snapshots without looking at the test sets; a third of the time)
 #        REFS= scripts/candidate.sh ...   (the candidate's rows only; REFS names the reference
 #        rows to keep, default "faithful dial gans")
+#        CAND_ARGS="--grain-cut true" scripts/candidate.sh ...   (more `upscale` flags for the
+#        candidate's rows only)
 # Needs: python3 with numpy, pillow, scipy, opencv-python-headless; node (for the peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,8 @@ for set in $SETS; do
   if has faithful; then up "$set" faithful --preset faithful; fi
   if has dial; then up "$set" dial --preset faithful --guidance 3 --lora 3; fi
   # A row's folder has no dot (upscale takes "cand_w1.5" for a file name): 1.5 is cand_w1p5.
-  for g in $WS; do up "$set" "cand_w${g/./p}" --weights "$CAND" --guidance "$g"; done
+  # shellcheck disable=SC2086 # CAND_ARGS is a list of flags
+  for g in $WS; do up "$set" "cand_w${g/./p}" --weights "$CAND" --guidance "$g" ${CAND_ARGS:-}; done
   if has gans; then
     python3 "$TOOLS/upscalerjs_peer/peer.py" gans "$W/$set/lr" "$W/$set/gans" >/dev/null 2>&1
   fi

@@ -360,24 +360,20 @@ impl AdversarialConfig {
     }
 }
 
-/// The frequency above which, on both axes at once, an output's luma holds the 2-px grain
-/// (scripts/pattern_ratio.py's checkerboard corner, in cycles per pixel).
-pub const GRAIN_CORNER: f64 = 0.4;
+pub use crate::grain::GRAIN_CORNER;
 
 /// `x` (an unshuffled [n, 12, h, w] image) with the 2-D spectrum of every colour zeroed where
 /// both frequencies are at least [`GRAIN_CORNER`]: y - P_H y P_W in pixel space, P_N the real
 /// projector onto the DFT bins k of length N with |k / N| >= the corner (the cut is circular,
-/// as scripts/degrain.py's FFT). Photos hold little there; the generator's grain is all there.
+/// as scripts/degrain.py's FFT; inference cuts whole images by [`crate::grain::cut_grain`]).
+/// Photos hold little there; the generator's grain is all there.
 pub fn cut_grain<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let y = crate::space::shuffle(x, 2);
     let [n, c, h, w] = y.dims();
     let dev = y.device();
     let proj = |len: usize| {
         let keep: Vec<usize> = (0..len)
-            .filter(|&k| {
-                let f = if 2 * k < len { k } else { len - k };
-                f as f64 / len as f64 >= GRAIN_CORNER - 1e-12
-            })
+            .filter(|&k| crate::grain::in_band(k, len))
             .collect();
         let p: Vec<f32> = (0..len * len)
             .map(|ij| {

@@ -11,6 +11,7 @@ pub mod cond;
 pub mod degrade;
 pub mod ema;
 pub mod error;
+pub mod grain;
 pub mod image;
 pub mod interpolate;
 pub mod lora;

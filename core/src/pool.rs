@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::objectives::FlowNet;
 use crate::sampler::{
-    bridge_source, prepare, tensor_to_image, tile_preview, tile_step, to_unit, SampleOptions,
-    TileDone,
+    bridge_source, prepare, tensor_to_image, tile_preview, tile_step, SampleOptions, TileDone,
 };
 use crate::weights::ModelConfig;
 use burn::tensor::backend::Backend;
@@ -124,12 +123,7 @@ pub async fn upscale_pooled<P: TilePool>(
         }
         x = blend.finish();
     }
-    let y = to_unit(&x)?;
-    let y = if opts.lr_projection {
-        crate::projection::project(&y, lr, scale)?
-    } else {
-        y
-    };
+    let y = crate::sampler::finish(&x, lr, scale, opts)?;
     Ok(crate::image::to_rgba(&y, None))
 }
 
@@ -202,10 +196,12 @@ mod tests {
     fn pooled_equals_the_single_worker_sampler_bit_for_bit() {
         let (net, cfg) = model();
         let img = lr(40, 28);
-        for (steps, mode, temperature, projection) in [
-            (1, Mode::Fidelity, 1.0, true),
-            (2, Mode::Stochastic, 0.5, false),
-            (3, Mode::Fidelity, 1.0, false),
+        for (steps, mode, temperature, projection, grain_cut) in [
+            (1, Mode::Fidelity, 1.0, true, false),
+            (2, Mode::Stochastic, 0.5, false, false),
+            (3, Mode::Fidelity, 1.0, false, false),
+            (1, Mode::Fidelity, 1.0, true, true),
+            (2, Mode::Stochastic, 0.5, false, true),
         ] {
             let opts = SampleOptions {
                 steps,
@@ -215,6 +211,7 @@ mod tests {
                 tile: 48,
                 overlap: 16,
                 lr_projection: projection,
+                grain_cut,
                 ..Default::default()
             };
             let want = upscale::<B>(

@@ -41,6 +41,9 @@ pub struct SampleOptions {
     /// Project the result onto the images whose bicubic downscale is the input
     /// ([`crate::projection`]): no network call; on by default, off for the raw flow map.
     pub lr_projection: bool,
+    /// Cut the 2-px grain from the whole result ([`crate::grain`]) before the LR projection:
+    /// off by default (the faithful weights draw no grain).
+    pub grain_cut: bool,
 }
 
 impl Default for SampleOptions {
@@ -55,7 +58,16 @@ impl Default for SampleOptions {
             tile: 512,
             overlap: 64,
             lr_projection: true,
+            grain_cut: false,
         }
+    }
+}
+
+impl SampleOptions {
+    /// Whether the result needs the sampler's signed output on the CPU (the grain cut or the LR
+    /// projection runs there), rather than only its 8-bit colours.
+    pub fn finishes_on_cpu(&self) -> bool {
+        self.lr_projection || self.grain_cut
     }
 }
 
@@ -390,7 +402,23 @@ pub fn upscale<B: Backend>(
     progress: &mut ProgressFn,
 ) -> Result<Image> {
     let x0 = bridge_source(lr, scale)?;
-    let y = to_unit(&sample(net, cfg, &x0, opts, device, progress)?)?;
+    finish(
+        &sample(net, cfg, &x0, opts, device, progress)?,
+        lr,
+        scale,
+        opts,
+    )
+}
+
+/// The whole signed result `y` of the sampler for the input `lr`, finished as `opts` say: the
+/// grain cut, then [0, 1], then the LR projection (last, so that the result stays exactly
+/// consistent with the input).
+pub fn finish(y: &Image, lr: &Image, scale: u32, opts: &SampleOptions) -> Result<Image> {
+    let y = if opts.grain_cut {
+        to_unit(&crate::grain::cut_grain(y))?
+    } else {
+        to_unit(y)?
+    };
     if opts.lr_projection {
         return crate::projection::project(&y, lr, scale);
     }
@@ -398,8 +426,8 @@ pub fn upscale<B: Backend>(
 }
 
 /// [`upscale`] with asynchronous readback (see [`sample_async`]): the result as opaque RGBA8,
-/// `scale` times the size of `lr`. With the LR projection the last pass is read back as floats
-/// (the projection runs on the CPU), otherwise as 8-bit RGBA only.
+/// `scale` times the size of `lr`. With the LR projection or the grain cut the last pass is read
+/// back as floats (both run on the CPU), otherwise as 8-bit RGBA only.
 #[allow(clippy::too_many_arguments)]
 pub async fn upscale_async<B: Backend>(
     net: &impl FlowNet<B>,
@@ -412,14 +440,11 @@ pub async fn upscale_async<B: Backend>(
     on_tile: &mut (dyn FnMut(TileDone<'_>) -> bool + '_),
 ) -> Result<Vec<u8>> {
     let x0 = bridge_source(lr, scale)?;
-    if !opts.lr_projection {
+    if !opts.finishes_on_cpu() {
         return sample_async(net, cfg, &x0, opts, device, blender, on_tile).await;
     }
     match sample_async_as(net, cfg, &x0, opts, device, blender, on_tile, true).await? {
-        Sampled::Signed(y) => {
-            let y = crate::projection::project(&to_unit(&y)?, lr, scale)?;
-            Ok(crate::image::to_rgba(&y, None))
-        }
+        Sampled::Signed(y) => Ok(crate::image::to_rgba(&finish(&y, lr, scale, opts)?, None)),
         Sampled::Rgba(_) => unreachable!("asked for the signed result"),
     }
 }
@@ -505,6 +530,46 @@ mod tests {
             "{}",
             max_err(&down(&p), &mid)
         );
+        // The grain cut runs on the whole result before [0, 1] and the projection: raw, it is the
+        // cut of bicubic; projected, the result is still consistent with the input.
+        let cut = SampleOptions {
+            grain_cut: true,
+            ..opts.clone()
+        };
+        let c = upscale(&net, &cfg, &img, 2, &cut, &dev, &mut |_, _| true).unwrap();
+        let want = crate::grain::cut_grain(&bic);
+        // (Bicubic holds little grain: the cut moves it by about 7e-5.)
+        assert!(max_err(&c, &want) < 1e-6, "{}", max_err(&c, &want));
+        assert!(max_err(&c, &out) > 2e-5, "{}", max_err(&c, &out));
+        // A signed result with a grain of 0.1 loses all of it, then meets [0, 1].
+        let grained = Image::new(
+            26,
+            14,
+            3,
+            (0..3 * 26 * 14)
+                .map(|i| {
+                    if (i % 26 + i / 26) % 2 == 0 {
+                        0.1
+                    } else {
+                        -0.1
+                    }
+                })
+                .collect(),
+        )
+        .unwrap();
+        let f = finish(&grained, &img, 2, &cut).unwrap();
+        assert!(
+            f.data.iter().all(|v| (v - 0.5).abs() < 1e-4),
+            "{:?}",
+            &f.data[..4]
+        );
+        let both = SampleOptions {
+            grain_cut: true,
+            ..projected.clone()
+        };
+        let pc = upscale(&net, &cfg, &mid, 2, &both, &dev, &mut |_, _| true).unwrap();
+        assert!(max_err(&down(&pc), &mid) < 1e-5);
+        assert!(max_err(&pc, &p) > 1e-5, "{}", max_err(&pc, &p));
         // Seeded stochastic runs repeat; different seeds differ.
         let st = |seed| {
             let o = SampleOptions {

@@ -68,6 +68,9 @@ pub struct BenchReport {
     /// The LR projection of one output of this size (on the CPU, whatever the device): timed
     /// apart, so ms_per_tile stays the network's.
     pub lr_projection_ms: f64,
+    /// The grain cut of that output (`--grain-cut`; on the CPU, whatever the device), timed apart
+    /// as the projection.
+    pub grain_cut_ms: f64,
 }
 
 fn matmul_gflops<B: Backend>(device: &B::Device) -> f64 {
@@ -118,10 +121,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "device {} {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s f32 matmul peak ({:.0}%) | LR projection of that output {:.1} ms (CPU)",
+            "device {} {} | tile {}x{} x{} NFE {} | {:.1} ms/tile | {:.3} output MP/s | {:.0} FLOP/output px | {:.1} GFLOP/s model, {:.1} GFLOP/s f32 matmul peak ({:.0}%) | LR projection of that output {:.1} ms, grain cut {:.1} ms (CPU)",
             r.device, r.precision, r.tile, r.tile, r.scale, r.steps, r.ms_per_tile, r.output_mp_per_s,
             r.model_flops_per_output_pixel, r.model_gflops_per_s, r.matmul_gflops_per_s, 100.0 * r.fraction_of_matmul_peak,
-            r.lr_projection_ms
+            r.lr_projection_ms, r.grain_cut_ms
         );
     }
     Ok(())
@@ -146,6 +149,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
     let opts = SampleOptions {
         overlap: 0,
         lr_projection: false,
+        grain_cut: false,
         ..req.options(false)
     };
     let secs = if req.lora() != 0.0 {
@@ -180,6 +184,11 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         flowmapsr_core::projection::project(&sr, &lr, req.scale)?;
     }
     let proj = t0.elapsed().as_secs_f64() / args.reps as f64;
+    let t0 = Instant::now();
+    for _ in 0..args.reps {
+        flowmapsr_core::grain::cut_grain(&sr);
+    }
+    let cut = t0.elapsed().as_secs_f64() / args.reps as f64;
     Ok(BenchReport {
         device: args.model.device.to_string(),
         precision: args.precision.to_string(),
@@ -195,6 +204,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<BenchRep
         matmul_gflops_per_s: peak,
         fraction_of_matmul_peak: model_gflops / peak,
         lr_projection_ms: proj * 1e3,
+        grain_cut_ms: cut * 1e3,
     })
 }
 

@@ -1,9 +1,9 @@
 //! `flowmapsr serve`: an HTTP upscaling service (axum/tokio) that also hosts the web demo.
 //!
 //! - POST /v1/upscale: the image as the body (or the first file of a multipart form); query
-//!   `scale`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`, `projection`
-//!   (`auto` | `on` | `off`, as `upscale --projection`), `format`; answers the
-//!   upscaled image.
+//!   `scale`, `preset`, `steps`, `tile`, `seed`, `mode`, `temperature`, `guidance`, `lora`,
+//!   `projection` (`auto` | `on` | `off`, as `upscale --projection`), `grain_cut` (`true` |
+//!   `false`), `format`; answers the upscaled image.
 //! - GET /healthz, GET /metrics (Prometheus text), GET / (the trunk-built `dist/` when present).
 //!
 //! The machine is protected by a body-size limit, a decoded-pixel limit checked from the header

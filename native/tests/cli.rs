@@ -491,6 +491,7 @@ fn bench_prints_json_with_the_network_and_the_projection_timed_apart() {
         "model_flops_per_output_pixel",
         "fraction_of_matmul_peak",
         "lr_projection_ms",
+        "grain_cut_ms",
     ] {
         let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {v}"));
         assert!(x.is_finite() && x > 0.0, "{k} = {x}");

@@ -290,7 +290,7 @@ fn a_fresh_discriminator_is_the_same_on_every_replica() {
         gap < TOL,
         "2 devices vs 1 with a fresh discriminator: {gap}"
     );
-    write_adversarial(d, 0);
+    write_adversarial(d, 0, false);
     adv("kept", &["cpu"], None);
     let apart = max_gap(&one, &weights(&d.join("kept"), 2));
     eprintln!("fresh discriminator: 2 devices vs 1 {gap:.3e}; against a kept one {apart:.3e}");
@@ -298,6 +298,26 @@ fn a_fresh_discriminator_is_the_same_on_every_replica() {
         apart > 1e-6,
         "a fresh discriminator changed nothing ({apart})"
     );
+}
+
+/// `grain_cut`: the discriminator and every generator term judge the cut images, the same way on
+/// every replica (2 devices match 1), and the run is not the one without the cut.
+#[test]
+fn the_grain_cut_trains_on_two_devices_as_on_one() {
+    let _one = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let adv = adversarial_setup(d, 0);
+    adv("uncut", &["cpu"], None);
+    write_adversarial(d, 0, true);
+    adv("cut_one", &["cpu"], None);
+    adv("cut_two", &["cpu", "cpu"], None);
+    let one = weights(&d.join("cut_one"), 2);
+    let gap = max_gap(&one, &weights(&d.join("cut_two"), 2));
+    let apart = max_gap(&one, &weights(&d.join("uncut"), 2));
+    eprintln!("grain cut: 2 devices vs 1 {gap:.3e}; against no cut {apart:.3e}");
+    assert!(gap < TOL, "2 devices vs 1 with the grain cut: {gap}");
+    assert!(apart > 1e-6, "the grain cut changed nothing ({apart})");
 }
 
 /// A trained base in `d/base` and the adversarial config `d/adv.json`; returns a launcher
@@ -308,7 +328,7 @@ fn adversarial_setup(
 ) -> impl Fn(&str, &[&str], Option<usize>) + '_ {
     setup(d);
     run(&args(d, "base", &["cpu"])).unwrap();
-    write_adversarial(d, critic_reset_every);
+    write_adversarial(d, critic_reset_every, false);
     move |out: &str, devices: &[&str], max: Option<usize>| {
         let mut a = args(d, out, devices);
         a.config = d.join("adv.json");
@@ -319,9 +339,9 @@ fn adversarial_setup(
 }
 
 /// `d/adv.json`: `d/train.json` with a U-Net discriminator with spectral normalisation, R1/R2
-/// off (their perturbations are drawn per replica) and a fresh discriminator every
-/// `critic_reset_every` steps (0: never).
-fn write_adversarial(d: &Path, critic_reset_every: usize) {
+/// off (their perturbations are drawn per replica), a fresh discriminator every
+/// `critic_reset_every` steps (0: never) and the images judged with the grain cut or not.
+fn write_adversarial(d: &Path, critic_reset_every: usize, grain_cut: bool) {
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("train.json")).unwrap()).unwrap();
     v["val_every"] = 100.into();
@@ -330,7 +350,7 @@ fn write_adversarial(d: &Path, critic_reset_every: usize) {
         "discriminator": { "widths": [8, 8, 8], "unet": true, "spectral_norm": true },
         "gamma": 0.0, "lr_d": 0.002, "gan_weight": 0.1, "rec_weight": 0.0,
         "rec_l1_weight": 1.0, "fm_weight": 1.0, "gms_weight": 1.0,
-        "critic_reset_every": critic_reset_every
+        "critic_reset_every": critic_reset_every, "grain_cut": grain_cut
     });
     std::fs::write(d.join("adv.json"), v.to_string()).unwrap();
 }

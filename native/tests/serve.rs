@@ -125,6 +125,7 @@ fn json_error(body: &[u8]) -> String {
 
 #[test]
 fn good_requests_health_metrics_and_landing_page() {
+    use flowmapsr_core::request::Preset;
     let s = Server::start(&[]);
     let (st, ct, body) = post(
         &format!("{}/v1/upscale?scale=2", s.base),
@@ -159,6 +160,18 @@ fn good_requests_health_metrics_and_landing_page() {
     assert_ne!(fidelity, realistic);
     let w = flowmapsr_core::request::Preset::Realistic.knobs().1;
     assert_ne!(realistic, dial(&format!("&guidance={w}")));
+    // The grain cut: off in the preset unless asked for.
+    assert_eq!(
+        realistic,
+        dial(&format!(
+            "&preset=realistic&grain_cut={}",
+            Preset::Realistic.grain_cut()
+        ))
+    );
+    assert_ne!(
+        dial("&preset=realistic&grain_cut=true"),
+        dial("&preset=realistic&grain_cut=false")
+    );
     // The LR projection: auto (the default) is on for a PNG.
     assert_eq!(fidelity, dial("&projection=on"));
     assert_eq!(fidelity, dial("&projection=auto"));
@@ -173,7 +186,7 @@ fn good_requests_health_metrics_and_landing_page() {
     assert!(h.contains("ok"));
     let m = get(&s.base, "/metrics");
     assert!(
-        m.contains("flowmapsr_requests_total{status=\"200\"} 12"),
+        m.contains("flowmapsr_requests_total{status=\"200\"} 15"),
         "{m}"
     );
     assert!(m.contains("flowmapsr_queue_depth 0"));
@@ -292,6 +305,13 @@ fn client_mistakes_are_4xx_with_json() {
         ),
         (
             u("?projection=maybe"),
+            "image/png",
+            good.clone(),
+            400,
+            "bad_parameter",
+        ),
+        (
+            u("?grain_cut=maybe"),
             "image/png",
             good.clone(),
             400,

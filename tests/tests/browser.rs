@@ -52,7 +52,22 @@ fn web_app_matches_native_on_cpu_offline_and_webgpu() {
     let native = tmp.path().join("native_x4.png");
     upscale(&native, &[]);
     let native_realistic = tmp.path().join("native_x4_realistic.png");
-    upscale(&native_realistic, &["--preset", "realistic"]);
+    upscale(
+        &native_realistic,
+        &["--preset", "realistic", "--grain-cut", "true"],
+    );
+    // The page's "No hatching" is checked for that run: the cut must show at 8 bits, or the
+    // comparison could not tell whether the page cut at all.
+    let uncut = tmp.path().join("native_x4_realistic_uncut.png");
+    upscale(&uncut, &["--preset", "realistic", "--grain-cut", "false"]);
+    let px = |p: &PathBuf| image::open(p).unwrap().to_rgb8().into_raw();
+    let most = px(&native_realistic)
+        .iter()
+        .zip(px(&uncut))
+        .map(|(a, b)| a.abs_diff(b))
+        .max()
+        .unwrap();
+    assert!(most > 1, "the grain cut moves no pixel by more than 1/255");
     let native_dial = tmp.path().join("native_x4_w2_lora1_grain0.3.png");
     let dial = ["--guidance", "2", "--lora", "1"];
     let grain = ["--mode", "stochastic", "--temperature", "0.3"];

@@ -2,12 +2,12 @@
 // Usage: node tests/web/browser.mjs --dist DIR --image LR.png --native NATIVE.png [--tile 64]
 //        [--scale 4] [--gpu-tol 2] [--screenshots DIR]
 //        [--native-dial NATIVE_W_L_G.png --guidance W --lora L --grain G]
-//        [--native-realistic NATIVE_REALISTIC.png]
+//        [--native-realistic NATIVE_REALISTIC.png (made with --grain-cut true)]
 // The image goes in by file picker, then paste (offline run), then drop (WebGPU run).
 // Runs (1) without WebGPU: the CPU path must be chosen, say why and with how many workers (one per
 // core: the pool), show a time estimate, and match the native output within 1/255 per pixel; so
-// must the Realistic result (its own weights, fetched on that job) against `--preset realistic`
-// when --native-realistic is given, and the plain (SIMD-free) build, forced with ?simd=0; the viewer zooms, fits and splits; a
+// must the Realistic result (its own weights, fetched on that job, with "No hatching" checked)
+// against `--preset realistic --grain-cut true` when --native-realistic is given, and the plain (SIMD-free) build, forced with ?simd=0; the viewer zooms, fits and splits; a
 // cancel mid-run clears the partial result, a rejected file after a good one clears the image and
 // disables Upscale; then, with the server stopped, a reload must still load the app, its wasm and
 // the weights (service worker) and give the same pixels; (2) with WebGPU (--enable-unsafe-webgpu:
@@ -33,7 +33,7 @@ const scale = args.scale ?? "4";
 const gpuTol = Number(args["gpu-tol"] ?? 2);
 const shots = args.screenshots ? path.resolve(args.screenshots) : null;
 const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const realistic = args["native-realistic"] ? { native: path.resolve(args["native-realistic"]), preset: "realistic" } : null;
+const realistic = args["native-realistic"] ? { native: path.resolve(args["native-realistic"]), preset: "realistic", grainCut: true } : null;
 const dial = args["native-dial"]
   ? { native: path.resolve(args["native-dial"]), guidance: args.guidance ?? "1", lora: args.lora ?? "0",
       grain: args.grain ?? "0" } : null;
@@ -82,6 +82,7 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
   await page.$eval("#advanced", (e) => { e.open = true; }); // the expert knobs
   await page.selectOption("#tile", tile);
   await page.selectOption("#preset", knobs?.preset ?? "faithful");
+  if (knobs?.grainCut !== undefined) await page.setChecked("#grain-cut", knobs.grainCut);
   if (knobs) {
     for (const [id, v] of [["guidance", knobs.guidance], ["lora", knobs.lora], ["grain", knobs.grain]]) {
       if (v === undefined) continue;
@@ -133,7 +134,8 @@ async function upscaleAndCompare(page, label, how = "file", knobs = null) {
     return { native: [c.width, c.height], browser: [out.width, out.height], max, over1, mean: sum / a.length };
   }, fs.readFileSync(knobs ? knobs.native : native).toString("base64"));
   if (cmp.native[0] !== cmp.browser[0] || cmp.native[1] !== cmp.browser[1]) fail(`${label}: sizes differ ${JSON.stringify(cmp)}`);
-  return { label, input: how, backend, blend, seconds, estimate, progress, knobs: knobs && { preset: knobs.preset, guidance: knobs.guidance, lora: knobs.lora, grain: knobs.grain }, ...cmp };
+  return { label, input: how, backend, blend, seconds, estimate, progress, knobs: knobs && { preset: knobs.preset, guidance: knobs.guidance, lora: knobs.lora, grain: knobs.grain,
+    grainCut: knobs.grainCut }, ...cmp };
 }
 
 async function session(webgpu, work) {

@@ -477,6 +477,8 @@ mod ui {
         lora: RwSignal<f32>,
         preset: RwSignal<Preset>,
         grain: RwSignal<f32>,
+        /// The grain cut (`--grain-cut`): the 2-px checker hatching taken from the whole result.
+        grain_cut: RwSignal<bool>,
     }
 
     impl Knobs {
@@ -511,6 +513,7 @@ mod ui {
                     } else {
                         Policy::Off
                     },
+                    grain_cut: Some(self.grain_cut.get_untracked()),
                 },
             }
         }
@@ -563,6 +566,7 @@ mod ui {
             preset: RwSignal::new(Preset::Faithful),
             // Grain 0: the fidelity map; above 0: the stochastic mode at that temperature.
             grain: RwSignal::new(0.0f32),
+            grain_cut: RwSignal::new(Preset::Faithful.grain_cut()),
         };
         let Knobs {
             scale,
@@ -573,6 +577,7 @@ mod ui {
             lora,
             preset,
             grain,
+            grain_cut,
         } = knobs;
         let projection = sig.projection;
         let split = sig.split;
@@ -980,6 +985,7 @@ mod ui {
                                 steps.set(n);
                                 guidance.set(w.min(sig.w_max.get_untracked().max(1.0)));
                                 lora.set(if sig.has_lora.get_untracked() { l } else { 0.0 });
+                                grain_cut.set(p.grain_cut());
                             }>
                                 <option value="faithful" selected>"Faithful"</option>
                                 <option value="realistic">"Realistic"</option>
@@ -1065,6 +1071,14 @@ mod ui {
                                 " Consistent"
                             </label>
                             <small>"Shrinking the result gives back your image exactly (off for JPEG)."</small>
+                        </div>
+                        <div class="knob">
+                            <label>
+                                <input id="grain-cut" type="checkbox" prop:checked=move || grain_cut.get()
+                                    on:change=move |ev| grain_cut.set(event_target_checked(&ev)) />
+                                " No hatching"
+                            </label>
+                            <small>"Takes the finest checker pattern (2 px) off the whole result; it is error, not detail."</small>
                         </div>
                         <div class="knob">
                             <label>"Tile "
