@@ -50,9 +50,9 @@ for set in $SETS; do
 done
 for g in $WS; do ROWS="$ROWS cand_w${g/./p}"; done
 if has gans; then ROWS="$ROWS gans"; fi
-python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS" <<'PY'
+python3 - "$W" "$TOOLS" "$CAND" "$SETS" "$ROWS" "${CAND_ARGS:-}" <<'PY'
 import subprocess, sys
-w, tools, cand, sets, rows = sys.argv[1:]
+w, tools, cand, sets, rows, cand_args = sys.argv[1:]
 sys.path.insert(0, "scripts")
 import pattern_ratio
 
@@ -72,6 +72,7 @@ print("| x4: PSNR-Y / GMSD / HF ratio / pattern | " + " | ".join(
     "held-out (choose by)" if s == "holdout" else f"{s} (report)" for s in sets) + " |")
 print("|---|" + "---|" * len(sets))
 for m in rows.split():
-    name = label.get(m) or f"`--weights {cand} --guidance {m[6:].replace('p', '.')}`"
+    name = label.get(m) or (f"`--weights {cand} --guidance {m[6:].replace('p', '.')}"
+                            + (f" {cand_args}" if cand_args else "") + "`")
     print(f"| {name} | " + " | ".join(score(s, m) for s in sets) + " |")
 PY
