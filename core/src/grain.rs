@@ -2,8 +2,8 @@
 //! plane y of the whole result becomes y - P_H y P_W, P_N the projector that keeps the frequencies
 //! |f| >= [`GRAIN_CORNER`] cycles/px of a length-N signal. What it takes is the 2-D spectrum where
 //! both frequencies are that high at once: the adversarial generator's 2-px grain, which is error
-//! (cutting it raises PSNR and leaves GMSD and the detail below the corner as they were). Rows,
-//! columns and 2-px stripes along one axis keep all of their energy.
+//! (cutting it raises PSNR and leaves GMSD and the detail below the corner as they were).
+//! Horizontal and vertical lines and 2-px stripes along one axis keep all of their energy.
 //!
 //! It runs on the whole image after the tiles (a cut per tile would seam), by FFT, on the
 //! whole-sample mirror extension (reflect-101, length 2N - 2) of every row and column, so that
@@ -35,23 +35,21 @@ pub fn cut_grain(img: &Image) -> Image {
     }
     let mut rows = Pass::new(w);
     let mut cols = Pass::new(h);
-    let mut corner = vec![0f32; w * h];
-    let mut line = vec![0f32; w.max(h)];
+    let mut column = vec![0f32; h];
     for c in 0..img.channels {
-        let plane = img.plane(c);
         // y P_W: the high band of every row.
-        for r in 0..h {
-            rows.high(&plane[r * w..(r + 1) * w], &mut corner[r * w..(r + 1) * w]);
+        let mut corner = img.plane(c).to_vec();
+        for row in corner.chunks_exact_mut(w) {
+            rows.high(row);
         }
         // P_H (y P_W): the high band of every column of that.
         for x in 0..w {
-            for r in 0..h {
-                line[r] = corner[r * w + x];
+            for (r, v) in column.iter_mut().enumerate() {
+                *v = corner[r * w + x];
             }
-            let (src, dst) = (line[..h].to_vec(), &mut line[..h]);
-            cols.high(&src, dst);
-            for r in 0..h {
-                corner[r * w + x] = line[r];
+            cols.high(&mut column);
+            for (r, v) in column.iter().enumerate() {
+                corner[r * w + x] = *v;
             }
         }
         for (o, k) in out.plane_mut(c).iter_mut().zip(&corner) {
@@ -87,11 +85,11 @@ impl Pass {
         }
     }
 
-    /// `dst` = the part of `src` at |f| >= the corner (of its mirror extension, restricted).
-    fn high(&mut self, src: &[f32], dst: &mut [f32]) {
+    /// `line` <- its part at |f| >= the corner (of its mirror extension, restricted).
+    fn high(&mut self, line: &mut [f32]) {
         let m = self.buf.len();
         for (i, b) in self.buf.iter_mut().enumerate() {
-            *b = Complex::new(src[reflect101(i as isize, self.n)], 0.0);
+            *b = Complex::new(line[reflect101(i as isize, self.n)], 0.0);
         }
         self.fwd
             .process_with_scratch(&mut self.buf, &mut self.scratch);
@@ -102,7 +100,7 @@ impl Pass {
         }
         self.inv
             .process_with_scratch(&mut self.buf, &mut self.scratch);
-        for (d, b) in dst.iter_mut().zip(&self.buf) {
+        for (d, b) in line.iter_mut().zip(&self.buf) {
             *d = b.re / m as f32;
         }
     }
