@@ -109,6 +109,7 @@ impl Pass {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::max_diff;
 
     fn image(w: usize, h: usize, mut f: impl FnMut(usize, usize, usize) -> f32) -> Image {
         let mut d = Vec::with_capacity(3 * w * h);
@@ -120,14 +121,6 @@ mod tests {
             }
         }
         Image::new(w, h, 3, d).unwrap()
-    }
-
-    fn max_diff(a: &Image, b: &Image) -> f32 {
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
     }
 
     fn sign(i: usize) -> f32 {

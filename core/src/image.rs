@@ -221,6 +221,16 @@ pub fn quantize(v: f32, levels: f32) -> f32 {
     (v.clamp(0.0, 1.0) * levels).round_ties_even()
 }
 
+/// The largest per-value difference of two images of one shape (for tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Image, b: &Image) -> f32 {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Reflect-101 (OpenCV's default border: ... 2 1 | 0 1 2 ... n-1 | n-2 ...).
 #[inline]
 pub fn reflect101(i: isize, n: usize) -> usize {

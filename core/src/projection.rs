@@ -297,6 +297,7 @@ fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::max_diff;
     use crate::resize::imresize;
 
     fn noise(w: usize, h: usize, c: usize, k: usize) -> Image {
@@ -304,14 +305,6 @@ mod tests {
             .map(|i| ((i * k + 7) % 101) as f32 / 100.0)
             .collect();
         Image::new(w, h, c, d).unwrap()
-    }
-
-    fn max_diff(a: &Image, b: &Image) -> f32 {
-        a.data
-            .iter()
-            .zip(&b.data)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
