@@ -104,7 +104,7 @@ for set_, name, x, y in crops:
         d.text((i * (S * Z + 4) + 4, 5), label, fill="black")
     path = f"docs/img/realism/{set_}-{name}.png"
     fig.save(path)
-    print(f"{set_} {name}, {S} x {S} px at ({x}, {y}), shown x{Z}: HR | bicubic | faithful | realistic | realistic with the grain cut | peer\n")
+    print(f"{set_} {name}, {S} x {S} px at ({x}, {y}), shown x{Z}: " + " | ".join(label for label, _ in cols) + "\n")
     print(f"![{name}](img/realism/{set_}-{name}.png)\n")
 
 print("## Speed per tile\n")

@@ -61,7 +61,6 @@ pub fn cut_grain(img: &Image) -> Image {
 
 /// One axis: the FFTs of the mirror extension of a length-`n` line.
 struct Pass {
-    n: usize,
     fwd: std::sync::Arc<dyn rustfft::Fft<f32>>,
     inv: std::sync::Arc<dyn rustfft::Fft<f32>>,
     buf: Vec<Complex<f32>>,
@@ -77,7 +76,6 @@ impl Pass {
             .get_inplace_scratch_len()
             .max(inv.get_inplace_scratch_len());
         Self {
-            n,
             fwd,
             inv,
             buf: vec![Complex::default(); m],
@@ -87,9 +85,9 @@ impl Pass {
 
     /// `line` <- its part at |f| >= the corner (of its mirror extension, restricted).
     fn high(&mut self, line: &mut [f32]) {
-        let m = self.buf.len();
+        let (n, m) = (line.len(), self.buf.len());
         for (i, b) in self.buf.iter_mut().enumerate() {
-            *b = Complex::new(line[reflect101(i as isize, self.n)], 0.0);
+            *b = Complex::new(line[reflect101(i as isize, n)], 0.0);
         }
         self.fwd
             .process_with_scratch(&mut self.buf, &mut self.scratch);
