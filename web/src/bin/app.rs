@@ -1064,22 +1064,10 @@ mod ui {
                             </label>
                             <small>"Which grain: used only when Grain is above 0."</small>
                         </div>
-                        <div class="knob">
-                            <label>
-                                <input id="projection" type="checkbox" prop:checked=move || projection.get()
-                                    on:change=move |ev| projection.set(event_target_checked(&ev)) />
-                                " Consistent"
-                            </label>
-                            <small>"Shrinking the result gives back your image exactly (off for JPEG)."</small>
-                        </div>
-                        <div class="knob">
-                            <label>
-                                <input id="grain-cut" type="checkbox" prop:checked=move || grain_cut.get()
-                                    on:change=move |ev| grain_cut.set(event_target_checked(&ev)) />
-                                " No hatching"
-                            </label>
-                            <small>"Takes the finest checker pattern (2 px) off the whole result; it is error, not detail."</small>
-                        </div>
+                        <Toggle id="projection" value=projection label="Consistent"
+                            hint="Shrinking the result gives back your image exactly (off for JPEG)." />
+                        <Toggle id="grain-cut" value=grain_cut label="No hatching"
+                            hint="Takes the finest checker pattern (2 px) off the whole result; it is error, not detail." />
                         <div class="knob">
                             <label>"Tile "
                                 <select id="tile" on:change=move |ev| tile.set(event_target_value(&ev).parse().unwrap_or(128))>
@@ -1139,6 +1127,26 @@ mod ui {
                     </div>
                 </section>
             </main>
+        }
+    }
+
+    /// An on/off knob of the Advanced panel: a checkbox bound to `value`, with its hint.
+    #[component]
+    fn Toggle(
+        id: &'static str,
+        value: RwSignal<bool>,
+        label: &'static str,
+        hint: &'static str,
+    ) -> impl IntoView {
+        view! {
+            <div class="knob">
+                <label>
+                    <input id=id type="checkbox" prop:checked=move || value.get()
+                        on:change=move |ev| value.set(event_target_checked(&ev)) />
+                    " " {label}
+                </label>
+                <small>{hint}</small>
+            </div>
         }
     }
 }
