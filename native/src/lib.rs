@@ -38,6 +38,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Blend two weights folders (the faithful/realistic dial, ESRGAN's network interpolation).
     Interpolate(weights::InterpolateArgs),
+    /// A whole-network adversarial run's latest checkpoint as a compact run folder (the
+    /// generator in f16, no generator optimiser) that `train --resume` continues elsewhere.
+    Pack(adversarial::pack::PackArgs),
     /// Coordinator of a multi-node training run: start one, then `train --nodes N ...` on every
     /// node (docs/distributed.md).
     Orchestrator(OrchestratorArgs),
@@ -83,5 +86,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orchestrator(a) => orchestrator(&a),
         Command::Interpolate(a) => weights::interpolate(&a),
         Command::Export(a) => weights::export(&a),
+        Command::Pack(a) => adversarial::pack::pack(&a),
     }
 }

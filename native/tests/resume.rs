@@ -187,3 +187,123 @@ fn adversarial_runs_resume_from_any_kill() {
     let init = d.join("base/final");
     kill_and_resume_everywhere(d, &cfg, &["--init", init.to_str().unwrap()], 2.0);
 }
+
+/// A whole-network adversarial run packed at its latest checkpoint (`flowmapsr pack`: the
+/// generator and its EMA in f16, no generator optimiser, the base beside them) resumes from the
+/// pack alone and finishes the same schedule close to the run that kept its folder.
+#[test]
+fn packed_whole_network_runs_resume_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    synthetic_images(&d.join("data"), 3);
+    synthetic_images(&d.join("val"), 1);
+    let base = write_config(d, "base.json", false);
+    run_ok(train_cmd(d, &base, "base", &["--max-steps", "2"]));
+    // The base grown by one block at the second level, trained whole.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(write_config(d, "x.json", false)).unwrap()).unwrap();
+    cfg["model"]["unet"]["blocks"] = serde_json::json!([1, 2]);
+    cfg["adversarial"] = serde_json::json!({
+        "generator": "full", "discriminator": { "widths": [8, 8] }, "lr_d": 0.002
+    });
+    let full = d.join("full.json");
+    std::fs::write(&full, cfg.to_string()).unwrap();
+    let init = d.join("base/final");
+    let init = init.to_str().unwrap();
+    run_ok(train_cmd(
+        d,
+        &full,
+        "run",
+        &["--init", init, "--max-steps", "4"],
+    ));
+
+    let pack = |run: &str, out: &str, config: &Path| {
+        let mut c = bin();
+        c.arg("pack")
+            .arg("--config")
+            .arg(config)
+            .arg("--run")
+            .arg(d.join(run))
+            .arg("--output")
+            .arg(d.join(out));
+        c.output().unwrap()
+    };
+    let o = pack("run", "packed", &full);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(step 4)"));
+    let ck = |out: &str| {
+        let name = std::fs::read_to_string(d.join(out).join("latest")).unwrap();
+        d.join(out).join(name.trim())
+    };
+    let (kept, packed) = (ck("run"), ck("packed"));
+    assert!(kept.join("optim_g.bin").exists() && !packed.join("optim_g.bin").exists());
+    for f in ["model.bin", "ema.bin"] {
+        let (a, b) = (
+            std::fs::read(kept.join(f)).unwrap(),
+            std::fs::read(packed.join(f)).unwrap(),
+        );
+        assert_eq!(&b[..8], b"FMSRWTH1", "{f} is not f16");
+        assert!(
+            b.len() * 10 < a.len() * 6,
+            "{f}: {} bytes of {}",
+            b.len(),
+            a.len()
+        );
+    }
+    for f in ["disc.bin", "optim_d.bin"] {
+        assert_eq!(
+            std::fs::read(kept.join(f)).unwrap(),
+            std::fs::read(packed.join(f)).unwrap()
+        );
+    }
+    // Refused: into itself, and a run of another kind (a LoRA config).
+    assert!(!pack("run", "run", &full).status.success());
+    let lora = write_config(d, "lora.json", true);
+    let o = pack("run", "other", &lora);
+    assert!(!o.status.success() && !d.join("other").exists());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("whole-network"));
+
+    // Both finish the schedule: the pack from its own folder, the run from its own.
+    let log = run_ok(train_cmd(d, &full, "packed", &["--resume"]));
+    assert!(
+        log.contains("at step 4") && log.contains("starts fresh"),
+        "{log}"
+    );
+    let kept_log = run_ok(train_cmd(d, &full, "run", &["--resume"]));
+    // The fresh Adam's first step is taken at half the learning rate (warm-up 2, as at step 0).
+    let lr = |log: &str| -> f64 {
+        let at = log.find("step 5 lr ").expect("step 5 logged") + "step 5 lr ".len();
+        log[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (a, b) = (lr(&kept_log), lr(&log));
+    assert!(
+        (b / a - 0.5).abs() < 0.01,
+        "lr {b} after the pack, {a} without"
+    );
+    let (a, b) = (
+        latest_state(&d.join("run")).unwrap(),
+        latest_state(&d.join("packed")).unwrap(),
+    );
+    assert_eq!((a["step"].clone(), b["step"].clone()), (8.into(), 8.into()));
+    let (ha, hb) = (
+        a["history"].as_array().unwrap(),
+        b["history"].as_array().unwrap(),
+    );
+    // The validations up to the pack (steps 3 and 4, the end of the first invocation) are
+    // carried as they were; those at steps 6 and 8 are the resumed runs' own.
+    let steps = |h: &[serde_json::Value]| h.iter().map(|p| p["step"].clone()).collect::<Vec<_>>();
+    assert_eq!(steps(ha), [3, 4, 6, 8].map(serde_json::Value::from));
+    assert_eq!(steps(hb), steps(ha));
+    assert_eq!(ha[..2], hb[..2]);
+    let gap = max_gap(&d.join("run/final"), &d.join("packed/final"), 0.0);
+    eprintln!("the packed run ends {gap} away from the kept one");
+    assert!(
+        gap.is_finite() && gap < 0.05,
+        "the packed run ends {gap} away"
+    );
+}

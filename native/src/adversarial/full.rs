@@ -64,8 +64,20 @@ pub fn train_full<B: AutodiffBackend>(
         net = module_from_bytes(net, &ck.read("model.bin")?, &device)?;
         ema_net = module_from_bytes(ema_net, &ck.read("ema.bin")?, &device)?;
         critic = critic.resume(&ck, &device)?;
-        optim_g = load_optim(optim_g, &ck.dir, "optim_g.bin", &device)?;
-        state = ck.state;
+        state = ck.state.clone();
+        optim_g = if ck.has("optim_g.bin") {
+            load_optim(optim_g, &ck.dir, "optim_g.bin", &device)?
+        } else {
+            // A packed checkpoint (`flowmapsr pack`) leaves it out: it is twice the generator.
+            tracing::warn!(
+                "{} holds no optim_g.bin (a packed checkpoint): the generator's Adam starts fresh \
+                 and the learning rate warms up again over {} steps",
+                ck.dir.display(),
+                cfg.warmup
+            );
+            state.adam_from = Some(state.step);
+            optim_g
+        };
     }
     tracing::info!(
         "adversarial, whole network from {}: {extra:?} identity blocks added per level, {} \
@@ -270,7 +282,8 @@ fn worker<B: AutodiffBackend>(
                 bail!("loss is {total} at step {step}: diverged — the last checkpoint is intact");
             }
         }
-        net = optim_g.step(cfg.lr_at(step), net, gg);
+        let lr = lr_at(cfg, &state, step);
+        net = optim_g.step(lr, net, gg);
         ema_net = ema::update(ema_net, &net.valid(), cfg.ema_decay);
         state.step += 1;
         state.train_secs += t0.elapsed().as_secs_f64();
@@ -278,11 +291,7 @@ fn worker<B: AutodiffBackend>(
         // The terms logged are rank 0's, on its share of the batch.
         if lead && (state.step.is_multiple_of(cfg.log_every) || last) {
             let (terms, secs) = log.take();
-            tracing::info!(
-                "step {} lr {:.2e} {terms} | {secs:.2} s/step",
-                state.step,
-                cfg.lr_at(step)
-            );
+            tracing::info!("step {} lr {lr:.2e} {terms} | {secs:.2} s/step", state.step);
         }
         // val_every beyond the schedule: no validation at all (a lent GPU trains only; the
         // checkpoints are validated on another machine).
@@ -347,4 +356,15 @@ fn worker<B: AutodiffBackend>(
         }
     );
     Ok(())
+}
+
+/// The generator's learning rate at `step`: the config's schedule, warmed up again as at step 0
+/// over `warmup` steps from where its Adam started fresh (a resume from a packed checkpoint):
+/// the first steps of a fresh Adam are a full learning rate on every weight.
+fn lr_at(cfg: &TrainConfig, state: &RunState, step: usize) -> f64 {
+    let ramp = match state.adam_from.map(|s| step.saturating_sub(s)) {
+        Some(since) if since < cfg.warmup => (since + 1) as f64 / cfg.warmup as f64,
+        _ => 1.0,
+    };
+    cfg.lr_at(step) * ramp
 }

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod full;
+pub mod pack;
 
 /// Where the frozen base comes from: `--init DIR`, or on `--resume` the copy kept in OUT/base.
 pub(crate) fn base_dir(args: &TrainArgs) -> Result<PathBuf> {

@@ -29,6 +29,10 @@ pub struct RunState {
     pub best_gmsd_w: Option<f64>,
     pub train_secs: f64,
     pub history: Vec<ValPoint>,
+    /// The step at which the generator's optimiser started fresh on a resume from a packed
+    /// checkpoint (`flowmapsr pack` leaves it out): the learning rate warms up again from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adam_from: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
