@@ -175,16 +175,22 @@ fn flow_map_runs_resume_from_any_kill() {
     kill_and_resume_everywhere(d, &cfg, &[], 0.0);
 }
 
-#[test]
-fn adversarial_runs_resume_from_any_kill() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+/// Training and validation images in `d`, and a flow-map base trained 2 steps on them: the
+/// `--init` of the adversarial runs (its `final/`).
+fn trained_base(d: &Path) -> PathBuf {
     synthetic_images(&d.join("data"), 3);
     synthetic_images(&d.join("val"), 1);
     let base = write_config(d, "base.json", false);
     run_ok(train_cmd(d, &base, "base", &["--max-steps", "2"]));
+    d.join("base/final")
+}
+
+#[test]
+fn adversarial_runs_resume_from_any_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let init = trained_base(d);
     let cfg = write_config(d, "adv.json", true);
-    let init = d.join("base/final");
     kill_and_resume_everywhere(d, &cfg, &["--init", init.to_str().unwrap()], 2.0);
 }
 
@@ -195,10 +201,7 @@ fn adversarial_runs_resume_from_any_kill() {
 fn packed_whole_network_runs_resume_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    synthetic_images(&d.join("data"), 3);
-    synthetic_images(&d.join("val"), 1);
-    let base = write_config(d, "base.json", false);
-    run_ok(train_cmd(d, &base, "base", &["--max-steps", "2"]));
+    let init = trained_base(d);
     // The base grown by one block at the second level, trained whole.
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(write_config(d, "x.json", false)).unwrap()).unwrap();
@@ -208,7 +211,6 @@ fn packed_whole_network_runs_resume_elsewhere() {
     });
     let full = d.join("full.json");
     std::fs::write(&full, cfg.to_string()).unwrap();
-    let init = d.join("base/final");
     let init = init.to_str().unwrap();
     run_ok(train_cmd(
         d,
