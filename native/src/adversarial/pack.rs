@@ -43,12 +43,7 @@ pub fn pack(a: &PackArgs) -> Result<()> {
         );
     }
     let base = a.run.join("base");
-    let file =
-        std::fs::read(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    let file =
-        serde_json::from_slice(&file).with_context(|| format!("parsing {}", a.config.display()))?;
-    let cfg = TrainConfig::from_value(file, || base_model(&base, None, false))
-        .with_context(|| format!("config {}", a.config.display()))?;
+    let cfg = TrainConfig::load_with(&a.config, || base_model(&base, None, false))?;
     if !matches!(&cfg.adversarial, Some(adv) if adv.generator == Generator::Full) {
         bail!(
             "{}: pack takes whole-network adversarial runs (`\"generator\": \"full\"`)",

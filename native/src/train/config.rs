@@ -86,13 +86,17 @@ impl TrainConfig {
     /// A complete config file (an adversarial one without `model` needs its base: see
     /// [`TrainConfig::from_value`]).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, || {
+            bail!("an adversarial config without `model` takes its base's: train it with --init")
+        })
+    }
+
+    /// A config file whose `model`, when an adversarial config leaves it out, is `base`'s.
+    pub fn load_with(path: &Path, base: impl FnOnce() -> Result<ModelConfig>) -> Result<Self> {
         let s =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let v = serde_json::from_str(&s).with_context(|| format!("parsing {}", path.display()))?;
-        Self::from_value(v, || {
-            bail!("an adversarial config without `model` takes its base's: train it with --init")
-        })
-        .with_context(|| format!("config {}", path.display()))
+        Self::from_value(v, base).with_context(|| format!("config {}", path.display()))
     }
 
     /// A config from parsed JSON. An adversarial config may leave `model` out: the base's own
