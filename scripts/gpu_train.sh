@@ -17,6 +17,10 @@
 # PROBE=0 trains the config's own schedule (a constant-lr adversarial run, say) until the time is
 # up, with no probe; ARGS adds train arguments (e.g. ARGS="--holdout 10": those images stay out of
 # training, and a config whose val_every exceeds its steps validates nowhere, here least of all).
+# RESUME=DIR goes on from a packed run (`flowmapsr pack`, e.g. checkpoints/gl43) instead of INIT:
+# no probe, the config's schedule until the time is up, and the latest checkpoint packed again
+# into $OUT/pack/ (model.bin, ema.bin, disc.bin, optim_d.bin, state.json: the files of DIR's
+# ckpt-STEP, the step in state.json; nothing else comes back, as a call returns 8 files at most).
 #
 # Measured on an H200: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
 # use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
@@ -33,9 +37,13 @@ CONFIG=${CONFIG:-configs/release.json} STAGE=${STAGE:-batch64-a}
 OUT=${OUT:-/tmp/gpu_out}
 # SET: extra "key=int" overrides of $CONFIG (e.g. SET="batch=64"); SMOKE=0 skips the inference
 # smoke run (its JIT costs ~80 s of a cold device; the probe is a smoke run of training too).
-SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights} ARGS=${ARGS:-} SNAP=${SNAP:-}
+SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights} ARGS=${ARGS:-} SNAP=${SNAP:-} RESUME=${RESUME:-}
 # Overridable only to dry-run the script's plumbing on a CPU machine.
 DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-60}
+if [ -n "$RESUME" ]; then
+  [ -f "$RESUME/latest" ] && [ -d "$RESUME/base" ] || { echo "RESUME=$RESUME: not a packed run"; exit 1; }
+  PROBE=0 SNAP=""
+fi
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 el() { echo $(($(date +%s) - T0)); }
@@ -112,8 +120,15 @@ else
   echo "== [$(el) s] no probe: the config's schedule until $(left) s from now"
   cfg "$OUT/train_config.json" $SET
 fi
-# The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one).
-(while sleep 5; do
+if [ -n "$RESUME" ]; then
+  rm -rf /tmp/run && cp -r "$RESUME" /tmp/run || exit 1
+  START=(--resume)
+else
+  START=(--init "$INIT")
+fi
+# The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one);
+# a resumed run brings back its pack instead.
+(while [ -z "$RESUME" ] && sleep 5; do
   d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
     mv "$OUT/.ema.tmp" "$OUT/ema.bin" && cp "$d/state.json" "$OUT/state.json" 2>/dev/null
   # The first checkpoint at or past each step in SNAP is kept as ema-STEP.bin (its own step).
@@ -125,13 +140,23 @@ fi
   done
 done) &
 WATCH=$!
-timeout $(($(left) - 10)) "$BIN" train --config "$OUT/train_config.json" \
-  --init "$INIT" --data $DATA --out /tmp/run --device $DEVICE $ARGS
+# A resumed run stops early enough to pack (a few seconds).
+STOP=10
+[ -n "$RESUME" ] && STOP=30
+timeout $(($(left) - STOP)) "$BIN" train --config "$OUT/train_config.json" \
+  "${START[@]}" --data $DATA --out /tmp/run --device $DEVICE $ARGS
 echo "train exit $?"
-kill $WATCH
-cp /tmp/run/final/model.bin /tmp/run/final/config.json "$OUT/" 2>/dev/null
-rm -f "$OUT"/.snap-*
-d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$d/state.json" "$OUT/" 2>/dev/null
+kill $WATCH 2>/dev/null
+if [ -n "$RESUME" ]; then
+  rm -rf /tmp/pack
+  "$BIN" pack --config "$OUT/train_config.json" --run /tmp/run -o /tmp/pack &&
+    mkdir -p "$OUT/pack" && cp /tmp/pack/"$(cat /tmp/pack/latest)"/* "$OUT/pack/" &&
+    echo "packed: $(cat /tmp/pack/latest)"
+else
+  cp /tmp/run/final/model.bin /tmp/run/final/config.json "$OUT/" 2>/dev/null
+  rm -f "$OUT"/.snap-*
+  d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$d/state.json" "$OUT/" 2>/dev/null
+fi
 save_caches
 ls -la "$OUT"
 echo "== [$(el) s] done"
