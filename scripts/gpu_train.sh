@@ -18,7 +18,7 @@
 # up, with no probe; ARGS adds train arguments (e.g. ARGS="--holdout 10": those images stay out of
 # training, and a config whose val_every exceeds its steps validates nowhere, here least of all).
 # RESUME=DIR goes on from a packed run (`flowmapsr pack`, e.g. checkpoints/gl43) instead of INIT:
-# no probe, the config's schedule until the time is up, and the latest checkpoint packed again
+# no smoke run (weights/ need not travel) and no probe, the config's schedule until the time is up, and the latest checkpoint packed again
 # into $OUT/pack/ (model.bin, ema.bin, disc.bin, optim_d.bin, state.json: the files of DIR's
 # ckpt-STEP, the step in state.json; nothing else comes back, as a call returns 8 files at most).
 #
@@ -42,7 +42,7 @@ SET=${SET:-} SMOKE=${SMOKE:-1} INIT=${INIT:-weights} ARGS=${ARGS:-} SNAP=${SNAP:
 DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-60}
 if [ -n "$RESUME" ]; then
   [ -f "$RESUME/latest" ] && [ -d "$RESUME/base" ] || { echo "RESUME=$RESUME: not a packed run"; exit 1; }
-  PROBE=0 SNAP=""
+  SMOKE=0 PROBE=0 SNAP=""
 fi
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -128,25 +128,28 @@ else
 fi
 # The latest checkpoint's EMA weights, copied as checkpoints appear (a kill loses at most one);
 # a resumed run brings back its pack instead.
-(while [ -z "$RESUME" ] && sleep 5; do
-  d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
-    mv "$OUT/.ema.tmp" "$OUT/ema.bin" && cp "$d/state.json" "$OUT/state.json" 2>/dev/null
-  # The first checkpoint at or past each step in SNAP is kept as ema-STEP.bin (its own step).
-  n=${d##*/ckpt-}
-  for s in $SNAP; do
-    [ -n "$n" ] && [ "$n" -ge "$s" ] 2>/dev/null && [ ! -f "$OUT/.snap-$s" ] &&
-      cp "$d/ema.bin" "$OUT/.snap.tmp" 2>/dev/null && mv "$OUT/.snap.tmp" "$OUT/ema-$n.bin" &&
-      touch "$OUT/.snap-$s"
-  done
-done) &
-WATCH=$!
+WATCH=
+if [ -z "$RESUME" ]; then
+  (while sleep 5; do
+    d=/tmp/run/$(cat /tmp/run/latest 2>/dev/null) && cp "$d/ema.bin" "$OUT/.ema.tmp" 2>/dev/null &&
+      mv "$OUT/.ema.tmp" "$OUT/ema.bin" && cp "$d/state.json" "$OUT/state.json" 2>/dev/null
+    # The first checkpoint at or past each step in SNAP is kept as ema-STEP.bin (its own step).
+    n=${d##*/ckpt-}
+    for s in $SNAP; do
+      [ -n "$n" ] && [ "$n" -ge "$s" ] 2>/dev/null && [ ! -f "$OUT/.snap-$s" ] &&
+        cp "$d/ema.bin" "$OUT/.snap.tmp" 2>/dev/null && mv "$OUT/.snap.tmp" "$OUT/ema-$n.bin" &&
+        touch "$OUT/.snap-$s"
+    done
+  done) &
+  WATCH=$!
+fi
 # A resumed run stops early enough to pack (a few seconds).
 STOP=10
 [ -n "$RESUME" ] && STOP=30
 timeout $(($(left) - STOP)) "$BIN" train --config "$OUT/train_config.json" \
   "${START[@]}" --data $DATA --out /tmp/run --device $DEVICE $ARGS
 echo "train exit $?"
-kill $WATCH 2>/dev/null
+[ -n "$WATCH" ] && kill $WATCH
 if [ -n "$RESUME" ]; then
   rm -rf /tmp/pack
   "$BIN" pack --config "$OUT/train_config.json" --run /tmp/run -o /tmp/pack &&
