@@ -6,7 +6,7 @@
 #
 # Usage: scripts/gpu_payload.sh [PATH...]
 #   e.g. scripts/gpu_payload.sh checkpoints docs/img                          # a run from weights/
-#        scripts/gpu_payload.sh weights checkpoints/realistic-critic docs/img # RESUME=checkpoints/gl43
+#        scripts/gpu_payload.sh weights checkpoints/realistic-critic checkpoints/ctl docs/img # RESUME=checkpoints/gl43
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
