@@ -18,9 +18,10 @@
 # up, with no probe; ARGS adds train arguments (e.g. ARGS="--holdout 10": those images stay out of
 # training, and a config whose val_every exceeds its steps validates nowhere, here least of all).
 # RESUME=DIR goes on from a packed run (`flowmapsr pack`, e.g. checkpoints/gl43) instead of INIT:
-# no smoke run (weights/ need not travel) and no probe, the config's schedule until the time is up, and the latest checkpoint packed again
-# into $OUT/pack/ (model.bin, ema.bin, disc.bin, optim_d.bin, state.json: the files of DIR's
-# ckpt-STEP, the step in state.json; nothing else comes back, as a call returns 8 files at most).
+# no smoke run (weights/ need not travel) and no probe, the config's schedule until the time is
+# up, and the latest checkpoint packed again into $OUT/pack/ (model.bin, ema.bin, disc.bin,
+# optim_d.bin, state.json: the files of DIR's ckpt-STEP, the step in state.json; nothing else
+# comes back, as a call returns 8 files at most).
 #
 # Measured on an H200: burn's CUDA kernels are autotuned and JIT-compiled per shape on first
 # use, 6-22 s per kernel: the first 20 training steps took 195 s, the first Set5 validation 100 s,
