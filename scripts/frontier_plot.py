@@ -9,10 +9,14 @@ wrote, so the figure is rebuilt from the committed tables and nothing is re-meas
 - `--curve LABEL=FILE`: the `reference` rows of a frontier table, a line through them by HF ratio
   (the reference's weights at each w);
 - `--runs FILE`: every other row of a frontier table, one colour per run (its label up to the
-  last `-STEP`), the run's last step marked;
+  last `-STEP`), the run's last step marked (`FILE#N` reads the file's N-th table only, `--only
+  REGEX` only the rows whose label matches); a row labelled `RUN-STEP-aALPHA` (that step blended
+  toward the reference by `flowmapsr interpolate --alpha ALPHA`) joins a line through that
+  step's blends, the dial below the run's w 1;
 - `--points FILE`: the faithful preset and the GAN peer, from a candidate table's held-out column.
 
 Usage: scripts/frontier_plot.py --out PNG [--curve LABEL=FILE ...] [--runs FILE ...] [--points FILE]
+       [--only REGEX]
 """
 import argparse
 import re
@@ -27,10 +31,14 @@ CURVE_COLOURS = [(150, 150, 150), (0, 0, 0), (0, 110, 110)]
 
 
 def rows(path):
-    """The table rows of a markdown file, as lists of stripped cells."""
-    out = []
+    """The table rows of a markdown file, as lists of stripped cells; `FILE#N`: its N-th table only."""
+    path, _, nth = path.partition("#")
+    out, table, inside = [], 0, False
     for line in open(path):
-        if line.startswith("|") and not line.startswith("|---"):
+        if line.startswith("|") and not inside:
+            table += 1
+        inside = line.startswith("|")
+        if inside and not line.startswith("|---") and (not nth or table == int(nth)):
             out.append([c.strip() for c in line.strip().strip("|").split("|")])
     return out
 
@@ -116,6 +124,7 @@ def main():
     ap.add_argument("--curve", action="append", default=[], metavar="LABEL=FILE")
     ap.add_argument("--runs", action="append", default=[], metavar="FILE")
     ap.add_argument("--points")
+    ap.add_argument("--only", help="draw only the runs whose label matches this regex")
     ap.add_argument("--hf", nargs=2, type=float, default=(0.33, 0.58))
     ap.add_argument("--psnr", nargs=2, type=float, default=(28.45, 29.2))
     ap.add_argument("--gmsd", nargs=2, type=float, default=(0.0760, 0.0810))
@@ -126,10 +135,14 @@ def main():
         label, path = spec.rsplit("=", 1)
         pts = sorted((h, p, g) for lab, _, p, g, h in frontier_rows(path) if lab == "reference")
         curves.append((label, pts))
-    runs = {}
+    runs, blends = {}, {}
     for path in a.runs:
         for lab, w, p, g, h in frontier_rows(path):
-            if lab == "reference":
+            if lab == "reference" or (a.only and not re.match(a.only, lab)):
+                continue
+            b = re.match(r"(.*-\d+)-a([\d.]+)$", lab)
+            if b:
+                blends.setdefault(b.group(1), []).append((float(b.group(2)), p, g, h))
                 continue
             m = re.match(r"(.*)-(\d+)$", lab)
             run, step = (m.group(1), m.group(2)) if m else (lab, "")
@@ -164,6 +177,17 @@ def main():
                 left.note(h, p, step, c)  # the run's last step: where it went
         span = f"steps {steps[0]}-{steps[-1]}, " if len(steps) > 1 else ""
         legend.append(("o", c, f"{run}: {span}w {', '.join(sorted({w for _, w, *_ in pts}))}"))
+    for i, (at, pts) in enumerate(blends.items()):
+        c = COLOURS[(len(runs) + i) % len(COLOURS)]
+        pts.sort()
+        for panel, k in ((left, 1), (right, 2)):
+            panel.line([(q[3], q[k]) for q in pts if panel.inside(q[3], q[k])], c)
+            for q in pts:
+                panel.marker(q[3], q[k], c, "o", 3)
+        lo = pts[0]
+        left.note(lo[3], lo[1], f"a{lo[0]:g}", c)
+        alphas = "-".join(f"{q[0]:g}" for q in (pts[0], pts[-1])) if len(pts) > 1 else f"{lo[0]:g}"
+        legend.append(("o", c, f"{at} blended toward the reference: alpha {alphas}"))
     for name, p, g, h in points:
         c = (230, 120, 0) if "peer" in name else (0, 120, 0)
         for panel, y in ((left, p), (right, g)):
