@@ -170,13 +170,13 @@ def main():
     for i, (run, pts) in enumerate(runs.items()):
         c = COLOURS[i % len(COLOURS)]
         steps = sorted({int(s) for s, *_ in pts if s})
-        noted = False
         for step, w, p, g, h in pts:
             left.marker(h, p, c)
             right.marker(h, g, c)
-            if steps and step == str(steps[-1]) and not noted:
-                left.note(h, p, step, c)  # the run's last step, once: where it went
-                noted = True
+        # the run's last step, labelled once (at its first w): where it went
+        last = next((q for q in pts if steps and q[0] == str(steps[-1])), None)
+        if last:
+            left.note(last[4], last[2], last[0], c)
         span = f"steps {steps[0]}-{steps[-1]}, " if len(steps) > 1 else ""
         legend.append(("o", c, f"{run}: {span}w {', '.join(sorted({w for _, w, *_ in pts}))}"))
     for i, (at, pts) in enumerate(blends.items()):
